@@ -1,0 +1,20 @@
+# Every target is what CI runs (see .ci/run); nothing here needs a manual install step.
+CARGO ?= cargo
+
+.PHONY: test lint fmt ci
+
+## test: the whole test suite (unit, property and integration tests against a local control plane).
+test:
+	$(CARGO) test --locked --all-targets
+
+## lint: formatting and clippy, warnings are errors.
+lint:
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --locked --all-targets -- -D warnings
+
+## fmt: format the code.
+fmt:
+	$(CARGO) fmt --all
+
+## ci: everything CI checks.
+ci: lint test

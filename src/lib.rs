@@ -1,0 +1,1 @@
+//! device-taint-eviction: evicts pods whose DRA devices carry a `NoExecute` taint.
