@@ -1,1 +1,16 @@
 //! device-taint-eviction: evicts pods whose DRA devices carry a `NoExecute` taint.
+//!
+//! ```text
+//!  Pod ──spec.resourceClaims──▶ ResourceClaim ──status.allocation──▶ device (driver/pool/device)
+//!   ▲                               │                                   ▲            ▲
+//!   └──────status.reservedFor───────┘                 ResourceSlice taints   DeviceTaintRule taints
+//! ```
+//!
+//! Watches feed [`index::State`] (synchronous, no I/O); pure functions in [`eviction`] decide
+//! when each pod must go and why; the pending-eviction map in the index is the truth and a timed
+//! queue wakes workers at the deadlines; one actuator does every API write.
+
+pub mod eviction;
+pub mod index;
+pub mod k8s;
+pub mod view;

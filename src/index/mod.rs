@@ -1,0 +1,806 @@
+//! The in-memory state: indexes of compact views, cached claim evictions and the pending
+//! evictions (the source of truth for what the workers do).
+//!
+//! Every watch event becomes one synchronous call (`apply_*`, `delete_*`, `reset_*`) that never
+//! awaits anything. Its effect on the outside world is a list of [`Change`]s, collected with
+//! [`State::take_changes`]: the controller turns them into queue operations and Events.
+//!
+//! Work is proportional to what an event affects (SPEC D5): a slice event re-evaluates only
+//! claims on devices whose `NoExecute` taints changed; a rule event only claims on devices that
+//! the old or new selector matches; a claim event only the pods in its old and new `reservedFor`.
+
+mod pools;
+mod rules;
+
+use std::{
+    collections::{BTreeMap, BTreeSet, HashMap, HashSet},
+    time::Duration,
+};
+
+pub use pools::Pools;
+pub use rules::Rules;
+use tracing::{debug, info, warn};
+
+use crate::{
+    eviction::{
+        Eviction, RuleCounts, RuleStatusCondition, Simulation, TaintSource, claim_eviction, pod_eviction,
+        rule_condition, taint_deadline,
+    },
+    view::{
+        AllocatedDevice, ClaimView, DeviceId, Effect, ObjectName, PodRef, PodView, RuleCondition, RuleRef,
+        RuleView, Selector, SliceView, Time,
+    },
+};
+
+/// How often at most a rule's status is refreshed while pods are pending (upstream: 10 s).
+pub const RULE_STATUS_PERIOD: Duration = Duration::from_secs(10);
+
+/// What the controller must do after an index update.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Change {
+    /// A pod's pending eviction was added or changed: (re)schedule it at `at`.
+    Schedule {
+        /// The pod.
+        pod: PodRef,
+        /// When.
+        at: Time,
+    },
+    /// A pending eviction was dropped before it happened.
+    Cancel {
+        /// The pod.
+        pod: PodRef,
+        /// The pod still exists: tell it with a `Cancelling deletion` Event.
+        notify: bool,
+    },
+    /// Recompute the rule's status after `after` (zero: now).
+    RuleStatus {
+        /// The rule.
+        rule: RuleRef,
+        /// Delay.
+        after: Duration,
+    },
+    /// A NoExecute or None rule with an empty selector `{}` selects every device (SPEC D10).
+    EmptySelector {
+        /// The rule.
+        rule: RuleRef,
+        /// Published devices it matches now.
+        devices: usize,
+    },
+}
+
+/// What a worker should do with a pod key that fired.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Due {
+    /// Nothing pending any more (cancelled, or already handled).
+    Gone,
+    /// Pending, but not yet: come back at this time.
+    Later(Time),
+    /// Evict now, for these reasons.
+    Now(Eviction),
+}
+
+/// How a worker's eviction attempt ended (errors are retried and never reach the state).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Finished {
+    /// This controller deleted (or evicted) the pod: counted.
+    Evicted,
+    /// Dry run: the pod would have been evicted.
+    DryRun,
+    /// Not needed: the pod was gone, replaced or already terminating. Not counted (SPEC D4).
+    NotNeeded,
+}
+
+/// What a rule status worker should do.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum RuleStatusWork {
+    /// The rule no longer exists (or was replaced): drop the work item.
+    Gone,
+    /// Rate limited: come back after this long.
+    Later(Duration),
+    /// The stored condition is already current.
+    UpToDate,
+    /// Apply this condition with server-side apply.
+    Apply {
+        /// Generation to record as `observedGeneration`.
+        generation: i64,
+        /// The condition.
+        condition: RuleStatusCondition,
+    },
+}
+
+/// A claim and its cached eviction.
+#[derive(Clone, Debug)]
+struct ClaimEntry {
+    view: ClaimView,
+    /// Computed from the allocation and the current taints; `None` for unallocated claims.
+    eviction: Option<Eviction>,
+}
+
+/// Index sizes, for metrics and logs.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Sizes {
+    /// Pods that use claims.
+    pub pods: usize,
+    /// Claims.
+    pub claims: usize,
+    /// Allocated devices.
+    pub devices: usize,
+    /// Slices.
+    pub slices: usize,
+    /// Rules.
+    pub rules: usize,
+    /// Pending evictions.
+    pub pending: usize,
+}
+
+/// The controller's in-memory state. See the module documentation.
+#[derive(Debug, Default)]
+pub struct State {
+    /// Pod `namespace/name` → view, for pods that use at least one claim. Pod events.
+    pods: HashMap<ObjectName, PodView>,
+    /// Claim `namespace/name` → view and cached eviction. Claim events; the eviction also
+    /// changes on slice and rule events.
+    claims: HashMap<ObjectName, ClaimEntry>,
+    /// Allocated device → claims whose allocation names it. Claim events.
+    claims_by_device: BTreeMap<DeviceId, BTreeSet<ObjectName>>,
+    /// Slices by pool. Slice events.
+    pools: Pools,
+    /// Rules. Rule events.
+    rules: Rules,
+    /// Pod → pending eviction: the source of truth for the workers.
+    pending: HashMap<PodRef, Eviction>,
+    /// UIDs of pods whose eviction finished; removed when the pod watch reports the pod gone.
+    /// Prevents a second eviction while the watch lags behind our own deletion.
+    finished: HashSet<String>,
+    /// Rule UID → pods this controller evicted because of it since start. Dropped with the rule.
+    evicted_per_rule: HashMap<String, u64>,
+    /// Changes not yet taken by the controller.
+    changes: Vec<Change>,
+    /// Rule status requests not yet taken, with the shortest delay asked for.
+    rule_requests: BTreeMap<RuleRef, Duration>,
+}
+
+impl State {
+    /// An empty state.
+    #[must_use]
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Takes the changes accumulated since the last call.
+    pub fn take_changes(&mut self) -> Vec<Change> {
+        let mut changes = std::mem::take(&mut self.changes);
+        changes.extend(
+            std::mem::take(&mut self.rule_requests)
+                .into_iter()
+                .map(|(rule, after)| Change::RuleStatus { rule, after }),
+        );
+        changes
+    }
+
+    /// Index sizes.
+    #[must_use]
+    pub fn sizes(&self) -> Sizes {
+        Sizes {
+            pods: self.pods.len(),
+            claims: self.claims.len(),
+            devices: self.claims_by_device.len(),
+            slices: self.pools.slice_count(),
+            rules: self.rules.len(),
+            pending: self.pending.len(),
+        }
+    }
+
+    /// The pending eviction of a pod.
+    #[must_use]
+    pub fn pending(&self, pod: &PodRef) -> Option<&Eviction> {
+        self.pending.get(pod)
+    }
+
+    /// Every pending eviction.
+    pub fn pending_evictions(&self) -> impl Iterator<Item = (&PodRef, &Eviction)> {
+        self.pending.iter()
+    }
+
+    /// The stored view of a pod.
+    #[must_use]
+    pub fn pod(&self, name: &ObjectName) -> Option<&PodView> {
+        self.pods.get(name)
+    }
+
+    /// The stored view of a rule.
+    #[must_use]
+    pub fn rule(&self, name: &str) -> Option<&RuleView> {
+        self.rules.get(name)
+    }
+
+    /// The stored view of a claim and its cached eviction.
+    #[must_use]
+    pub fn claim(&self, name: &ObjectName) -> Option<(&ClaimView, Option<&Eviction>)> {
+        self.claims.get(name).map(|e| (&e.view, e.eviction.as_ref()))
+    }
+
+    /// Pods this controller evicted because of a rule since it started.
+    #[must_use]
+    pub fn evicted_by_rule(&self, uid: &str) -> u64 {
+        self.evicted_per_rule.get(uid).copied().unwrap_or_default()
+    }
+
+    // === Pods ===
+
+    /// A pod was added or updated (`view` is `None` for a pod that uses no claim).
+    pub fn apply_pod(&mut self, name: &ObjectName, uid: &str, view: Option<PodView>) {
+        let Some(view) = view else {
+            self.delete_pod(name, uid);
+            return;
+        };
+        match self.pods.get(name) {
+            Some(old) if *old == view => return,
+            // A new pod under an old name: the old one is gone (SPEC X1).
+            Some(old) if old.uid != view.uid => {
+                let old_uid = old.uid.clone();
+                self.delete_pod(name, &old_uid);
+            }
+            _ => {}
+        }
+        self.pods.insert(name.clone(), view);
+        self.evaluate_pod(name);
+    }
+
+    /// A pod was deleted. A stale delete (another UID) is ignored.
+    pub fn delete_pod(&mut self, name: &ObjectName, uid: &str) {
+        self.finished.remove(uid);
+        if self.pods.get(name).is_some_and(|p| p.uid == uid)
+            && let Some(pod) = self.pods.remove(name)
+        {
+            self.set_pending(pod.pod_ref(), None, false);
+        }
+    }
+
+    /// A re-list of all pods: pods missing from it are deleted (SPEC D3).
+    pub fn reset_pods(&mut self, pods: Vec<(ObjectName, String, Option<PodView>)>) {
+        let listed: HashSet<&ObjectName> = pods.iter().map(|(n, _, _)| n).collect();
+        let gone: Vec<(ObjectName, String)> = self
+            .pods
+            .iter()
+            .filter(|(n, _)| !listed.contains(n))
+            .map(|(n, p)| (n.clone(), p.uid.clone()))
+            .collect();
+        let live_uids: HashSet<&str> = pods.iter().map(|(_, uid, _)| uid.as_str()).collect();
+        self.finished.retain(|uid| live_uids.contains(uid.as_str()));
+        for (name, uid) in gone {
+            self.delete_pod(&name, &uid);
+        }
+        for (name, uid, view) in pods {
+            self.apply_pod(&name, &uid, view);
+        }
+    }
+
+    /// Recomputes a pod's eviction and updates the pending map.
+    fn evaluate_pod(&mut self, name: &ObjectName) {
+        let Some(pod) = self.pods.get(name) else { return };
+        let eviction = if self.finished.contains(&pod.uid) {
+            None
+        } else {
+            pod_eviction(pod, |claim| {
+                self.claims
+                    .get(&ObjectName::new(&pod.namespace, claim))
+                    .map(|e| (&e.view, e.eviction.as_ref()))
+            })
+        };
+        // A pod that someone else is deleting needs no "Cancelling deletion" Event.
+        let notify = !pod.terminating;
+        self.set_pending(pod.pod_ref(), eviction, notify);
+    }
+
+    fn set_pending(&mut self, pod: PodRef, eviction: Option<Eviction>, notify: bool) {
+        match eviction {
+            Some(eviction) => {
+                if self.pending.get(&pod) == Some(&eviction) {
+                    return;
+                }
+                debug!(pod = %pod, at = %eviction.at, reasons = eviction.reasons.len(), "pod eviction scheduled");
+                let at = eviction.at;
+                if let Some(old) = self.pending.insert(pod.clone(), eviction) {
+                    self.request_status_of(&old, RULE_STATUS_PERIOD);
+                }
+                if let Some(new) = self.pending.get(&pod).cloned() {
+                    self.request_status_of(&new, RULE_STATUS_PERIOD);
+                }
+                self.changes.push(Change::Schedule { pod, at });
+            }
+            None => {
+                if let Some(old) = self.pending.remove(&pod) {
+                    debug!(pod = %pod, "pod eviction cancelled");
+                    self.request_status_of(&old, RULE_STATUS_PERIOD);
+                    self.changes.push(Change::Cancel { pod, notify });
+                }
+            }
+        }
+    }
+
+    fn request_status_of(&mut self, eviction: &Eviction, after: Duration) {
+        for rule in eviction.rules() {
+            self.request_status(rule.clone(), after);
+        }
+    }
+
+    fn request_status(&mut self, rule: RuleRef, after: Duration) {
+        let entry = self.rule_requests.entry(rule).or_insert(after);
+        *entry = (*entry).min(after);
+    }
+
+    // === Claims ===
+
+    /// A claim was added or updated.
+    pub fn apply_claim(&mut self, view: ClaimView) {
+        let name = view.object_name();
+        match self.claims.get(&name) {
+            Some(old) if old.view == view => return,
+            // Deleted and recreated under the same name: delete + add, as upstream.
+            Some(old) if old.view.uid != view.uid => {
+                let old_uid = old.view.uid.clone();
+                self.delete_claim(&name, &old_uid);
+            }
+            _ => {}
+        }
+        let old = self.claims.remove(&name);
+        let same_allocation = old.as_ref().is_some_and(|o| o.view.allocation == view.allocation);
+        let eviction = match (&old, &view.allocation) {
+            // Allocations are immutable: keep the cached eviction.
+            (Some(o), Some(_)) if same_allocation => o.eviction.clone(),
+            (_, Some(devices)) => compute_claim_eviction(&self.pools, &self.rules, devices),
+            (_, None) => None,
+        };
+        if !same_allocation {
+            if let Some(devices) = old.as_ref().and_then(|o| o.view.allocation.as_ref()) {
+                unindex_devices(&mut self.claims_by_device, &name, devices);
+            }
+            if let Some(devices) = &view.allocation {
+                for d in devices {
+                    self.claims_by_device
+                        .entry(d.device.clone())
+                        .or_default()
+                        .insert(name.clone());
+                }
+            }
+        }
+        let mut affected: BTreeSet<ObjectName> = reserved_pods(&view);
+        if let Some(old) = &old {
+            affected.extend(reserved_pods(&old.view));
+        }
+        if eviction.is_some() {
+            debug!(claim = %name, uid = %view.uid, "claim is affected by device taint");
+        }
+        self.claims.insert(name, ClaimEntry { view, eviction });
+        for pod in affected {
+            self.evaluate_pod(&pod);
+        }
+    }
+
+    /// A claim was deleted. A stale delete (another UID) is ignored.
+    pub fn delete_claim(&mut self, name: &ObjectName, uid: &str) {
+        if self.claims.get(name).is_none_or(|c| c.view.uid != uid) {
+            return;
+        }
+        let Some(old) = self.claims.remove(name) else {
+            return;
+        };
+        if let Some(devices) = &old.view.allocation {
+            unindex_devices(&mut self.claims_by_device, name, devices);
+        }
+        for pod in reserved_pods(&old.view) {
+            self.evaluate_pod(&pod);
+        }
+    }
+
+    /// A re-list of all claims: claims missing from it are deleted (SPEC D3).
+    pub fn reset_claims(&mut self, claims: Vec<ClaimView>) {
+        let listed: HashSet<ObjectName> = claims.iter().map(ClaimView::object_name).collect();
+        let gone: Vec<(ObjectName, String)> = self
+            .claims
+            .iter()
+            .filter(|(n, _)| !listed.contains(*n))
+            .map(|(n, c)| (n.clone(), c.view.uid.clone()))
+            .collect();
+        for (name, uid) in gone {
+            self.delete_claim(&name, &uid);
+        }
+        for claim in claims {
+            self.apply_claim(claim);
+        }
+    }
+
+    /// Recomputes the eviction of claims on these devices; re-evaluates their pods on change.
+    fn devices_changed(&mut self, devices: &[DeviceId]) {
+        let mut claims = BTreeSet::new();
+        for device in devices {
+            if let Some(names) = self.claims_by_device.get(device) {
+                claims.extend(names.iter().cloned());
+            }
+        }
+        for name in claims {
+            let Some(entry) = self.claims.get_mut(&name) else {
+                continue;
+            };
+            let Some(devices) = &entry.view.allocation else {
+                continue;
+            };
+            let eviction = compute_claim_eviction(&self.pools, &self.rules, devices);
+            if eviction == entry.eviction {
+                continue;
+            }
+            entry.eviction = eviction;
+            let pods = reserved_pods(&entry.view);
+            for pod in pods {
+                self.evaluate_pod(&pod);
+            }
+        }
+    }
+
+    // === Slices ===
+
+    /// A slice was added or updated. `now` stands in for a missing `timeAdded` (SPEC D2).
+    pub fn apply_slice(&mut self, slice: SliceView, now: Time) {
+        let changed = self.pools.apply(slice, now);
+        self.devices_changed(&changed);
+    }
+
+    /// A slice was deleted.
+    pub fn delete_slice(&mut self, name: &str) {
+        let changed = self.pools.delete(name);
+        self.devices_changed(&changed);
+    }
+
+    /// A re-list of all slices: slices missing from it are deleted (SPEC D3; upstream keeps
+    /// them after a missed delete).
+    pub fn reset_slices(&mut self, slices: Vec<SliceView>, now: Time) {
+        let listed: HashSet<&str> = slices.iter().map(|s| s.name.as_str()).collect();
+        let gone: Vec<String> = self
+            .pools
+            .slice_names()
+            .filter(|n| !listed.contains(n.as_str()))
+            .cloned()
+            .collect();
+        for name in gone {
+            self.delete_slice(&name);
+        }
+        for slice in slices {
+            self.apply_slice(slice, now);
+        }
+    }
+
+    // === Rules ===
+
+    /// A rule was added or updated. `now` stands in for a missing `timeAdded` (SPEC D2).
+    pub fn apply_rule(&mut self, mut rule: RuleView, now: Time) {
+        if let Some(old) = self.rules.get(&rule.name)
+            && old.uid != rule.uid
+        {
+            // Replaced under the same name: delete + add (upstream keeps the old stats).
+            let (name, uid) = (old.name.clone(), old.uid.clone());
+            self.delete_rule(&name, &uid);
+        }
+        let old = self.rules.get(&rule.name);
+        if rule.taint.time_added.is_none() {
+            rule.taint.time_added = old
+                .filter(|o| o.taint.same_taint(&rule.taint))
+                .and_then(|o| o.taint.time_added)
+                .or(Some(now));
+        }
+        if let Some(old) = old
+            && old.same_spec(&rule)
+        {
+            // Status-only update, including our own status writes.
+            if let Some(stored) = self.rules.get_mut(&rule.name) {
+                stored.condition = rule.condition;
+            }
+            return;
+        }
+        let rule_ref = rule.rule_ref();
+        let selector = rule.selector.clone();
+        let effect = rule.taint.effect.clone();
+        let old = self.rules.insert(rule);
+        let mut devices = Vec::new();
+        if let Some(r) = &old
+            && r.taint.effect == Effect::NoExecute
+            && let Some(s) = &r.selector
+        {
+            devices.extend(self.allocated_devices_matching(s));
+        }
+        if effect == Effect::NoExecute
+            && let Some(s) = &selector
+        {
+            devices.extend(self.allocated_devices_matching(s));
+        }
+        devices.sort();
+        devices.dedup();
+        self.devices_changed(&devices);
+        self.request_status(rule_ref.clone(), Duration::ZERO);
+        if let Some(s) = selector.filter(Selector::is_empty)
+            && matches!(effect, Effect::NoExecute | Effect::None)
+        {
+            let published = self.pools.published_matching(&s);
+            warn!(rule = %rule_ref, devices = published, "DeviceTaintRule has an empty device selector and selects every device");
+            self.changes.push(Change::EmptySelector {
+                rule: rule_ref,
+                devices: published,
+            });
+        }
+    }
+
+    /// A rule was deleted. A stale delete (another UID) is ignored.
+    pub fn delete_rule(&mut self, name: &str, uid: &str) {
+        if self.rules.get(name).is_none_or(|r| r.uid != uid) {
+            return;
+        }
+        let Some(old) = self.rules.remove(name) else {
+            return;
+        };
+        self.evicted_per_rule.remove(&old.uid);
+        self.rule_requests.remove(&old.rule_ref());
+        if old.taint.effect == Effect::NoExecute
+            && let Some(s) = &old.selector
+        {
+            let devices = self.allocated_devices_matching(s);
+            self.devices_changed(&devices);
+        }
+    }
+
+    /// A re-list of all rules: rules missing from it are deleted (SPEC D3).
+    pub fn reset_rules(&mut self, rules: Vec<RuleView>, now: Time) {
+        let listed: HashSet<&str> = rules.iter().map(|r| r.name.as_str()).collect();
+        let gone: Vec<(String, String)> = self
+            .rules
+            .iter()
+            .filter(|r| !listed.contains(r.name.as_str()))
+            .map(|r| (r.name.clone(), r.uid.clone()))
+            .collect();
+        for (name, uid) in gone {
+            self.delete_rule(&name, &uid);
+        }
+        for rule in rules {
+            self.apply_rule(rule, now);
+        }
+    }
+
+    /// Allocated devices that a selector matches, using the ordered device index to narrow
+    /// the search by driver and pool.
+    fn allocated_devices_matching(&self, selector: &Selector) -> Vec<DeviceId> {
+        match (&selector.driver, &selector.pool, &selector.device) {
+            (Some(driver), Some(pool), Some(device)) => {
+                let id = DeviceId::new(driver, pool, device);
+                if self.claims_by_device.contains_key(&id) {
+                    vec![id]
+                } else {
+                    Vec::new()
+                }
+            }
+            (Some(driver), pool, _) => {
+                let start = DeviceId::new(driver, pool.clone().unwrap_or_default(), "");
+                self.claims_by_device
+                    .range(start..)
+                    .map(|(id, _)| id)
+                    .take_while(|id| id.driver == *driver && pool.as_ref().is_none_or(|p| *p == id.pool))
+                    .filter(|id| selector.matches(id))
+                    .cloned()
+                    .collect()
+            }
+            (None, _, _) => self
+                .claims_by_device
+                .keys()
+                .filter(|id| selector.matches(id))
+                .cloned()
+                .collect(),
+        }
+    }
+
+    // === Workers ===
+
+    /// What to do for a pod key that fired at `now`.
+    #[must_use]
+    pub fn due(&self, pod: &PodRef, now: Time) -> Due {
+        match self.pending.get(pod) {
+            None => Due::Gone,
+            Some(e) if e.at > now => Due::Later(e.at),
+            Some(e) => Due::Now(e.clone()),
+        }
+    }
+
+    /// A worker finished a pod. `eviction` is what [`State::due`] returned.
+    pub fn finish(&mut self, pod: &PodRef, eviction: &Eviction, outcome: Finished) {
+        self.pending.remove(pod);
+        self.finished.insert(pod.uid.clone());
+        if outcome == Finished::Evicted {
+            for rule in eviction.rules() {
+                *self.evicted_per_rule.entry(rule.uid.clone()).or_default() += 1;
+            }
+        }
+        self.request_status_of(eviction, RULE_STATUS_PERIOD);
+    }
+
+    /// Our status write succeeded: remember it so that the rate limit holds even before the
+    /// rule watch delivers it.
+    pub fn rule_status_written(
+        &mut self,
+        rule: &RuleRef,
+        generation: i64,
+        condition: &RuleStatusCondition,
+        at: Time,
+    ) {
+        if let Some(stored) = self.rules.get_mut(&rule.name).filter(|r| r.uid == rule.uid) {
+            stored.condition = Some(RuleCondition {
+                status: condition.status.to_owned(),
+                reason: condition.reason.to_owned(),
+                message: condition.message.clone(),
+                observed_generation: Some(generation),
+                last_transition_time: at,
+            });
+        }
+    }
+
+    /// What a rule status worker should do at `now` (upstream `maybeUpdateRuleStatus`).
+    #[must_use]
+    pub fn rule_status(&self, rule: &RuleRef, now: Time) -> RuleStatusWork {
+        let Some(view) = self.rules.get(&rule.name).filter(|r| r.uid == rule.uid) else {
+            return RuleStatusWork::Gone;
+        };
+        if let Some(c) = &view.condition
+            && c.observed_generation == Some(view.generation)
+        {
+            let since = now.duration_since(c.last_transition_time);
+            let period = crate::k8s::SignedDuration::try_from(RULE_STATUS_PERIOD).unwrap_or_default();
+            if since < period {
+                return RuleStatusWork::Later((period - since).unsigned_abs());
+            }
+        }
+        let counts = self.rule_counts(view);
+        let condition = rule_condition(&view.taint.effect, &counts);
+        if let Some(c) = &view.condition
+            && c.observed_generation == Some(view.generation)
+            && c.status == condition.status
+            && c.reason == condition.reason
+            && c.message == condition.message
+        {
+            return RuleStatusWork::UpToDate;
+        }
+        info!(rule = %rule, reason = condition.reason, message = %condition.message, "calculated new rule condition");
+        RuleStatusWork::Apply {
+            generation: view.generation,
+            condition,
+        }
+    }
+
+    /// The counts behind a rule's condition.
+    fn rule_counts(&self, rule: &RuleView) -> RuleCounts {
+        let rule_ref = rule.rule_ref();
+        let mut counts = RuleCounts {
+            evicted: self.evicted_by_rule(&rule.uid),
+            ..RuleCounts::default()
+        };
+        match rule.taint.effect {
+            Effect::NoExecute => {
+                let mut namespaces = HashSet::new();
+                for (pod, eviction) in &self.pending {
+                    if eviction.has_rule(&rule_ref) {
+                        counts.pending_pods += 1;
+                        namespaces.insert(pod.namespace.as_str());
+                    }
+                }
+                counts.pending_namespaces = namespaces.len();
+            }
+            Effect::None => counts.simulation = Some(self.simulate(rule)),
+            Effect::NoSchedule | Effect::Unknown(_) => {}
+        }
+        counts
+    }
+
+    /// What a `None` rule would do with `NoExecute` (upstream's one-shot report).
+    fn simulate(&self, rule: &RuleView) -> Simulation {
+        let Some(selector) = &rule.selector else {
+            return Simulation::default();
+        };
+        let mut sim = Simulation {
+            published_devices: self.pools.published_matching(selector),
+            ..Simulation::default()
+        };
+        let mut as_no_execute = rule.taint.clone();
+        as_no_execute.effect = Effect::NoExecute;
+        let mut affected_claims = BTreeSet::new();
+        for device in self.allocated_devices_matching(selector) {
+            for name in self.claims_by_device.get(&device).into_iter().flatten() {
+                let Some(entry) = self.claims.get(name) else {
+                    continue;
+                };
+                for allocated in entry
+                    .view
+                    .allocation
+                    .iter()
+                    .flatten()
+                    .filter(|a| a.device == device)
+                {
+                    sim.allocated_devices += 1;
+                    if taint_deadline(&as_no_execute, &allocated.tolerations).is_some() {
+                        affected_claims.insert(name.clone());
+                    }
+                }
+            }
+        }
+        let mut pods = HashSet::new();
+        for name in &affected_claims {
+            let Some(entry) = self.claims.get(name) else {
+                continue;
+            };
+            for pod_name in reserved_pods(&entry.view) {
+                let Some(pod) = self.pods.get(&pod_name) else {
+                    continue;
+                };
+                // The pod would be evicted through this claim if it uses it as a pod must.
+                let uses = pod.scheduled
+                    && !pod.terminal
+                    && !pod.terminating
+                    && entry.view.reserved_by(&pod.uid)
+                    && pod.claims.iter().any(|c| {
+                        c.claim == entry.view.name
+                            && (!c.generated
+                                || entry.view.controller_uid.as_deref() == Some(pod.uid.as_str()))
+                    });
+                if uses {
+                    pods.insert(pod.pod_ref());
+                }
+            }
+        }
+        sim.pods = pods.len();
+        sim.namespaces = pods
+            .iter()
+            .map(|p| p.namespace.as_str())
+            .collect::<HashSet<_>>()
+            .len();
+        sim
+    }
+}
+
+/// The eviction of a claim with these devices under the current slices and rules.
+fn compute_claim_eviction(pools: &Pools, rules: &Rules, devices: &[AllocatedDevice]) -> Option<Eviction> {
+    claim_eviction(devices, |device, visit| {
+        for (index, taint) in pools.taints(device).iter().enumerate() {
+            visit(
+                TaintSource::Slice {
+                    device: device.clone(),
+                    index,
+                },
+                taint,
+            );
+        }
+        rules.for_each_evicting(device, |rule| {
+            visit(TaintSource::Rule(rule.rule_ref()), &rule.taint)
+        });
+    })
+}
+
+/// Pods named in a claim's `reservedFor`.
+fn reserved_pods(claim: &ClaimView) -> BTreeSet<ObjectName> {
+    claim
+        .reserved_for
+        .iter()
+        .map(|(name, _)| ObjectName::new(&claim.namespace, name))
+        .collect()
+}
+
+fn unindex_devices(
+    index: &mut BTreeMap<DeviceId, BTreeSet<ObjectName>>,
+    claim: &ObjectName,
+    devices: &[AllocatedDevice],
+) {
+    for d in devices {
+        if let Some(names) = index.get_mut(&d.device) {
+            names.remove(claim);
+            if names.is_empty() {
+                index.remove(&d.device);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

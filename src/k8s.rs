@@ -1,0 +1,221 @@
+//! The only module that names version-specific Kubernetes API types.
+//!
+//! Pods, ResourceClaims and ResourceSlices are read at `resource.k8s.io/v1` through k8s-openapi.
+//! DeviceTaintRule is served at `v1alpha3` (1.35), `v1beta2` (1.36) and `v1` (1.37) with the same
+//! shape for everything this controller reads, so it goes through [`DeviceTaintRule`], our own
+//! version-agnostic serde type, whose API version is chosen at start-up by discovery.
+
+use std::borrow::Cow;
+
+pub use k8s_openapi::{
+    api::{
+        core::v1::Pod,
+        resource::v1::{
+            DeviceTaint as ApiDeviceTaint, DeviceToleration as ApiDeviceToleration, ResourceClaim,
+            ResourceSlice,
+        },
+    },
+    apimachinery::pkg::apis::meta::v1::{Condition, ObjectMeta, Time},
+    jiff::{SignedDuration, Timestamp},
+};
+use kube::{
+    core::{ApiResource, DynamicResourceScope, GroupVersionKind},
+    discovery,
+};
+use serde::{Deserialize, Serialize};
+
+/// The API group of every DRA object this controller reads.
+pub const RESOURCE_GROUP: &str = "resource.k8s.io";
+
+/// DeviceTaintRule versions this controller understands, most preferred first.
+pub const DEVICE_TAINT_RULE_VERSIONS: [&str; 3] = ["v1", "v1beta2", "v1alpha3"];
+
+/// A DeviceTaintRule at any served version (`v1alpha3`, `v1beta2`, `v1`).
+///
+/// Every field is optional on input so that an object that another server version or a
+/// hand-written client produced still parses; the view layer decides what is usable.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
+pub struct DeviceTaintRule {
+    /// Standard object metadata.
+    #[serde(default)]
+    pub metadata: ObjectMeta,
+    /// The selector and the taint.
+    #[serde(default)]
+    pub spec: DeviceTaintRuleSpec,
+    /// Written by this controller (`EvictionInProgress` condition).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<DeviceTaintRuleStatus>,
+}
+
+/// `spec` of a DeviceTaintRule.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct DeviceTaintRuleSpec {
+    /// Which devices the taint applies to. `None` matches no device; an empty selector matches all.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub device_selector: Option<DeviceTaintSelector>,
+    /// The taint added to every selected device.
+    #[serde(default)]
+    pub taint: DeviceTaintFields,
+}
+
+/// `spec.deviceSelector`: each set field must match exactly, an unset field matches anything.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
+pub struct DeviceTaintSelector {
+    /// Driver name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub driver: Option<String>,
+    /// Pool name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pool: Option<String>,
+    /// Device name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub device: Option<String>,
+}
+
+/// A device taint as found in a DeviceTaintRule (same fields as in a ResourceSlice).
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct DeviceTaintFields {
+    /// Taint key.
+    #[serde(default)]
+    pub key: String,
+    /// Taint value, may be empty.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub value: Option<String>,
+    /// `NoExecute`, `NoSchedule`, `None` or an effect unknown to this controller.
+    #[serde(default)]
+    pub effect: String,
+    /// When the taint was added; defaulted by the API server.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub time_added: Option<Time>,
+}
+
+/// `status` of a DeviceTaintRule.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
+pub struct DeviceTaintRuleStatus {
+    /// Conditions; this controller owns `EvictionInProgress`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub conditions: Option<Vec<Condition>>,
+}
+
+impl kube::Resource for DeviceTaintRule {
+    type DynamicType = ApiResource;
+    type Scope = DynamicResourceScope;
+
+    fn kind(dt: &ApiResource) -> Cow<'_, str> {
+        Cow::Borrowed(&dt.kind)
+    }
+
+    fn group(dt: &ApiResource) -> Cow<'_, str> {
+        Cow::Borrowed(&dt.group)
+    }
+
+    fn version(dt: &ApiResource) -> Cow<'_, str> {
+        Cow::Borrowed(&dt.version)
+    }
+
+    fn api_version(dt: &ApiResource) -> Cow<'_, str> {
+        Cow::Borrowed(&dt.api_version)
+    }
+
+    fn plural(dt: &ApiResource) -> Cow<'_, str> {
+        Cow::Borrowed(&dt.plural)
+    }
+
+    fn meta(&self) -> &ObjectMeta {
+        &self.metadata
+    }
+
+    fn meta_mut(&mut self) -> &mut ObjectMeta {
+        &mut self.metadata
+    }
+}
+
+/// The [`ApiResource`] of DeviceTaintRule at `version`.
+#[must_use]
+pub fn device_taint_rule_resource(version: &str) -> ApiResource {
+    ApiResource::from_gvk_with_plural(
+        &GroupVersionKind::gvk(RESOURCE_GROUP, version, "DeviceTaintRule"),
+        "devicetaintrules",
+    )
+}
+
+/// Finds the DeviceTaintRule version the server prefers among those this controller understands.
+///
+/// Returns `Ok(None)` when the server serves no DeviceTaintRule at all (the controller then runs
+/// with ResourceSlice taints only).
+///
+/// # Errors
+/// Fails when discovery itself fails.
+pub async fn discover_device_taint_rule(client: &kube::Client) -> Result<Option<ApiResource>, kube::Error> {
+    let group = match discovery::group(client, RESOURCE_GROUP).await {
+        Ok(group) => group,
+        Err(kube::Error::Discovery(_)) => return Ok(None),
+        Err(kube::Error::Api(status)) if status.is_not_found() => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    let served: Vec<String> = group
+        .versions()
+        .filter(|v| {
+            group
+                .versioned_resources(v)
+                .iter()
+                .any(|(ar, _)| ar.kind == "DeviceTaintRule")
+        })
+        .map(str::to_owned)
+        .collect();
+    // Prefer the server's preferred version when we understand it, else the newest we know.
+    let preferred = group.preferred_version_or_latest();
+    let version = if served.iter().any(|v| v == preferred) && DEVICE_TAINT_RULE_VERSIONS.contains(&preferred)
+    {
+        Some(preferred.to_owned())
+    } else {
+        DEVICE_TAINT_RULE_VERSIONS
+            .iter()
+            .find(|v| served.iter().any(|s| s == *v))
+            .map(|v| (*v).to_owned())
+    };
+    Ok(version.map(|v| device_taint_rule_resource(&v)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_rule_at_every_version() {
+        for version in DEVICE_TAINT_RULE_VERSIONS {
+            let json = serde_json::json!({
+                "apiVersion": format!("resource.k8s.io/{version}"),
+                "kind": "DeviceTaintRule",
+                "metadata": {"name": "r", "uid": "u", "generation": 2},
+                "spec": {
+                    "deviceSelector": {"driver": "gpu.example.com", "pool": "p"},
+                    "taint": {"key": "k", "value": "v", "effect": "NoExecute", "timeAdded": "2026-01-01T00:00:00Z"}
+                },
+                "status": {"conditions": [{"type": "EvictionInProgress", "status": "False", "reason": "NotStarted",
+                    "message": "", "lastTransitionTime": "2026-01-01T00:00:00Z", "observedGeneration": 2}]}
+            });
+            let rule: DeviceTaintRule = serde_json::from_value(json).unwrap();
+            assert_eq!(rule.spec.taint.effect, "NoExecute");
+            assert_eq!(rule.spec.device_selector.unwrap().pool.as_deref(), Some("p"));
+            assert_eq!(rule.status.unwrap().conditions.unwrap().len(), 1);
+        }
+    }
+
+    #[test]
+    fn parses_rule_with_missing_fields() {
+        let rule: DeviceTaintRule =
+            serde_json::from_value(serde_json::json!({"metadata": {"name": "r"}})).unwrap();
+        assert!(rule.spec.device_selector.is_none());
+        assert_eq!(rule.spec.taint.effect, "");
+    }
+
+    #[test]
+    fn resource_names_version() {
+        let ar = device_taint_rule_resource("v1beta2");
+        assert_eq!(ar.api_version, "resource.k8s.io/v1beta2");
+        assert_eq!(ar.plural, "devicetaintrules");
+    }
+}

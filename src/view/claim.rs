@@ -1,0 +1,145 @@
+//! The ResourceClaim view: allocated devices with their tolerations, and who reserved it.
+
+use super::{DeviceId, Invalid, ObjectName, Toleration};
+use crate::k8s::ResourceClaim;
+
+/// One allocation result: a device and the tolerations the allocator copied for it.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct AllocatedDevice {
+    /// The device.
+    pub device: DeviceId,
+    /// `status.allocation.devices.results[].tolerations` (not the spec: upstream bug #134434).
+    pub tolerations: Vec<Toleration>,
+}
+
+/// The parts of a ResourceClaim that the eviction decision reads.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ClaimView {
+    /// Namespace.
+    pub namespace: String,
+    /// Name.
+    pub name: String,
+    /// UID.
+    pub uid: String,
+    /// UID of the controlling owner (the pod a generated claim belongs to).
+    pub controller_uid: Option<String>,
+    /// Allocated devices; `None` while the claim is not allocated.
+    pub allocation: Option<Vec<AllocatedDevice>>,
+    /// Pods in `status.reservedFor`, as (name, UID). Other consumer kinds are ignored.
+    pub reserved_for: Vec<(String, String)>,
+}
+
+impl ClaimView {
+    /// Projects a claim.
+    ///
+    /// # Errors
+    /// A claim without namespace, name or UID is invalid.
+    pub fn from_api(claim: &ResourceClaim) -> Result<Self, Invalid> {
+        let meta = &claim.metadata;
+        let invalid = |field| Invalid {
+            kind: "ResourceClaim",
+            object: format!(
+                "{}/{}",
+                meta.namespace.as_deref().unwrap_or_default(),
+                meta.name.as_deref().unwrap_or_default()
+            ),
+            field,
+        };
+        let namespace = meta
+            .namespace
+            .clone()
+            .ok_or_else(|| invalid("metadata.namespace"))?;
+        let name = meta.name.clone().ok_or_else(|| invalid("metadata.name"))?;
+        let uid = meta.uid.clone().ok_or_else(|| invalid("metadata.uid"))?;
+        let controller_uid = meta
+            .owner_references
+            .iter()
+            .flatten()
+            .find(|o| o.controller == Some(true))
+            .map(|o| o.uid.clone());
+        let status = claim.status.as_ref();
+        let allocation = status.and_then(|s| s.allocation.as_ref()).map(|a| {
+            a.devices
+                .iter()
+                .flat_map(|d| d.results.iter().flatten())
+                .map(|r| AllocatedDevice {
+                    device: DeviceId::new(&r.driver, &r.pool, &r.device),
+                    tolerations: r.tolerations.iter().flatten().map(Toleration::from_api).collect(),
+                })
+                .collect()
+        });
+        let reserved_for = status
+            .and_then(|s| s.reserved_for.as_ref())
+            .into_iter()
+            .flatten()
+            .filter(|r| r.api_group.as_deref().unwrap_or_default().is_empty() && r.resource == "pods")
+            .map(|r| (r.name.clone(), r.uid.clone()))
+            .collect();
+        Ok(Self {
+            namespace,
+            name,
+            uid,
+            controller_uid,
+            allocation,
+            reserved_for,
+        })
+    }
+
+    /// The claim's `namespace/name`.
+    #[must_use]
+    pub fn object_name(&self) -> ObjectName {
+        ObjectName::new(&self.namespace, &self.name)
+    }
+
+    /// Whether the pod with this UID is in `reservedFor`.
+    #[must_use]
+    pub fn reserved_by(&self, pod_uid: &str) -> bool {
+        self.reserved_for.iter().any(|(_, uid)| uid == pod_uid)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::view::{Effect, Operator};
+
+    #[test]
+    fn projects_allocation_and_reservations() {
+        let claim: ResourceClaim = serde_json::from_value(serde_json::json!({
+            "metadata": {"namespace": "ns", "name": "c", "uid": "cu",
+                "ownerReferences": [{"apiVersion": "v1", "kind": "Pod", "name": "p", "uid": "pu", "controller": true}]},
+            "spec": {"devices": {}},
+            "status": {
+                "allocation": {"devices": {"results": [
+                    {"request": "r", "driver": "d", "pool": "p", "device": "gpu-0",
+                     "tolerations": [{"key": "k", "operator": "Exists", "effect": "NoExecute", "tolerationSeconds": 30}]}
+                ]}},
+                "reservedFor": [
+                    {"resource": "pods", "name": "p", "uid": "pu"},
+                    {"apiGroup": "scheduling.k8s.io", "resource": "podgroups", "name": "g", "uid": "gu"}
+                ]
+            }
+        }))
+        .unwrap();
+        let view = ClaimView::from_api(&claim).unwrap();
+        assert_eq!(view.controller_uid.as_deref(), Some("pu"));
+        let alloc = view.allocation.as_ref().unwrap();
+        assert_eq!(alloc[0].device, DeviceId::new("d", "p", "gpu-0"));
+        assert_eq!(alloc[0].tolerations[0].operator, Operator::Exists);
+        assert_eq!(alloc[0].tolerations[0].effect, Some(Effect::NoExecute));
+        assert_eq!(alloc[0].tolerations[0].toleration_seconds, Some(30));
+        assert_eq!(view.reserved_for, vec![("p".to_owned(), "pu".to_owned())]);
+        assert!(view.reserved_by("pu") && !view.reserved_by("gu"));
+    }
+
+    #[test]
+    fn unallocated_claim() {
+        let claim: ResourceClaim = serde_json::from_value(serde_json::json!({
+            "metadata": {"namespace": "ns", "name": "c", "uid": "cu"}, "spec": {"devices": {}}
+        }))
+        .unwrap();
+        let view = ClaimView::from_api(&claim).unwrap();
+        assert_eq!(view.allocation, None);
+        assert!(view.reserved_for.is_empty());
+    }
+}

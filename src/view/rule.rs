@@ -1,0 +1,162 @@
+//! The DeviceTaintRule view: selector, taint, and the condition this controller last wrote.
+
+use super::{DeviceId, Invalid, RuleRef, Taint, Time};
+use crate::k8s::DeviceTaintRule;
+
+/// `spec.deviceSelector`: every set field must match, an unset field matches anything.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Selector {
+    /// Driver.
+    pub driver: Option<String>,
+    /// Pool.
+    pub pool: Option<String>,
+    /// Device.
+    pub device: Option<String>,
+}
+
+impl Selector {
+    /// Whether the selector matches a device.
+    #[must_use]
+    pub fn matches(&self, device: &DeviceId) -> bool {
+        self.driver.as_ref().is_none_or(|d| *d == device.driver)
+            && self.pool.as_ref().is_none_or(|p| *p == device.pool)
+            && self.device.as_ref().is_none_or(|n| *n == device.device)
+    }
+
+    /// An empty selector `{}` selects every device in the cluster (SPEC D10).
+    #[must_use]
+    pub fn is_empty(&self) -> bool {
+        self.driver.is_none() && self.pool.is_none() && self.device.is_none()
+    }
+}
+
+/// The `EvictionInProgress` condition as last seen on the rule.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RuleCondition {
+    /// `True` or `False`.
+    pub status: String,
+    /// Reason.
+    pub reason: String,
+    /// Message.
+    pub message: String,
+    /// Rule generation the condition was computed for.
+    pub observed_generation: Option<i64>,
+    /// When the condition last changed.
+    pub last_transition_time: Time,
+}
+
+/// The parts of a DeviceTaintRule that the controller reads.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RuleView {
+    /// Name (cluster-scoped).
+    pub name: String,
+    /// UID.
+    pub uid: String,
+    /// `metadata.generation`, bumped on spec changes.
+    pub generation: i64,
+    /// `None` selects nothing; an empty selector selects every device.
+    pub selector: Option<Selector>,
+    /// The taint.
+    pub taint: Taint,
+    /// The `EvictionInProgress` condition, if any (status only: never triggers eviction work).
+    pub condition: Option<RuleCondition>,
+}
+
+/// The condition type this controller owns on DeviceTaintRules.
+pub const EVICTION_IN_PROGRESS: &str = "EvictionInProgress";
+
+impl RuleView {
+    /// Projects a rule.
+    ///
+    /// # Errors
+    /// A rule without name or UID is invalid.
+    pub fn from_api(rule: &DeviceTaintRule) -> Result<Self, Invalid> {
+        let name = rule.metadata.name.clone().unwrap_or_default();
+        let invalid = |field| Invalid {
+            kind: "DeviceTaintRule",
+            object: name.clone(),
+            field,
+        };
+        if name.is_empty() {
+            return Err(invalid("metadata.name"));
+        }
+        let uid = rule.metadata.uid.clone().ok_or_else(|| invalid("metadata.uid"))?;
+        let t = &rule.spec.taint;
+        let condition = rule
+            .status
+            .as_ref()
+            .and_then(|s| s.conditions.as_ref())
+            .and_then(|c| c.iter().find(|c| c.type_ == EVICTION_IN_PROGRESS))
+            .map(|c| RuleCondition {
+                status: c.status.clone(),
+                reason: c.reason.clone(),
+                message: c.message.clone(),
+                observed_generation: c.observed_generation,
+                last_transition_time: c.last_transition_time.0,
+            });
+        Ok(Self {
+            name,
+            uid,
+            generation: rule.metadata.generation.unwrap_or_default(),
+            selector: rule.spec.device_selector.as_ref().map(|s| Selector {
+                driver: s.driver.clone(),
+                pool: s.pool.clone(),
+                device: s.device.clone(),
+            }),
+            taint: Taint::from_parts(&t.key, t.value.as_deref(), &t.effect, t.time_added.as_ref()),
+            condition,
+        })
+    }
+
+    /// The rule's reference.
+    #[must_use]
+    pub fn rule_ref(&self) -> RuleRef {
+        RuleRef::new(&self.name, &self.uid)
+    }
+
+    /// Whether the rule selects the device (a missing selector selects nothing).
+    #[must_use]
+    pub fn selects(&self, device: &DeviceId) -> bool {
+        self.selector.as_ref().is_some_and(|s| s.matches(device))
+    }
+
+    /// Same UID, selector and taint: a status-only change.
+    #[must_use]
+    pub fn same_spec(&self, other: &Self) -> bool {
+        self.uid == other.uid
+            && self.generation == other.generation
+            && self.selector == other.selector
+            && self.taint == other.taint
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn nil_selector_selects_nothing_empty_selects_all() {
+        let d = DeviceId::new("d", "p", "x");
+        let mut rule = RuleView {
+            name: "r".into(),
+            uid: "u".into(),
+            generation: 1,
+            selector: None,
+            taint: Taint::from_parts("k", None, "NoExecute", None),
+            condition: None,
+        };
+        assert!(!rule.selects(&d));
+        rule.selector = Some(Selector::default());
+        assert!(rule.selects(&d));
+        rule.selector = Some(Selector {
+            pool: Some("p".into()),
+            ..Selector::default()
+        });
+        assert!(rule.selects(&d));
+        rule.selector = Some(Selector {
+            device: Some("y".into()),
+            ..Selector::default()
+        });
+        assert!(!rule.selects(&d));
+    }
+}
