@@ -11,6 +11,8 @@
 //! queue wakes workers at the deadlines; one actuator does every API write.
 
 pub mod eviction;
+#[doc(hidden)]
+pub mod fixtures;
 pub mod index;
 pub mod k8s;
 pub mod view;

@@ -773,7 +773,7 @@ fn compute_claim_eviction(pools: &Pools, rules: &Rules, devices: &[AllocatedDevi
             );
         }
         rules.for_each_evicting(device, |rule| {
-            visit(TaintSource::Rule(rule.rule_ref()), &rule.taint)
+            visit(TaintSource::Rule(rule.rule_ref()), &rule.taint);
         });
     })
 }

@@ -1,1 +1,1644 @@
+//! Upstream `TestController` cases (SPEC section 6, upstream-behaviour.md §6.1), written as
+//! "initial objects + events + time steps → pending evictions, Events, rule conditions". Cases
+//! whose events do not depend on order are replayed in every order of up to four events.
 
+use std::collections::BTreeMap;
+
+use super::*;
+use crate::{
+    fixtures::{claim, pod, rule, slice, t, taint, toleration},
+    view::{ClaimView, PodView, RuleView, SliceView, Toleration},
+};
+
+const NS: &str = "default";
+const DRIVER: &str = "driver";
+const POOL: &str = "pool";
+const DEVICE: &str = "instance";
+const KEY: &str = "example.com/taint";
+const VALUE: &str = "something";
+
+// === Fixtures ===
+
+fn the_pod() -> PodView {
+    pod(NS, "my-pod").with_claim("my-claim")
+}
+
+fn the_claim() -> ClaimView {
+    claim(NS, "my-claim")
+        .with_device(DRIVER, POOL, DEVICE)
+        .reserved_for(&the_pod())
+}
+
+fn tolerating_claim(tol: Toleration) -> ClaimView {
+    the_claim().with_toleration(tol)
+}
+
+fn tolerate_secs(secs: Option<i64>) -> Toleration {
+    toleration(KEY, "Exists", "", "NoExecute", secs)
+}
+
+fn untainted_slice() -> SliceView {
+    slice("my-slice", DRIVER, POOL).with_device(DEVICE)
+}
+
+fn tainted_slice() -> SliceView {
+    untainted_slice().with_taint(taint(KEY, VALUE, "NoExecute", Some(t(0))))
+}
+
+fn slice_with_effect(effect: &str) -> SliceView {
+    untainted_slice().with_taint(taint(KEY, VALUE, effect, Some(t(0))))
+}
+
+fn the_rule() -> RuleView {
+    rule("my-rule").selecting(Some(DRIVER), Some(POOL), Some(DEVICE))
+}
+
+fn none_rule() -> RuleView {
+    the_rule().with_taint(taint("k", "v", "None", Some(t(0))))
+}
+
+fn slice_reason(device: &str, index: usize) -> TaintSource {
+    TaintSource::Slice {
+        device: DeviceId::new(DRIVER, POOL, device),
+        index,
+    }
+}
+
+fn rule_reason(rule: &RuleView) -> TaintSource {
+    TaintSource::Rule(rule.rule_ref())
+}
+
+/// Pod `name` in namespace `ns` with its own claim on device `device`, and that claim.
+fn pod_and_claim(ns: &str, name: &str, device: &str) -> (PodView, ClaimView) {
+    let p = pod(ns, name).with_claim(&format!("{name}-claim"));
+    let c = claim(ns, &format!("{name}-claim"))
+        .with_device(DRIVER, POOL, device)
+        .reserved_for(&p);
+    (p, c)
+}
+
+// === Harness ===
+
+#[derive(Clone, Debug)]
+enum Ev {
+    Pod(PodView),
+    DeletePod(PodView),
+    Claim(ClaimView),
+    DeleteClaim(ClaimView),
+    Slice(SliceView),
+    DeleteSlice(&'static str),
+    Rule(RuleView),
+    DeleteRule(RuleView),
+}
+
+#[derive(Debug)]
+#[allow(clippy::large_enum_variant)] // test-only table rows
+enum Step {
+    /// Set the clock.
+    At(i64),
+    /// Apply an event.
+    Apply(Ev),
+    /// Run the workers for every due pod; these pods (by name) are evicted.
+    Process(Vec<&'static str>),
+}
+
+struct Harness {
+    state: State,
+    now: Time,
+    /// Events as `pod: message`.
+    emitted: Vec<String>,
+    schedules: usize,
+}
+
+impl Harness {
+    fn new() -> Self {
+        Self {
+            state: State::new(),
+            now: t(0),
+            emitted: Vec::new(),
+            schedules: 0,
+        }
+    }
+
+    fn apply(&mut self, ev: &Ev) {
+        let now = self.now;
+        let s = &mut self.state;
+        match ev.clone() {
+            Ev::Pod(p) => s.apply_pod(&p.object_name(), &p.uid.clone(), Some(p)),
+            Ev::DeletePod(p) => s.delete_pod(&p.object_name(), &p.uid),
+            Ev::Claim(c) => s.apply_claim(c),
+            Ev::DeleteClaim(c) => s.delete_claim(&c.object_name(), &c.uid),
+            Ev::Slice(sl) => s.apply_slice(sl, now),
+            Ev::DeleteSlice(name) => s.delete_slice(name),
+            Ev::Rule(r) => s.apply_rule(r, now),
+            Ev::DeleteRule(r) => s.delete_rule(&r.name, &r.uid),
+        }
+        self.collect();
+    }
+
+    fn collect(&mut self) {
+        for change in self.state.take_changes() {
+            match change {
+                Change::Schedule { .. } => self.schedules += 1,
+                Change::Cancel { pod, notify: true } => {
+                    self.emitted.push(format!("{}: Cancelling deletion", pod.name));
+                }
+                Change::Cancel { notify: false, .. }
+                | Change::RuleStatus { .. }
+                | Change::EmptySelector { .. } => {}
+            }
+        }
+    }
+
+    /// The worker loop for every pod due now, with every pod still existing.
+    fn process(&mut self) -> Vec<String> {
+        let mut due: Vec<PodRef> = self
+            .state
+            .pending
+            .iter()
+            .filter(|(_, e)| e.at <= self.now)
+            .map(|(p, _)| p.clone())
+            .collect();
+        due.sort();
+        let mut evicted = Vec::new();
+        for pod in due {
+            if let Due::Now(eviction) = self.state.due(&pod, self.now) {
+                self.emitted.push(format!("{}: Marking for deletion", pod.name));
+                self.state.finish(&pod, &eviction, Finished::Evicted);
+                evicted.push(pod.name.clone());
+            }
+        }
+        self.collect();
+        evicted
+    }
+
+    fn pending(&self) -> BTreeMap<String, i64> {
+        self.state
+            .pending
+            .iter()
+            .map(|(p, e)| (format!("{}/{}", p.namespace, p.name), e.at.as_second()))
+            .collect()
+    }
+
+    fn condition(&self, name: &str) -> (String, String) {
+        let view = self
+            .state
+            .rule(name)
+            .unwrap_or_else(|| panic!("rule {name} missing"));
+        let counts = self.state.rule_counts(view);
+        let c = rule_condition(&view.taint.effect, &counts);
+        (c.reason.to_owned(), c.message)
+    }
+}
+
+#[derive(Debug, Default)]
+struct Case {
+    initial: Vec<Ev>,
+    events: Vec<Ev>,
+    /// The events must be applied in the given order (several versions of one object).
+    ordered: bool,
+    /// Pending evictions after the events: `namespace/pod` → eviction time in seconds.
+    pending: Vec<(&'static str, i64)>,
+    /// Reasons of pending evictions: `namespace/pod` → reasons.
+    reasons: Vec<(&'static str, Vec<TaintSource>)>,
+    /// Rule conditions after the events: (rule, reason, message).
+    conditions: Vec<(&'static str, &'static str, &'static str)>,
+    /// What happens next.
+    steps: Vec<Step>,
+    /// Rule conditions at the end.
+    final_conditions: Vec<(&'static str, &'static str, &'static str)>,
+    /// Every Event emitted, in order.
+    emitted: Vec<&'static str>,
+}
+
+fn permutations(events: &[Ev]) -> Vec<Vec<Ev>> {
+    if events.len() <= 1 {
+        return vec![events.to_vec()];
+    }
+    let mut all = Vec::new();
+    for i in 0..events.len() {
+        let mut rest = events.to_vec();
+        let first = rest.remove(i);
+        for mut tail in permutations(&rest) {
+            tail.insert(0, first.clone());
+            all.push(tail);
+        }
+    }
+    all
+}
+
+fn run(name: &str, case: &Case) {
+    let orders = if case.ordered || case.events.len() > 4 {
+        vec![case.events.clone()]
+    } else {
+        permutations(&case.events)
+    };
+    for (n, events) in orders.iter().enumerate() {
+        let ctx = format!("case {name}, order #{n}");
+        let mut h = Harness::new();
+        for ev in case.initial.iter().chain(events) {
+            h.apply(ev);
+        }
+        let want: BTreeMap<String, i64> = case
+            .pending
+            .iter()
+            .map(|(p, at)| ((*p).to_owned(), *at))
+            .collect();
+        assert_eq!(h.pending(), want, "{ctx}: pending");
+        for (p, reasons) in &case.reasons {
+            let (ns, name) = p.split_once('/').unwrap_or_default();
+            let got = h
+                .state
+                .pending
+                .iter()
+                .find(|(r, _)| r.namespace == ns && r.name == name)
+                .map(|(_, e)| &e.reasons);
+            assert_eq!(got, Some(reasons), "{ctx}: reasons of {p}");
+        }
+        for (r, reason, message) in &case.conditions {
+            assert_eq!(
+                h.condition(r),
+                ((*reason).to_owned(), (*message).to_owned()),
+                "{ctx}: condition of {r}"
+            );
+        }
+        for step in &case.steps {
+            match step {
+                Step::At(secs) => h.now = t(*secs),
+                Step::Apply(ev) => h.apply(ev),
+                Step::Process(want) => assert_eq!(h.process(), *want, "{ctx}: evicted at {}", h.now),
+            }
+        }
+        for (r, reason, message) in &case.final_conditions {
+            assert_eq!(
+                h.condition(r),
+                ((*reason).to_owned(), (*message).to_owned()),
+                "{ctx}: final condition of {r}"
+            );
+        }
+        assert_eq!(h.emitted, case.emitted, "{ctx}: events");
+    }
+}
+
+/// The most common shape: the pod is evicted at `at`, nothing before.
+fn evicted_at(at: i64) -> Vec<Step> {
+    vec![
+        Step::At(at - 1),
+        Step::Process(vec![]),
+        Step::At(at),
+        Step::Process(vec!["my-pod"]),
+    ]
+}
+
+const PENDING_ONE: &str = "1 pod needs to be evicted in 1 namespace.";
+const EVICTED_ONE: &str = "1 pod evicted since starting the controller.";
+
+// === Cases ===
+
+#[test]
+fn empty() {
+    run(
+        "empty",
+        &Case {
+            steps: vec![Step::Process(vec![])],
+            ..Case::default()
+        },
+    );
+}
+
+#[test]
+fn populate_pools() {
+    let mut h = Harness::new();
+    h.apply(&Ev::Slice(tainted_slice()));
+    h.apply(&Ev::Slice(
+        slice("other", DRIVER, "other-pool")
+            .with_device("x")
+            .with_generation(3),
+    ));
+    assert_eq!(
+        h.state.pools.taints(&DeviceId::new(DRIVER, POOL, DEVICE)).len(),
+        1
+    );
+    assert_eq!(h.state.pools.slice_count(), 2);
+    assert_eq!(h.state.pools.published_matching(&Selector::default()), 2);
+}
+
+#[test]
+fn update_pools() {
+    let mut h = Harness::new();
+    h.apply(&Ev::Slice(tainted_slice()));
+    h.apply(&Ev::Slice(
+        slice("my-slice-2", DRIVER, POOL)
+            .with_device(DEVICE)
+            .with_generation(2),
+    ));
+    assert!(
+        h.state
+            .pools
+            .taints(&DeviceId::new(DRIVER, POOL, DEVICE))
+            .is_empty(),
+        "old generation ignored"
+    );
+}
+
+#[test]
+fn untainted_claim() {
+    let mut h = Harness::new();
+    h.apply(&Ev::Slice(untainted_slice()));
+    h.apply(&Ev::Claim(the_claim()));
+    assert_eq!(
+        h.state.claim(&ObjectName::new(NS, "my-claim")).map(|c| c.1),
+        Some(None)
+    );
+}
+
+#[test]
+fn tainted_claim_through_resourceslice() {
+    for events in permutations(&[Ev::Slice(tainted_slice()), Ev::Claim(the_claim())]) {
+        let mut h = Harness::new();
+        for e in &events {
+            h.apply(e);
+        }
+        let eviction = h
+            .state
+            .claim(&ObjectName::new(NS, "my-claim"))
+            .and_then(|c| c.1.cloned());
+        assert_eq!(
+            eviction,
+            Some(Eviction {
+                at: t(0),
+                reasons: vec![slice_reason(DEVICE, 0)]
+            })
+        );
+    }
+}
+
+#[test]
+fn rule_status() {
+    run(
+        "rule-status",
+        &Case {
+            events: vec![Ev::Rule(the_rule()), Ev::Slice(untainted_slice())],
+            conditions: vec![("my-rule", "NotStarted", "")],
+            ..Case::default()
+        },
+    );
+}
+
+#[test]
+fn tainted_claim_through_rule() {
+    for events in permutations(&[Ev::Rule(the_rule()), Ev::Claim(the_claim())]) {
+        let mut h = Harness::new();
+        for e in &events {
+            h.apply(e);
+        }
+        let eviction = h
+            .state
+            .claim(&ObjectName::new(NS, "my-claim"))
+            .and_then(|c| c.1.cloned());
+        assert_eq!(
+            eviction,
+            Some(Eviction {
+                at: t(0),
+                reasons: vec![rule_reason(&the_rule())]
+            })
+        );
+    }
+}
+
+#[test]
+fn evict_pod_resourceclaim() {
+    run(
+        "evict-pod-resourceclaim",
+        &Case {
+            events: vec![
+                Ev::Pod(the_pod()),
+                Ev::Claim(the_claim()),
+                Ev::Slice(tainted_slice()),
+            ],
+            pending: vec![("default/my-pod", 0)],
+            reasons: vec![("default/my-pod", vec![slice_reason(DEVICE, 0)])],
+            steps: vec![
+                Step::Process(vec!["my-pod"]),
+                Step::At(100),
+                Step::Process(vec![]),
+            ],
+            emitted: vec!["my-pod: Marking for deletion"],
+            ..Case::default()
+        },
+    );
+}
+
+#[test]
+fn evict_pod_rule() {
+    run(
+        "evict-pod-rule",
+        &Case {
+            events: vec![Ev::Pod(the_pod()), Ev::Claim(the_claim()), Ev::Rule(the_rule())],
+            pending: vec![("default/my-pod", 0)],
+            reasons: vec![("default/my-pod", vec![rule_reason(&the_rule())])],
+            conditions: vec![("my-rule", "PodsPendingEviction", PENDING_ONE)],
+            steps: vec![Step::Process(vec!["my-pod"])],
+            final_conditions: vec![("my-rule", "Completed", EVICTED_ONE)],
+            emitted: vec!["my-pod: Marking for deletion"],
+            ..Case::default()
+        },
+    );
+}
+
+#[test]
+fn evict_pod_rule_later() {
+    run(
+        "evict-pod-rule-later",
+        &Case {
+            events: vec![
+                Ev::Pod(the_pod()),
+                Ev::Claim(the_claim().with_toleration(toleration("k", "Equal", "v", "NoExecute", Some(60)))),
+                Ev::Rule(the_rule()),
+            ],
+            pending: vec![("default/my-pod", 60)],
+            conditions: vec![("my-rule", "PodsPendingEviction", PENDING_ONE)],
+            steps: evicted_at(60),
+            final_conditions: vec![("my-rule", "Completed", EVICTED_ONE)],
+            emitted: vec!["my-pod: Marking for deletion"],
+            ..Case::default()
+        },
+    );
+}
+
+fn many_pods(namespaces: [&str; 3]) -> Vec<Ev> {
+    let mut events = vec![Ev::Rule(rule("my-rule").selecting(
+        Some(DRIVER),
+        Some(POOL),
+        None,
+    ))];
+    for (i, ns) in namespaces.iter().enumerate() {
+        let (p, c) = pod_and_claim(ns, &format!("pod-{i}"), &format!("instance-{i}"));
+        events.push(Ev::Pod(p));
+        events.push(Ev::Claim(c));
+    }
+    events
+}
+
+#[test]
+fn evict_many_pods_many_namespaces() {
+    run(
+        "evict-many-pods-many-namespaces",
+        &Case {
+            events: many_pods(["ns-0", "ns-1", "ns-2"]),
+            pending: vec![("ns-0/pod-0", 0), ("ns-1/pod-1", 0), ("ns-2/pod-2", 0)],
+            conditions: vec![(
+                "my-rule",
+                "PodsPendingEviction",
+                "3 pods need to be evicted in 3 different namespaces.",
+            )],
+            steps: vec![Step::Process(vec!["pod-0", "pod-1", "pod-2"])],
+            final_conditions: vec![(
+                "my-rule",
+                "Completed",
+                "3 pods evicted since starting the controller.",
+            )],
+            emitted: vec![
+                "pod-0: Marking for deletion",
+                "pod-1: Marking for deletion",
+                "pod-2: Marking for deletion",
+            ],
+            ..Case::default()
+        },
+    );
+}
+
+#[test]
+fn evict_many_pods_same_namespace() {
+    run(
+        "evict-many-pods-same-namespace",
+        &Case {
+            events: many_pods(["ns", "ns", "ns"]),
+            pending: vec![("ns/pod-0", 0), ("ns/pod-1", 0), ("ns/pod-2", 0)],
+            conditions: vec![(
+                "my-rule",
+                "PodsPendingEviction",
+                "3 pods need to be evicted in 1 namespace.",
+            )],
+            steps: vec![Step::Process(vec!["pod-0", "pod-1", "pod-2"])],
+            final_conditions: vec![(
+                "my-rule",
+                "Completed",
+                "3 pods evicted since starting the controller.",
+            )],
+            emitted: vec![
+                "pod-0: Marking for deletion",
+                "pod-1: Marking for deletion",
+                "pod-2: Marking for deletion",
+            ],
+            ..Case::default()
+        },
+    );
+}
+
+const WOULD_SUFFIX: &str = "if the effect was NoExecute. This information will not be updated again. Recreate the DeviceTaintRule to trigger an update.";
+
+#[test]
+fn none_pod_rule() {
+    let message = format!(
+        "1 published device selected. 1 allocated device selected. 1 pod would be evicted in 1 namespace {WOULD_SUFFIX}"
+    );
+    let message: &'static str = Box::leak(message.into_boxed_str());
+    run(
+        "none-pod-rule",
+        &Case {
+            events: vec![
+                Ev::Pod(the_pod()),
+                Ev::Claim(the_claim()),
+                Ev::Rule(none_rule()),
+                Ev::Slice(untainted_slice()),
+            ],
+            conditions: vec![("my-rule", "NoEffect", message)],
+            steps: vec![Step::Process(vec![])],
+            ..Case::default()
+        },
+    );
+}
+
+fn none_many(namespaces: [&str; 3], want: &'static str) {
+    let mut events = many_pods(namespaces);
+    events[0] = Ev::Rule(
+        rule("my-rule")
+            .selecting(Some(DRIVER), Some(POOL), None)
+            .with_taint(taint("k", "v", "None", Some(t(0)))),
+    );
+    let mut s = slice("my-slice", DRIVER, POOL);
+    for i in 0..4 {
+        s = s.with_device(&format!("instance-{i}"));
+    }
+    events.push(Ev::Slice(s));
+    run(
+        "none-many",
+        &Case {
+            events,
+            conditions: vec![("my-rule", "NoEffect", want)],
+            ..Case::default()
+        },
+    );
+}
+
+#[test]
+fn none_many_pods_many_namespaces() {
+    none_many(
+        ["ns-0", "ns-1", "ns-2"],
+        "4 published devices selected. 3 allocated devices selected. 3 pods would be evicted in 3 different \
+         namespaces if the effect was NoExecute. This information will not be updated again. Recreate the \
+         DeviceTaintRule to trigger an update.",
+    );
+}
+
+#[test]
+fn none_many_pods_same_namespace() {
+    none_many(
+        ["ns", "ns", "ns"],
+        "4 published devices selected. 3 allocated devices selected. 3 pods would be evicted in 1 namespace \
+         if the effect was NoExecute. This information will not be updated again. Recreate the DeviceTaintRule \
+         to trigger an update.",
+    );
+}
+
+#[test]
+fn multiple_claims_same_rule() {
+    let r = rule("my-rule").selecting(Some(DRIVER), Some(POOL), None);
+    let (p0, c0) = pod_and_claim(NS, "pod-0", "instance-0");
+    let (p1, c1) = pod_and_claim(NS, "pod-1", "instance-1");
+    run(
+        "multiple-claims-same-rule",
+        &Case {
+            events: vec![Ev::Rule(r.clone()), Ev::Pod(p0), Ev::Claim(c0), Ev::Claim(c1)],
+            initial: vec![Ev::Pod(p1)],
+            pending: vec![("default/pod-0", 0), ("default/pod-1", 0)],
+            reasons: vec![
+                ("default/pod-0", vec![rule_reason(&r)]),
+                ("default/pod-1", vec![rule_reason(&r)]),
+            ],
+            conditions: vec![(
+                "my-rule",
+                "PodsPendingEviction",
+                "2 pods need to be evicted in 1 namespace.",
+            )],
+            steps: vec![Step::Process(vec!["pod-0", "pod-1"])],
+            final_conditions: vec![(
+                "my-rule",
+                "Completed",
+                "2 pods evicted since starting the controller.",
+            )],
+            emitted: vec!["pod-0: Marking for deletion", "pod-1: Marking for deletion"],
+            ..Case::default()
+        },
+    );
+}
+
+fn different_rules(order: [usize; 2]) {
+    let rules = [
+        rule("rule-a").selecting(Some(DRIVER), Some(POOL), Some("instance-0")),
+        rule("rule-b").selecting(Some(DRIVER), Some(POOL), Some("instance-1")),
+    ];
+    let p = pod(NS, "my-pod").with_claim("my-claim");
+    let c = claim(NS, "my-claim")
+        .with_device(DRIVER, POOL, "instance-1")
+        .with_device(DRIVER, POOL, "instance-0")
+        .reserved_for(&p);
+    run(
+        "multiple-claims-different-rules",
+        &Case {
+            initial: vec![Ev::Pod(p), Ev::Claim(c)],
+            events: vec![
+                Ev::Rule(rules[order[0]].clone()),
+                Ev::Rule(rules[order[1]].clone()),
+            ],
+            ordered: true,
+            pending: vec![("default/my-pod", 0)],
+            reasons: vec![(
+                "default/my-pod",
+                vec![rule_reason(&rules[0]), rule_reason(&rules[1])],
+            )],
+            conditions: vec![
+                ("rule-a", "PodsPendingEviction", PENDING_ONE),
+                ("rule-b", "PodsPendingEviction", PENDING_ONE),
+            ],
+            steps: vec![Step::Process(vec!["my-pod"])],
+            final_conditions: vec![
+                ("rule-a", "Completed", EVICTED_ONE),
+                ("rule-b", "Completed", EVICTED_ONE),
+            ],
+            emitted: vec!["my-pod: Marking for deletion"],
+        },
+    );
+}
+
+#[test]
+fn multiple_claims_different_rules_order_1() {
+    different_rules([0, 1]);
+}
+
+#[test]
+fn multiple_claims_different_rules_order_2() {
+    different_rules([1, 0]);
+}
+
+#[test]
+fn evict_pod_resourceclaim_again() {
+    let new_pod = the_pod().with_uid("uid-my-pod-2");
+    run(
+        "evict-pod-resourceclaim-again",
+        &Case {
+            events: vec![
+                Ev::Pod(the_pod()),
+                Ev::Claim(the_claim()),
+                Ev::Slice(tainted_slice()),
+            ],
+            pending: vec![("default/my-pod", 0)],
+            steps: vec![
+                Step::Process(vec!["my-pod"]),
+                Step::At(10),
+                Step::Apply(Ev::DeletePod(the_pod())),
+                Step::Apply(Ev::Pod(new_pod.clone())),
+                Step::Apply(Ev::Claim(
+                    claim(NS, "my-claim")
+                        .with_device(DRIVER, POOL, DEVICE)
+                        .reserved_for(&new_pod),
+                )),
+                Step::Process(vec!["my-pod"]),
+            ],
+            emitted: vec!["my-pod: Marking for deletion", "my-pod: Marking for deletion"],
+            ..Case::default()
+        },
+    );
+}
+
+#[test]
+fn evict_pod_after_scheduling() {
+    run(
+        "evict-pod-after-scheduling",
+        &Case {
+            initial: vec![Ev::Claim(the_claim()), Ev::Slice(tainted_slice())],
+            events: vec![Ev::Pod(the_pod().unscheduled()), Ev::Pod(the_pod())],
+            ordered: true,
+            pending: vec![("default/my-pod", 0)],
+            steps: vec![Step::Process(vec!["my-pod"])],
+            emitted: vec!["my-pod: Marking for deletion"],
+            ..Case::default()
+        },
+    );
+}
+
+#[test]
+fn evict_pod_resourceclaim_unrelated_changes() {
+    let events = [
+        Ev::Pod(the_pod()),
+        Ev::Claim(the_claim()),
+        Ev::Slice(tainted_slice()),
+    ];
+    let mut h = Harness::new();
+    for e in &events {
+        h.apply(e);
+    }
+    assert_eq!(h.schedules, 1);
+    // Updates that do not change any view (labels, unrelated status) do nothing at all.
+    h.apply(&Ev::Pod(the_pod()));
+    h.apply(&Ev::Claim(the_claim()));
+    h.apply(&Ev::Slice(tainted_slice().with_device("other-device")));
+    assert_eq!(h.schedules, 1, "unchanged eviction is not rescheduled");
+    assert_eq!(h.process(), vec!["my-pod"]);
+}
+
+#[test]
+fn evict_pod_resourceclaimtemplate() {
+    let p = pod(NS, "my-pod").with_generated_claim("my-pod-my-claim-xyz");
+    let c = claim(NS, "my-pod-my-claim-xyz")
+        .with_device(DRIVER, POOL, DEVICE)
+        .reserved_for(&p)
+        .owned_by(&p);
+    run(
+        "evict-pod-resourceclaimtemplate",
+        &Case {
+            events: vec![Ev::Pod(p), Ev::Claim(c), Ev::Slice(tainted_slice())],
+            pending: vec![("default/my-pod", 0)],
+            steps: vec![Step::Process(vec!["my-pod"])],
+            emitted: vec!["my-pod: Marking for deletion"],
+            ..Case::default()
+        },
+    );
+}
+
+#[test]
+fn evict_pod_later() {
+    run(
+        "evict-pod-later",
+        &Case {
+            events: vec![
+                Ev::Pod(the_pod()),
+                Ev::Claim(tolerating_claim(tolerate_secs(Some(3600)))),
+                Ev::Slice(tainted_slice()),
+            ],
+            pending: vec![("default/my-pod", 3600)],
+            steps: evicted_at(3600),
+            emitted: vec!["my-pod: Marking for deletion"],
+            ..Case::default()
+        },
+    );
+}
+
+#[test]
+fn evict_pod_later_many() {
+    let c = the_claim()
+        .with_toleration(tolerate_secs(Some(20)))
+        .with_toleration(tolerate_secs(Some(60)))
+        .with_toleration(toleration("other", "Exists", "", "NoExecute", Some(1)));
+    let c = ClaimView {
+        allocation: c.allocation.map(|mut a| {
+            a[0].tolerations[0].toleration_seconds = Some(30);
+            a
+        }),
+        ..c
+    };
+    run(
+        "evict-pod-later-many",
+        &Case {
+            events: vec![Ev::Pod(the_pod()), Ev::Claim(c), Ev::Slice(tainted_slice())],
+            pending: vec![("default/my-pod", 30)],
+            steps: evicted_at(30),
+            emitted: vec!["my-pod: Marking for deletion"],
+            ..Case::default()
+        },
+    );
+}
+
+#[test]
+fn evict_pod_toleration_mismatch() {
+    run(
+        "evict-pod-toleration-mismatch",
+        &Case {
+            events: vec![
+                Ev::Pod(the_pod()),
+                Ev::Claim(tolerating_claim(toleration(
+                    "other",
+                    "Exists",
+                    "",
+                    "NoExecute",
+                    None,
+                ))),
+                Ev::Slice(tainted_slice()),
+            ],
+            pending: vec![("default/my-pod", 0)],
+            steps: vec![Step::Process(vec!["my-pod"])],
+            emitted: vec!["my-pod: Marking for deletion"],
+            ..Case::default()
+        },
+    );
+}
+
+#[test]
+fn no_evict_pod_toleration_forever() {
+    run(
+        "no-evict-pod-toleration-forever",
+        &Case {
+            events: vec![
+                Ev::Pod(the_pod()),
+                Ev::Claim(tolerating_claim(tolerate_secs(None))),
+                Ev::Slice(tainted_slice()),
+            ],
+            steps: vec![Step::At(1_000_000), Step::Process(vec![])],
+            ..Case::default()
+        },
+    );
+}
+
+#[test]
+fn no_evict_pod_toleration_forever_many() {
+    let c = the_claim()
+        .with_toleration(tolerate_secs(Some(10)))
+        .with_toleration(toleration(KEY, "Equal", VALUE, "", None))
+        .with_toleration(tolerate_secs(Some(20)));
+    run(
+        "no-evict-pod-toleration-forever-many",
+        &Case {
+            events: vec![Ev::Pod(the_pod()), Ev::Claim(c), Ev::Slice(tainted_slice())],
+            steps: vec![Step::At(1_000_000), Step::Process(vec![])],
+            ..Case::default()
+        },
+    );
+}
+
+#[test]
+fn evict_pod_partial_toleration() {
+    let s = tainted_slice().with_taint(taint("other", "", "NoExecute", Some(t(5))));
+    run(
+        "evict-pod-partial-toleration",
+        &Case {
+            events: vec![
+                Ev::Pod(the_pod()),
+                Ev::Claim(tolerating_claim(tolerate_secs(None))),
+                Ev::Slice(s),
+            ],
+            pending: vec![("default/my-pod", 5)],
+            reasons: vec![("default/my-pod", vec![slice_reason(DEVICE, 1)])],
+            steps: evicted_at(5),
+            emitted: vec!["my-pod: Marking for deletion"],
+            ..Case::default()
+        },
+    );
+}
+
+#[test]
+fn evict_pod_many_taints() {
+    let c = tolerating_claim(toleration("", "Exists", "", "NoExecute", Some(30)));
+    run(
+        "evict-pod-many-taints",
+        &Case {
+            events: vec![
+                Ev::Pod(the_pod()),
+                Ev::Claim(c),
+                Ev::Slice(tainted_slice()),
+                Ev::Rule(the_rule()),
+            ],
+            pending: vec![("default/my-pod", 30)],
+            reasons: vec![(
+                "default/my-pod",
+                vec![rule_reason(&the_rule()), slice_reason(DEVICE, 0)],
+            )],
+            conditions: vec![("my-rule", "PodsPendingEviction", PENDING_ONE)],
+            steps: evicted_at(30),
+            final_conditions: vec![("my-rule", "Completed", EVICTED_ONE)],
+            emitted: vec!["my-pod: Marking for deletion"],
+            ..Case::default()
+        },
+    );
+}
+
+#[test]
+fn no_evict_pod_not_scheduled() {
+    run(
+        "no-evict-pod-not-scheduled",
+        &Case {
+            events: vec![
+                Ev::Pod(the_pod().unscheduled()),
+                Ev::Claim(the_claim()),
+                Ev::Slice(tainted_slice()),
+            ],
+            steps: vec![Step::Process(vec![])],
+            ..Case::default()
+        },
+    );
+}
+
+#[test]
+fn no_evict_no_taint() {
+    run(
+        "no-evict-no-taint",
+        &Case {
+            events: vec![
+                Ev::Pod(the_pod()),
+                Ev::Claim(the_claim()),
+                Ev::Slice(untainted_slice()),
+            ],
+            steps: vec![Step::Process(vec![])],
+            ..Case::default()
+        },
+    );
+}
+
+#[test]
+fn no_evict_no_taint_update() {
+    run(
+        "no-evict-no-taint-update",
+        &Case {
+            initial: vec![Ev::Pod(the_pod()), Ev::Claim(the_claim())],
+            events: vec![
+                Ev::Slice(untainted_slice()),
+                Ev::Slice(untainted_slice().with_device("other")),
+            ],
+            ordered: true,
+            steps: vec![Step::Process(vec![])],
+            ..Case::default()
+        },
+    );
+}
+
+fn api_pod(status: &serde_json::Value) -> crate::k8s::Pod {
+    serde_json::from_value(serde_json::json!({
+        "metadata": {"namespace": NS, "name": "my-pod", "uid": "uid-my-pod"},
+        "spec": {"nodeName": "node", "containers": [], "resourceClaims": [{"name": "my-claim", "resourceClaimTemplateName": "tmpl"}]},
+        "status": status
+    }))
+    .unwrap()
+}
+
+fn no_evict_template_pod(status: &serde_json::Value) {
+    let view = PodView::from_api(&api_pod(status)).unwrap().unwrap();
+    assert!(view.claims.is_empty());
+    let p = pod(NS, "my-pod");
+    let c = claim(NS, "my-pod-my-claim")
+        .with_device(DRIVER, POOL, DEVICE)
+        .reserved_for(&p)
+        .owned_by(&p);
+    run(
+        "no-evict-template",
+        &Case {
+            events: vec![Ev::Pod(view), Ev::Claim(c), Ev::Slice(tainted_slice())],
+            steps: vec![Step::Process(vec![])],
+            ..Case::default()
+        },
+    );
+}
+
+#[test]
+fn no_evict_pod_resourceclaimtemplate_no_status() {
+    no_evict_template_pod(&serde_json::json!({}));
+}
+
+#[test]
+fn no_evict_pod_resourceclaimtemplate_no_claim() {
+    no_evict_template_pod(&serde_json::json!({"resourceClaimStatuses": [{"name": "my-claim"}]}));
+}
+
+#[test]
+fn no_evict_other_device() {
+    run(
+        "no-evict-other-device",
+        &Case {
+            events: vec![
+                Ev::Pod(the_pod()),
+                Ev::Claim(the_claim()),
+                Ev::Slice(untainted_slice().with_device("other").with_taint(taint(
+                    KEY,
+                    VALUE,
+                    "NoExecute",
+                    Some(t(0)),
+                ))),
+                Ev::Rule(rule("r").selecting(Some(DRIVER), Some(POOL), Some("other"))),
+            ],
+            steps: vec![Step::Process(vec![])],
+            ..Case::default()
+        },
+    );
+}
+
+#[test]
+fn no_evict_wrong_pod() {
+    let other = pod(NS, "other-pod");
+    run(
+        "no-evict-wrong-pod",
+        &Case {
+            events: vec![
+                Ev::Pod(the_pod()),
+                Ev::Claim(
+                    claim(NS, "my-claim")
+                        .with_device(DRIVER, POOL, DEVICE)
+                        .reserved_for(&other),
+                ),
+                Ev::Slice(tainted_slice()),
+            ],
+            steps: vec![Step::Process(vec![])],
+            ..Case::default()
+        },
+    );
+}
+
+#[test]
+fn evict_wrong_pod_replaced() {
+    let other = pod(NS, "other-pod");
+    run(
+        "evict-wrong-pod-replaced",
+        &Case {
+            initial: vec![Ev::Pod(the_pod()), Ev::Slice(tainted_slice())],
+            events: vec![
+                Ev::Claim(
+                    claim(NS, "my-claim")
+                        .with_device(DRIVER, POOL, DEVICE)
+                        .reserved_for(&other),
+                ),
+                Ev::Claim(the_claim()),
+            ],
+            ordered: true,
+            pending: vec![("default/my-pod", 0)],
+            steps: vec![Step::Process(vec!["my-pod"])],
+            emitted: vec!["my-pod: Marking for deletion"],
+            ..Case::default()
+        },
+    );
+}
+
+/// A 60 s countdown interrupted at 30 s by `ev`.
+fn cancelled_by(name: &str, ev: Ev, emitted: Vec<&'static str>) {
+    run(
+        name,
+        &Case {
+            events: vec![
+                Ev::Pod(the_pod()),
+                Ev::Claim(tolerating_claim(tolerate_secs(Some(60)))),
+                Ev::Slice(tainted_slice()),
+            ],
+            pending: vec![("default/my-pod", 60)],
+            steps: vec![
+                Step::At(30),
+                Step::Apply(ev),
+                Step::At(60),
+                Step::Process(vec![]),
+                Step::At(1000),
+                Step::Process(vec![]),
+            ],
+            emitted,
+            ..Case::default()
+        },
+    );
+}
+
+#[test]
+fn cancel_eviction_remove_taint() {
+    cancelled_by(
+        "cancel-eviction-remove-taint",
+        Ev::Slice(untainted_slice()),
+        vec!["my-pod: Cancelling deletion"],
+    );
+}
+
+#[test]
+fn cancel_eviction_reduce_taint() {
+    cancelled_by(
+        "cancel-eviction-reduce-taint",
+        Ev::Slice(slice_with_effect("NoSchedule")),
+        vec!["my-pod: Cancelling deletion"],
+    );
+}
+
+#[test]
+fn ignore_none_effect() {
+    run(
+        "ignore-none-effect",
+        &Case {
+            events: vec![
+                Ev::Pod(the_pod()),
+                Ev::Claim(the_claim()),
+                Ev::Slice(slice_with_effect("None")),
+            ],
+            steps: vec![Step::Process(vec![])],
+            ..Case::default()
+        },
+    );
+}
+
+#[test]
+fn ignore_unknown_effect() {
+    run(
+        "ignore-unknown-effect",
+        &Case {
+            events: vec![
+                Ev::Pod(the_pod()),
+                Ev::Claim(the_claim()),
+                Ev::Slice(slice_with_effect("SomeFutureEffect")),
+            ],
+            steps: vec![Step::Process(vec![])],
+            ..Case::default()
+        },
+    );
+}
+
+#[test]
+fn eviction_change_taint() {
+    let moved = untainted_slice().with_taint(taint(KEY, VALUE, "NoExecute", Some(t(20))));
+    run(
+        "eviction-change-taint",
+        &Case {
+            events: vec![
+                Ev::Pod(the_pod()),
+                Ev::Claim(tolerating_claim(tolerate_secs(Some(60)))),
+                Ev::Slice(tainted_slice()),
+            ],
+            pending: vec![("default/my-pod", 60)],
+            steps: vec![
+                Step::At(30),
+                Step::Apply(Ev::Slice(moved)),
+                Step::At(60),
+                Step::Process(vec![]),
+                Step::At(79),
+                Step::Process(vec![]),
+                Step::At(80),
+                Step::Process(vec!["my-pod"]),
+            ],
+            emitted: vec!["my-pod: Marking for deletion"],
+            ..Case::default()
+        },
+    );
+}
+
+#[test]
+fn cancel_eviction_remove_taint_in_new_slice() {
+    cancelled_by(
+        "cancel-eviction-remove-taint-in-new-slice",
+        Ev::Slice(
+            slice("my-slice-2", DRIVER, POOL)
+                .with_device(DEVICE)
+                .with_generation(2),
+        ),
+        vec!["my-pod: Cancelling deletion"],
+    );
+}
+
+#[test]
+fn cancel_eviction_remove_slice() {
+    cancelled_by(
+        "cancel-eviction-remove-slice",
+        Ev::DeleteSlice("my-slice"),
+        vec!["my-pod: Cancelling deletion"],
+    );
+}
+
+#[test]
+fn cancel_eviction_pod_deletion() {
+    cancelled_by("cancel-eviction-pod-deletion", Ev::DeletePod(the_pod()), vec![]);
+}
+
+#[test]
+fn no_evict_wrong_resourceclaim() {
+    run(
+        "no-evict-wrong-resourceclaim",
+        &Case {
+            events: vec![
+                Ev::Pod(pod(NS, "my-pod").with_claim("other-claim")),
+                Ev::Claim(the_claim()),
+                Ev::Slice(tainted_slice()),
+            ],
+            steps: vec![Step::Process(vec![])],
+            ..Case::default()
+        },
+    );
+}
+
+#[test]
+fn evict_wrong_resourceclaim_replaced() {
+    let p = pod(NS, "my-pod").with_generated_claim("my-pod-claim");
+    let other = pod(NS, "old-pod");
+    let wrong = claim(NS, "my-pod-claim")
+        .with_device(DRIVER, POOL, DEVICE)
+        .reserved_for(&p)
+        .owned_by(&other);
+    let right = wrong.clone().with_uid("uid-new-claim").owned_by(&p);
+    run(
+        "evict-wrong-resourceclaim-replaced",
+        &Case {
+            initial: vec![Ev::Pod(p), Ev::Slice(tainted_slice())],
+            events: vec![Ev::Claim(wrong), Ev::Claim(right)],
+            ordered: true,
+            pending: vec![("default/my-pod", 0)],
+            steps: vec![Step::Process(vec!["my-pod"])],
+            emitted: vec!["my-pod: Marking for deletion"],
+            ..Case::default()
+        },
+    );
+}
+
+#[test]
+fn no_evict_resourceclaim_deallocated() {
+    cancelled_by(
+        "no-evict-resourceclaim-deallocated",
+        Ev::Claim(tolerating_claim(tolerate_secs(Some(60))).deallocated()),
+        vec!["my-pod: Cancelling deletion"],
+    );
+}
+
+#[test]
+fn no_evict_resourceclaim_deleted() {
+    cancelled_by(
+        "no-evict-resourceclaim-deleted",
+        Ev::DeleteClaim(tolerating_claim(tolerate_secs(Some(60)))),
+        vec!["my-pod: Cancelling deletion"],
+    );
+}
+
+// === Our deliberate differences (SPEC section 4) and extra scenarios ===
+
+#[test]
+fn d1_terminal_pod_is_never_evicted_nor_counted() {
+    let mut h = Harness::new();
+    for ev in [
+        Ev::Pod(the_pod().finished()),
+        Ev::Claim(the_claim()),
+        Ev::Rule(the_rule()),
+    ] {
+        h.apply(&ev);
+    }
+    assert!(h.pending().is_empty());
+    assert_eq!(h.condition("my-rule"), ("NotStarted".into(), String::new()));
+    // A pod that finishes while counting down is cancelled (it still exists: an Event says so).
+    let mut h = Harness::new();
+    for ev in [
+        Ev::Pod(the_pod()),
+        Ev::Claim(tolerating_claim(tolerate_secs(Some(60)))),
+        Ev::Slice(tainted_slice()),
+    ] {
+        h.apply(&ev);
+    }
+    assert_eq!(h.pending().len(), 1);
+    h.apply(&Ev::Pod(the_pod().finished()));
+    assert!(h.pending().is_empty());
+    assert_eq!(h.emitted, vec!["my-pod: Cancelling deletion"]);
+}
+
+#[test]
+fn d2_missing_time_added_counts_from_first_sight() {
+    let mut h = Harness::new();
+    h.now = t(100);
+    let untimed = untainted_slice().with_taint(taint(KEY, VALUE, "NoExecute", None));
+    for ev in [
+        Ev::Pod(the_pod()),
+        Ev::Claim(tolerating_claim(tolerate_secs(Some(60)))),
+        Ev::Slice(untimed.clone()),
+    ] {
+        h.apply(&ev);
+    }
+    assert_eq!(h.pending(), BTreeMap::from([("default/my-pod".to_owned(), 160)]));
+    // Seen again later (a resync, a re-list): the first-sight time stays.
+    h.now = t(150);
+    h.apply(&Ev::Slice(untimed.clone()));
+    h.state.reset_slices(vec![untimed], t(150));
+    assert_eq!(h.pending(), BTreeMap::from([("default/my-pod".to_owned(), 160)]));
+    // Rules too.
+    let mut h = Harness::new();
+    h.now = t(500);
+    for ev in [
+        Ev::Pod(the_pod()),
+        Ev::Claim(the_claim()),
+        Ev::Rule(the_rule().with_taint(taint("k", "v", "NoExecute", None))),
+    ] {
+        h.apply(&ev);
+    }
+    assert_eq!(h.pending(), BTreeMap::from([("default/my-pod".to_owned(), 500)]));
+}
+
+#[test]
+fn d3_relist_removes_objects_missed_while_disconnected() {
+    let mut h = Harness::new();
+    for ev in [
+        Ev::Pod(the_pod()),
+        Ev::Claim(tolerating_claim(tolerate_secs(Some(60)))),
+        Ev::Slice(tainted_slice()),
+    ] {
+        h.apply(&ev);
+    }
+    assert_eq!(h.pending().len(), 1);
+    // The slice's delete was missed; the re-list no longer has it.
+    h.state.reset_slices(vec![], t(10));
+    h.collect();
+    assert!(h.pending().is_empty(), "stale slice taint dropped");
+    assert_eq!(h.emitted, vec!["my-pod: Cancelling deletion"]);
+    // Same for rules, claims and pods.
+    h.state.reset_rules(vec![the_rule()], t(10));
+    assert_eq!(h.pending().len(), 1);
+    h.state.reset_rules(vec![], t(10));
+    assert!(h.pending().is_empty());
+    h.state.reset_rules(vec![the_rule()], t(10));
+    h.state.reset_claims(vec![]);
+    assert!(h.pending().is_empty());
+    assert_eq!(h.state.sizes().devices, 0);
+    h.state.reset_claims(vec![the_claim()]);
+    assert_eq!(h.pending().len(), 1);
+    h.state.reset_pods(vec![]);
+    assert!(h.pending().is_empty());
+    assert_eq!(h.state.sizes().pods, 0);
+    let p = the_pod();
+    h.state
+        .reset_pods(vec![(p.object_name(), p.uid.clone(), Some(p))]);
+    assert_eq!(h.pending().len(), 1);
+}
+
+#[test]
+fn d4_only_our_deletions_count() {
+    let mut h = Harness::new();
+    for ev in [Ev::Pod(the_pod()), Ev::Claim(the_claim()), Ev::Rule(the_rule())] {
+        h.apply(&ev);
+    }
+    let pod = the_pod().pod_ref();
+    let Due::Now(eviction) = h.state.due(&pod, t(0)) else {
+        panic!("due")
+    };
+    h.state.finish(&pod, &eviction, Finished::NotNeeded);
+    assert_eq!(h.state.evicted_by_rule("uid-my-rule"), 0);
+    assert_eq!(h.condition("my-rule"), ("NotStarted".into(), String::new()));
+}
+
+#[test]
+fn d6_extended_resource_claims_are_evicted() {
+    let api: crate::k8s::Pod = serde_json::from_value(serde_json::json!({
+        "metadata": {"namespace": NS, "name": "my-pod", "uid": "uid-my-pod"},
+        "spec": {"nodeName": "node", "containers": []},
+        "status": {"extendedResourceClaimStatus": {"resourceClaimName": "my-pod-extended", "requestMappings": []}}
+    }))
+    .unwrap();
+    let view = PodView::from_api(&api).unwrap().unwrap();
+    let c = claim(NS, "my-pod-extended")
+        .with_device(DRIVER, POOL, DEVICE)
+        .reserved_for(&view)
+        .owned_by(&view);
+    run(
+        "d6-extended-resource",
+        &Case {
+            events: vec![Ev::Pod(view), Ev::Claim(c), Ev::Slice(tainted_slice())],
+            pending: vec![("default/my-pod", 0)],
+            steps: vec![Step::Process(vec!["my-pod"])],
+            emitted: vec!["my-pod: Marking for deletion"],
+            ..Case::default()
+        },
+    );
+}
+
+#[test]
+fn d10_empty_selector_warns_with_device_count() {
+    let mut h = Harness::new();
+    h.apply(&Ev::Slice(untainted_slice().with_device("second")));
+    h.state.apply_rule(rule("all").selecting(None, None, None), t(0));
+    let changes = h.state.take_changes();
+    assert!(
+        changes.contains(&Change::EmptySelector {
+            rule: RuleRef::new("all", "uid-all"),
+            devices: 2
+        }),
+        "{changes:?}"
+    );
+    // A nil selector selects nothing and is no reason to warn.
+    h.state.apply_rule(rule("none"), t(0));
+    assert!(
+        !h.state
+            .take_changes()
+            .iter()
+            .any(|c| matches!(c, Change::EmptySelector { .. }))
+    );
+}
+
+#[test]
+fn x1_recreated_pod_is_not_evicted_by_old_deadline() {
+    let mut h = Harness::new();
+    for ev in [
+        Ev::Pod(the_pod()),
+        Ev::Claim(tolerating_claim(tolerate_secs(Some(60)))),
+        Ev::Slice(tainted_slice()),
+    ] {
+        h.apply(&ev);
+    }
+    // Same name, new UID, in one update (delete + add collapsed); the claim still names the old UID.
+    h.apply(&Ev::Pod(the_pod().with_uid("uid-new")));
+    assert!(h.pending().is_empty());
+    assert!(h.emitted.is_empty(), "the old pod is gone: no cancel Event");
+    h.now = t(60);
+    assert!(h.process().is_empty());
+    // The old key firing late finds nothing.
+    assert_eq!(h.state.due(&the_pod().pod_ref(), t(60)), Due::Gone);
+}
+
+#[test]
+fn finished_pod_is_not_scheduled_again_until_gone() {
+    let mut h = Harness::new();
+    for ev in [
+        Ev::Pod(the_pod()),
+        Ev::Claim(the_claim()),
+        Ev::Slice(tainted_slice()),
+    ] {
+        h.apply(&ev);
+    }
+    assert_eq!(h.process(), vec!["my-pod"]);
+    // The watch still shows the pod (our DELETE is not visible yet); an update must not re-add it.
+    h.apply(&Ev::Pod(the_pod().terminating()));
+    h.apply(&Ev::Pod(the_pod()));
+    assert!(h.pending().is_empty());
+    assert_eq!(h.schedules, 1);
+    h.apply(&Ev::DeletePod(the_pod()));
+    assert!(h.state.finished.is_empty(), "bookkeeping released with the pod");
+}
+
+#[test]
+fn due_reports_gone_later_and_now() {
+    let mut h = Harness::new();
+    for ev in [
+        Ev::Pod(the_pod()),
+        Ev::Claim(tolerating_claim(tolerate_secs(Some(60)))),
+        Ev::Slice(tainted_slice()),
+    ] {
+        h.apply(&ev);
+    }
+    let p = the_pod().pod_ref();
+    assert_eq!(h.state.due(&p, t(10)), Due::Later(t(60)));
+    assert!(matches!(h.state.due(&p, t(60)), Due::Now(_)));
+    assert_eq!(
+        h.state.due(&the_pod().with_uid("other").pod_ref(), t(60)),
+        Due::Gone
+    );
+}
+
+#[test]
+fn rule_status_is_rate_limited_and_immediate_on_change() {
+    let mut h = Harness::new();
+    for ev in [
+        Ev::Pod(the_pod()),
+        Ev::Claim(tolerating_claim(toleration("k", "Exists", "", "", Some(60)))),
+        Ev::Rule(the_rule()),
+    ] {
+        h.apply(&ev);
+    }
+    let r = the_rule().rule_ref();
+    let RuleStatusWork::Apply {
+        generation,
+        condition,
+    } = h.state.rule_status(&r, t(0))
+    else {
+        panic!("apply")
+    };
+    assert_eq!(condition.reason, "PodsPendingEviction");
+    h.state.rule_status_written(&r, generation, &condition, t(0));
+    assert_eq!(
+        h.state.rule_status(&r, t(4)),
+        RuleStatusWork::Later(Duration::from_secs(6))
+    );
+    assert_eq!(h.state.rule_status(&r, t(10)), RuleStatusWork::UpToDate);
+    h.now = t(60);
+    assert_eq!(h.process(), vec!["my-pod"]);
+    let RuleStatusWork::Apply { condition, .. } = h.state.rule_status(&r, t(60)) else {
+        panic!("apply")
+    };
+    assert_eq!(
+        (condition.reason, condition.message.as_str()),
+        ("Completed", EVICTED_ONE)
+    );
+    // A spec change (new generation) is reported at once, whatever the rate limit says.
+    h.state.rule_status_written(&r, generation, &condition, t(60));
+    h.apply(&Ev::Rule(the_rule().with_taint(taint(
+        "k",
+        "v",
+        "None",
+        Some(t(0)),
+    ))));
+    assert!(matches!(
+        h.state.rule_status(&r, t(61)),
+        RuleStatusWork::Apply { .. }
+    ));
+    h.apply(&Ev::DeleteRule(the_rule()));
+    assert_eq!(h.state.rule_status(&r, t(61)), RuleStatusWork::Gone);
+}
+
+#[test]
+fn rule_status_requests_follow_pod_changes() {
+    let mut h = Harness::new();
+    h.state.apply_rule(the_rule(), t(0));
+    let r = the_rule().rule_ref();
+    assert_eq!(
+        h.state.take_changes(),
+        vec![Change::RuleStatus {
+            rule: r.clone(),
+            after: Duration::ZERO
+        }]
+    );
+    h.state
+        .apply_pod(&the_pod().object_name(), "uid-my-pod", Some(the_pod()));
+    h.state.apply_claim(the_claim());
+    let changes = h.state.take_changes();
+    assert!(
+        changes.contains(&Change::RuleStatus {
+            rule: r,
+            after: RULE_STATUS_PERIOD
+        }),
+        "{changes:?}"
+    );
+}
+
+#[test]
+fn rule_replaced_under_same_name_is_delete_and_add() {
+    let mut h = Harness::new();
+    for ev in [Ev::Pod(the_pod()), Ev::Claim(the_claim()), Ev::Rule(the_rule())] {
+        h.apply(&ev);
+    }
+    h.process();
+    assert_eq!(h.state.evicted_by_rule("uid-my-rule"), 1);
+    h.apply(&Ev::Rule(the_rule().with_uid("uid-2")));
+    assert_eq!(h.state.evicted_by_rule("uid-my-rule"), 0, "old stats dropped");
+    assert_eq!(h.condition("my-rule"), ("NotStarted".into(), String::new()));
+}
+
+#[test]
+fn x7_malformed_input_is_skipped() {
+    // Unknown operator and effect, negative and huge seconds, duplicate taints, unknown pool.
+    let mut h = Harness::new();
+    let weird = the_claim()
+        .with_toleration(toleration(KEY, "GreaterThan", "", "", None))
+        .with_toleration(toleration("dup", "Exists", "", "NoExecute", Some(-5)))
+        .with_toleration(toleration("huge", "Exists", "", "NoExecute", Some(i64::MAX)));
+    let s = untainted_slice()
+        .with_taint(taint("dup", "", "NoExecute", Some(t(10))))
+        .with_taint(taint("dup", "", "NoExecute", Some(t(10))))
+        .with_taint(taint("huge", "", "NoExecute", Some(t(10))))
+        .with_taint(taint(KEY, VALUE, "Mystery", Some(t(0))));
+    for ev in [Ev::Pod(the_pod()), Ev::Claim(weird), Ev::Slice(s)] {
+        h.apply(&ev);
+    }
+    assert_eq!(h.pending(), BTreeMap::from([("default/my-pod".to_owned(), 10)]));
+    let p = the_pod().pod_ref();
+    assert_eq!(
+        h.state.pending(&p).map(|e| e.reasons.clone()),
+        Some(vec![
+            slice_reason(DEVICE, 0),
+            slice_reason(DEVICE, 1),
+            slice_reason(DEVICE, 2)
+        ])
+    );
+    // A claim on a pool nobody publishes: only rules can taint it.
+    let mut h = Harness::new();
+    let ghost = claim(NS, "my-claim")
+        .with_device(DRIVER, "no-such-pool", DEVICE)
+        .reserved_for(&the_pod());
+    h.apply(&Ev::Pod(the_pod()));
+    h.apply(&Ev::Claim(ghost));
+    assert!(h.pending().is_empty());
+    h.apply(&Ev::Rule(rule("r").selecting(Some(DRIVER), None, None)));
+    assert_eq!(h.pending().len(), 1);
+    // Stale deletes (a UID we do not have) change nothing.
+    h.state.delete_pod(&the_pod().object_name(), "other-uid");
+    h.state
+        .delete_claim(&ObjectName::new(NS, "my-claim"), "other-uid");
+    h.state.delete_rule("r", "other-uid");
+    h.state.delete_slice("never-seen");
+    assert_eq!(h.pending().len(), 1);
+}
+
+#[test]
+fn selector_narrowing_finds_every_matching_device() {
+    let mut h = Harness::new();
+    let devices = [
+        ("d1", "p1", "a"),
+        ("d1", "p1", "b"),
+        ("d1", "p2", "a"),
+        ("d2", "p1", "a"),
+        ("d10", "p1", "a"),
+    ];
+    for (i, (driver, pool, device)) in devices.iter().enumerate() {
+        h.state
+            .apply_claim(claim(NS, &format!("c{i}")).with_device(driver, pool, device));
+    }
+    let count = |driver: Option<&str>, pool: Option<&str>, device: Option<&str>| {
+        let s = Selector {
+            driver: driver.map(Into::into),
+            pool: pool.map(Into::into),
+            device: device.map(Into::into),
+        };
+        let fast = h.state.allocated_devices_matching(&s);
+        let slow: Vec<DeviceId> = h
+            .state
+            .claims_by_device
+            .keys()
+            .filter(|d| s.matches(d))
+            .cloned()
+            .collect();
+        assert_eq!(fast, slow, "{s:?}");
+        fast.len()
+    };
+    assert_eq!(count(Some("d1"), None, None), 3);
+    assert_eq!(count(Some("d1"), Some("p1"), None), 2);
+    assert_eq!(count(Some("d1"), Some("p1"), Some("a")), 1);
+    assert_eq!(count(Some("d1"), None, Some("a")), 2);
+    assert_eq!(count(None, Some("p1"), Some("a")), 3);
+    assert_eq!(count(None, None, None), 5);
+    assert_eq!(count(Some("d"), None, None), 0);
+}

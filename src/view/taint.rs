@@ -217,6 +217,9 @@ mod tests {
         for (name, toleration, want) in cases {
             assert_eq!(toleration.tolerates(&t), want, "case {name}");
         }
+        let no_schedule = taint("k", "v", Effect::NoSchedule);
+        assert!(tol("k", Operator::Exists, "", Some(Effect::NoSchedule)).tolerates(&no_schedule));
+        assert!(!tol("k", Operator::Exists, "", Some(Effect::NoExecute)).tolerates(&no_schedule));
     }
 
     #[test]
