@@ -229,9 +229,12 @@ impl State {
     // === Pods ===
 
     /// A pod was added or updated (`view` is `None` for a pod that uses no claim).
-    pub fn apply_pod(&mut self, name: &ObjectName, uid: &str, view: Option<PodView>) {
+    pub fn apply_pod(&mut self, name: &ObjectName, view: Option<PodView>) {
         let Some(view) = view else {
-            self.delete_pod(name, uid);
+            // The pod now at this name uses no claim: whatever we stored under it is gone.
+            if let Some(stored) = self.pods.get(name).map(|p| p.uid.clone()) {
+                self.delete_pod(name, &stored);
+            }
             return;
         };
         match self.pods.get(name) {
@@ -271,8 +274,8 @@ impl State {
         for (name, uid) in gone {
             self.delete_pod(&name, &uid);
         }
-        for (name, uid, view) in pods {
-            self.apply_pod(&name, &uid, view);
+        for (name, _, view) in pods {
+            self.apply_pod(&name, view);
         }
     }
 
@@ -802,5 +805,7 @@ fn unindex_devices(
     }
 }
 
+#[cfg(test)]
+mod proptests;
 #[cfg(test)]
 mod tests;

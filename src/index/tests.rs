@@ -124,7 +124,7 @@ impl Harness {
         let now = self.now;
         let s = &mut self.state;
         match ev.clone() {
-            Ev::Pod(p) => s.apply_pod(&p.object_name(), &p.uid.clone(), Some(p)),
+            Ev::Pod(p) => s.apply_pod(&p.object_name(), Some(p)),
             Ev::DeletePod(p) => s.delete_pod(&p.object_name(), &p.uid),
             Ev::Claim(c) => s.apply_claim(c),
             Ev::DeleteClaim(c) => s.delete_claim(&c.object_name(), &c.uid),
@@ -1532,8 +1532,7 @@ fn rule_status_requests_follow_pod_changes() {
             after: Duration::ZERO
         }]
     );
-    h.state
-        .apply_pod(&the_pod().object_name(), "uid-my-pod", Some(the_pod()));
+    h.state.apply_pod(&the_pod().object_name(), Some(the_pod()));
     h.state.apply_claim(the_claim());
     let changes = h.state.take_changes();
     assert!(
@@ -1641,4 +1640,22 @@ fn selector_narrowing_finds_every_matching_device() {
     assert_eq!(count(None, Some("p1"), Some("a")), 3);
     assert_eq!(count(None, None, None), 5);
     assert_eq!(count(Some("d"), None, None), 0);
+}
+
+/// Found by the property test: a pod without claims taking over a name must end the old
+/// pod's countdown, whatever the old pod's UID.
+#[test]
+fn claimless_pod_replacing_a_counting_down_pod_cancels_it() {
+    let mut h = Harness::new();
+    for ev in [
+        Ev::Pod(the_pod()),
+        Ev::Claim(the_claim()),
+        Ev::Slice(tainted_slice()),
+    ] {
+        h.apply(&ev);
+    }
+    assert_eq!(h.pending().len(), 1);
+    h.state.apply_pod(&the_pod().object_name(), None);
+    assert!(h.pending().is_empty());
+    assert_eq!(h.state.sizes().pods, 0);
 }
