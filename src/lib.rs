@@ -8,11 +8,12 @@
 //!
 //! Watches feed [`index::State`] (synchronous, no I/O); pure functions in [`eviction`] decide
 //! when each pod must go and why; the pending-eviction map in the index is the truth and a timed
-//! queue wakes workers at the deadlines; one actuator does every API write.
+//! queue ([`queue`]) wakes workers at the deadlines; one actuator does every API write.
 
 pub mod eviction;
 #[doc(hidden)]
 pub mod fixtures;
 pub mod index;
 pub mod k8s;
+pub mod queue;
 pub mod view;
