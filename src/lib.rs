@@ -1,1 +1,3 @@
 //! device-taint-eviction: evicts pods whose DRA devices carry a `NoExecute` taint.
+
+pub mod cli;
