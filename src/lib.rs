@@ -1,3 +1,5 @@
 //! device-taint-eviction: evicts pods whose DRA devices carry a `NoExecute` taint.
 
 pub mod cli;
+pub mod client;
+pub mod throttle;
