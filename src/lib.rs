@@ -1,5 +1,6 @@
 //! device-taint-eviction: evicts pods whose DRA devices carry a `NoExecute` taint.
 
+pub mod admin;
 pub mod cli;
 pub mod client;
 pub mod metrics;
