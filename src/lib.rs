@@ -4,4 +4,5 @@ pub mod admin;
 pub mod cli;
 pub mod client;
 pub mod metrics;
+pub mod telemetry;
 pub mod throttle;
