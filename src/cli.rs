@@ -254,7 +254,7 @@ pub struct TaintArgs {
     #[command(flatten)]
     pub log: LogArgs,
 
-    /// Name of the DeviceTaintRule [default: dte-<driver>-<pool>-<device>-<key>, made a valid name].
+    /// Name of the DeviceTaintRule [default: dte-DRIVER-POOL-DEVICE-KEY, lowercased and made a valid name].
     #[arg(long, env = "DTE_TAINT_NAME", value_parser = rule_name)]
     pub name: Option<String>,
 

@@ -3,6 +3,7 @@
 pub mod admin;
 pub mod cli;
 pub mod client;
+pub mod leader;
 pub mod metrics;
 pub mod telemetry;
 pub mod throttle;
