@@ -175,6 +175,7 @@ impl ControllerArgs {
 
     /// Lease holder identity: the flag, else `$POD_NAME`, else the host name (`$HOSTNAME` or
     /// `/etc/hostname`) with a random suffix, so that two processes on one host never share it.
+    /// The suffix is drawn once per process: repeated calls return the same identity.
     #[must_use]
     pub fn leader_elect_identity(&self) -> String {
         resolve_identity(
@@ -211,14 +212,20 @@ fn resolve_identity(
     format!("{host}-{suffix}")
 }
 
+/// Five random lowercase alphanumerics, drawn once per process so that the identity is stable.
 fn random_suffix() -> String {
-    use rand::RngExt;
-    use rand::distr::Alphanumeric;
-    rand::rng()
-        .sample_iter(&Alphanumeric)
-        .take(5)
-        .map(|b| char::from(b).to_ascii_lowercase())
-        .collect()
+    static SUFFIX: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    SUFFIX
+        .get_or_init(|| {
+            use rand::RngExt;
+            use rand::distr::Alphanumeric;
+            rand::rng()
+                .sample_iter(&Alphanumeric)
+                .take(5)
+                .map(|b| char::from(b).to_ascii_lowercase())
+                .collect()
+        })
+        .clone()
 }
 
 /// Taint effect of a DeviceTaintRule, spelled as in the API.
@@ -836,6 +843,7 @@ mod tests {
             "device-taint-eviction-controller-q"
         );
         let suffix = random_suffix();
+        assert_eq!(suffix, random_suffix(), "stable within the process");
         assert_eq!(suffix.len(), 5);
         assert!(
             suffix
