@@ -46,7 +46,7 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::cli::CONTROLLER_NAME;
+use crate::cli::{CONTROLLER_NAME, ControllerArgs};
 
 /// Longest field manager name the API server accepts.
 const MAX_FIELD_MANAGER_LEN: usize = 128;
@@ -91,6 +91,20 @@ pub struct LeaderConfig {
     pub identity: String,
     /// Seconds a holder keeps the Lease without renewing it (at least 2).
     pub duration_secs: u64,
+}
+
+impl LeaderConfig {
+    /// The Lease chosen by the `--leader-elect-*` flags (namespace and identity resolved as
+    /// documented on [`ControllerArgs`]).
+    #[must_use]
+    pub fn from_args(args: &ControllerArgs) -> Self {
+        Self {
+            namespace: args.leader_elect_namespace(),
+            lease_name: args.leader_elect_lease_name.clone(),
+            identity: args.leader_elect_identity(),
+            duration_secs: args.leader_elect_lease_duration,
+        }
+    }
 }
 
 /// Renewal and safety timings derived from the lease duration (see the module doc).
