@@ -10,10 +10,17 @@
 //! when each pod must go and why; the pending-eviction map in the index is the truth and a timed
 //! queue ([`queue`]) wakes workers at the deadlines; one actuator does every API write.
 
+pub mod admin;
+pub mod cli;
+pub mod client;
 pub mod eviction;
 #[doc(hidden)]
 pub mod fixtures;
 pub mod index;
 pub mod k8s;
+pub mod leader;
+pub mod metrics;
 pub mod queue;
+pub mod telemetry;
+pub mod throttle;
 pub mod view;

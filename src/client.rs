@@ -1,0 +1,256 @@
+//! Building the Kubernetes API client.
+//!
+//! Two choices differ from kube's defaults, both on purpose:
+//! - kube's built-in retry is off. Since kube 4 it retries 429/503/504 up to 15 times with backoff
+//!   up to 1000 s, for every verb; a `PodDisruptionBudget` refusal (429 on evict) or a DELETE would
+//!   then be retried invisibly for minutes. The controller retries per item with its own backoff.
+//! - Requests are paced by a client-side token bucket (`--kube-api-qps`, `--kube-api-burst`), as
+//!   client-go does, so a burst of evictions cannot flood the API server. Requests wait for a
+//!   token; none is rejected.
+
+use std::path::PathBuf;
+
+use kube::client::ClientBuilder;
+use kube::config::{InferConfigError, KubeConfigOptions, Kubeconfig, KubeconfigError};
+use kube::{Client, Config};
+
+use crate::cli::KubeArgs;
+use crate::throttle::{ThrottleLayer, TokenBucket};
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("failed to read kubeconfig")]
+    ReadKubeconfig(#[source] KubeconfigError),
+
+    #[error("failed to merge kubeconfig {path}")]
+    MergeKubeconfig {
+        path: PathBuf,
+        #[source]
+        source: KubeconfigError,
+    },
+
+    #[error("--kubeconfig names no file")]
+    EmptyKubeconfigPath,
+
+    #[error("failed to load the API server configuration from the kubeconfig")]
+    LoadKubeconfig(#[source] KubeconfigError),
+
+    #[error("failed to find an API server configuration (neither a kubeconfig nor in-cluster)")]
+    InferConfig(#[source] InferConfigError),
+
+    #[error("failed to build the API client")]
+    BuildClient(#[source] kube::Error),
+}
+
+/// The API server configuration chosen by the flags: `--kubeconfig` (several paths separated as in
+/// `$KUBECONFIG` are merged) and `--context`; without them, kube's inference (`$KUBECONFIG` or
+/// `~/.kube/config`, else the in-cluster service account). kube's default retry is switched off.
+///
+/// # Errors
+/// When no configuration can be read or the chosen context does not exist.
+pub async fn load_config(args: &KubeArgs) -> Result<Config, Error> {
+    let options = KubeConfigOptions {
+        context: args.context.clone(),
+        ..KubeConfigOptions::default()
+    };
+    let mut config = match &args.kubeconfig {
+        Some(paths) => {
+            let kubeconfig = read_kubeconfigs(paths)?;
+            Config::from_custom_kubeconfig(kubeconfig, &options)
+                .await
+                .map_err(Error::LoadKubeconfig)?
+        }
+        None if args.context.is_some() => Config::from_kubeconfig(&options)
+            .await
+            .map_err(Error::LoadKubeconfig)?,
+        None => Config::infer().await.map_err(Error::InferConfig)?,
+    };
+    config.default_retry = false;
+    Ok(config)
+}
+
+fn read_kubeconfigs(paths: &std::path::Path) -> Result<Kubeconfig, Error> {
+    let mut merged: Option<Kubeconfig> = None;
+    for path in std::env::split_paths(paths).filter(|p| !p.as_os_str().is_empty()) {
+        let next = Kubeconfig::read_from(&path).map_err(Error::ReadKubeconfig)?;
+        merged = Some(match merged {
+            None => next,
+            Some(first) => first
+                .merge(next)
+                .map_err(|source| Error::MergeKubeconfig { path, source })?,
+        });
+    }
+    merged.ok_or(Error::EmptyKubeconfigPath)
+}
+
+/// A client for the configuration chosen by `args`, without kube's hidden retries and paced by
+/// the `--kube-api-qps` / `--kube-api-burst` token bucket.
+///
+/// # Errors
+/// When the configuration cannot be loaded or the TLS/auth stack cannot be built from it.
+pub async fn client(args: &KubeArgs) -> Result<Client, Error> {
+    let config = load_config(args).await?;
+    client_from_config(config, TokenBucket::new(args.kube_api_qps, args.kube_api_burst))
+}
+
+/// A client for `config`, paced by `bucket`. `default_retry` is forced off whatever `config` says.
+///
+/// # Errors
+/// When the TLS or authentication stack cannot be built from `config`.
+pub fn client_from_config(mut config: Config, bucket: TokenBucket) -> Result<Client, Error> {
+    config.default_retry = false;
+    let builder = ClientBuilder::try_from(config).map_err(Error::BuildClient)?;
+    Ok(builder.with_layer(&ThrottleLayer::new(bucket)).build())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    const KUBECONFIG: &str = r"
+apiVersion: v1
+kind: Config
+current-context: one
+clusters:
+- name: c1
+  cluster: {server: 'https://one.example:6443'}
+- name: c2
+  cluster: {server: 'https://two.example:6443'}
+contexts:
+- name: one
+  context: {cluster: c1, user: u, namespace: ns-one}
+- name: two
+  context: {cluster: c2, user: u}
+users:
+- name: u
+  user: {token: secret}
+";
+
+    fn args(kubeconfig: Option<PathBuf>, context: Option<&str>) -> KubeArgs {
+        KubeArgs {
+            kubeconfig,
+            context: context.map(str::to_owned),
+            kube_api_qps: 5.0,
+            kube_api_burst: 10,
+        }
+    }
+
+    /// A kubeconfig written to the temp directory, removed again on drop.
+    struct TempFile(PathBuf);
+
+    impl Drop for TempFile {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_file(&self.0);
+        }
+    }
+
+    fn write_temp(name: &str, content: &str) -> TempFile {
+        let path = std::env::temp_dir().join(format!("dte-client-test-{}-{name}", std::process::id()));
+        let mut file = std::fs::File::create(&path).expect("temp file");
+        file.write_all(content.as_bytes()).expect("write");
+        TempFile(path)
+    }
+
+    #[tokio::test]
+    async fn explicit_kubeconfig_and_context() {
+        let file = write_temp("kc-a", KUBECONFIG);
+        let path = file.0.clone();
+        let config = load_config(&args(Some(path.clone()), None))
+            .await
+            .expect("config");
+        assert_eq!(config.cluster_url.host(), Some("one.example"));
+        assert_eq!(config.default_namespace, "ns-one");
+        assert!(!config.default_retry, "kube's hidden retry must be off");
+
+        let config = load_config(&args(Some(path), Some("two"))).await.expect("config");
+        assert_eq!(config.cluster_url.host(), Some("two.example"));
+        assert_eq!(config.default_namespace, "default");
+    }
+
+    #[tokio::test]
+    async fn unknown_context_and_missing_file_are_errors() {
+        let file = write_temp("kc-b", KUBECONFIG);
+        let path = file.0.clone();
+        let err = load_config(&args(Some(path), Some("nope")))
+            .await
+            .expect_err("no such context");
+        assert!(matches!(err, Error::LoadKubeconfig(_)), "{err:?}");
+        let err = load_config(&args(Some(PathBuf::from("/nonexistent/kubeconfig")), None))
+            .await
+            .expect_err("missing file");
+        assert!(matches!(err, Error::ReadKubeconfig(_)), "{err:?}");
+    }
+
+    #[tokio::test]
+    async fn several_paths_are_merged() {
+        let first = write_temp("kc-c", KUBECONFIG);
+        let second = write_temp(
+            "kc-d",
+            r"
+apiVersion: v1
+kind: Config
+clusters:
+- name: c3
+  cluster: {server: 'https://three.example:6443'}
+contexts:
+- name: three
+  context: {cluster: c3, user: u}
+users: []
+",
+        );
+        let joined = std::env::join_paths([&first.0, &second.0]).expect("join");
+        let config = load_config(&args(Some(PathBuf::from(joined)), Some("three")))
+            .await
+            .expect("merged config");
+        assert_eq!(config.cluster_url.host(), Some("three.example"));
+    }
+
+    /// A local API server that answers every request with 503 and counts them.
+    async fn unavailable_server() -> (String, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        let hits = std::sync::Arc::new(AtomicUsize::new(0));
+        let counter = hits.clone();
+        let app = axum::Router::new().fallback(move || {
+            counter.fetch_add(1, Ordering::SeqCst);
+            async {
+                (
+                    http::StatusCode::SERVICE_UNAVAILABLE,
+                    [(http::header::CONTENT_TYPE, "application/json")],
+                    r#"{"kind":"Status","apiVersion":"v1","status":"Failure","reason":"ServiceUnavailable","code":503}"#,
+                )
+            }
+        });
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let url = format!("http://{}", listener.local_addr().expect("addr"));
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        (url, hits)
+    }
+
+    async fn get_pod(client: Client) -> Result<k8s_openapi::api::core::v1::Pod, kube::Error> {
+        kube::Api::<k8s_openapi::api::core::v1::Pod>::namespaced(client, "default")
+            .get("p")
+            .await
+    }
+
+    #[tokio::test]
+    async fn a_503_is_not_retried_inside_the_client() {
+        use std::sync::atomic::Ordering;
+        let (url, hits) = unavailable_server().await;
+        let mut config = Config::new(url.parse().expect("url"));
+        config.default_retry = true;
+        let client = client_from_config(config.clone(), TokenBucket::new(100.0, 10)).expect("client");
+        let err = get_pod(client).await.expect_err("503");
+        assert!(matches!(&err, kube::Error::Api(s) if s.code == 503), "{err:?}");
+        assert_eq!(hits.load(Ordering::SeqCst), 1, "exactly one request for one call");
+
+        // The same configuration with kube's default stack retries on its own: what we avoid.
+        hits.store(0, Ordering::SeqCst);
+        let retrying = ClientBuilder::try_from(config).expect("builder").build();
+        let _ = tokio::time::timeout(std::time::Duration::from_millis(300), get_pod(retrying)).await;
+        assert!(
+            hits.load(Ordering::SeqCst) > 1,
+            "kube's default retry would resend"
+        );
+    }
+}

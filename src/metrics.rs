@@ -1,0 +1,398 @@
+//! Prometheus metrics, all named `device_taint_eviction_controller_*`.
+//!
+//! The two upstream metrics keep upstream's exact names, help texts and buckets, so dashboards and
+//! alerts written for kube-controller-manager keep working. The others are ours. Exposition is
+//! `OpenMetrics` text (see [`encode`] and [`CONTENT_TYPE`]).
+//!
+//! [`Metrics`] is a cheap handle (one `Arc`) that every task may clone; recording never blocks
+//! and never fails.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+
+/// Prefix of every metric name (followed by `_`).
+pub const PREFIX: &str = "device_taint_eviction_controller";
+
+/// Content type of [`encode`]'s output, for the `/metrics` response.
+pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+/// Upstream help of `pod_deletions_total`, verbatim.
+const POD_DELETIONS_HELP: &str =
+    "Total number of Pods deleted by DeviceTaintEvictionController since its start.";
+
+/// Upstream help of `pod_deletion_duration_seconds`, verbatim.
+const POD_DELETION_DURATION_HELP: &str = "Latency, in seconds, between the time when a device taint effect has \
+     been activated and a Pod's deletion via DeviceTaintEvictionController.";
+
+/// Upstream buckets of `pod_deletion_duration_seconds`.
+const POD_DELETION_DURATION_BUCKETS: [f64; 12] = [
+    0.005, 0.025, 0.1, 0.5, 1.0, 2.5, 10.0, 30.0, 60.0, 120.0, 180.0, 240.0,
+];
+
+/// Resource kinds whose watch restarts are exposed from the start (as 0), so that a first restart
+/// is visible to `rate()` / `increase()`.
+pub const WATCH_KINDS: [&str; 4] = ["pods", "resourceclaims", "resourceslices", "devicetaintrules"];
+
+/// API verbs whose error counters are exposed from the start (as 0); other verbs appear on first use.
+pub const API_VERBS: [&str; 8] = [
+    "get",
+    "list",
+    "watch",
+    "patch",
+    "delete",
+    "evict",
+    "create_event",
+    "apply_status",
+];
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct VerbLabels {
+    verb: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct KindLabels {
+    kind: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct SkipLabels {
+    kind: String,
+    reason: String,
+}
+
+/// Handle on the controller's metrics; clones share the same series.
+#[derive(Clone, Debug)]
+pub struct Metrics {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    pod_deletions: Counter,
+    pod_deletion_duration: Histogram,
+    pending_evictions: Gauge,
+    queue_depth: Gauge,
+    api_errors: Family<VerbLabels, Counter>,
+    watch_restarts: Family<KindLabels, Counter>,
+    skipped_objects: Family<SkipLabels, Counter>,
+    dry_run_evictions: Counter,
+    eviction_blocked: Counter,
+    evictions_rate_limited: Counter,
+    leader: Gauge,
+}
+
+/// prometheus-client appends a '.' to every help text; strip ours so the exposed line has one.
+fn help(text: &str) -> &str {
+    text.strip_suffix('.').unwrap_or(text)
+}
+
+impl Metrics {
+    /// Register every metric in `registry` under [`PREFIX`] and return the handle.
+    #[must_use]
+    pub fn register(registry: &mut Registry) -> Self {
+        let inner = Inner {
+            pod_deletions: Counter::default(),
+            pod_deletion_duration: Histogram::new(POD_DELETION_DURATION_BUCKETS),
+            pending_evictions: Gauge::default(),
+            queue_depth: Gauge::default(),
+            api_errors: Family::default(),
+            watch_restarts: Family::default(),
+            skipped_objects: Family::default(),
+            dry_run_evictions: Counter::default(),
+            eviction_blocked: Counter::default(),
+            evictions_rate_limited: Counter::default(),
+            leader: Gauge::default(),
+        };
+        for verb in API_VERBS {
+            let _ = inner.api_errors.get_or_create(&VerbLabels {
+                verb: verb.to_owned(),
+            });
+        }
+        for kind in WATCH_KINDS {
+            let _ = inner.watch_restarts.get_or_create(&KindLabels {
+                kind: kind.to_owned(),
+            });
+        }
+        let r = registry.sub_registry_with_prefix(PREFIX);
+        // Counters are registered without `_total`: the encoder appends it.
+        r.register(
+            "pod_deletions",
+            help(POD_DELETIONS_HELP),
+            inner.pod_deletions.clone(),
+        );
+        r.register(
+            "pod_deletion_duration_seconds",
+            help(POD_DELETION_DURATION_HELP),
+            inner.pod_deletion_duration.clone(),
+        );
+        r.register(
+            "pending_evictions",
+            "Pods currently scheduled for eviction (counting down or waiting to be deleted)",
+            inner.pending_evictions.clone(),
+        );
+        r.register(
+            "queue_depth",
+            "Pods whose eviction deadline has passed and that wait for a worker",
+            inner.queue_depth.clone(),
+        );
+        r.register(
+            "api_errors",
+            "Failed API server requests, by verb",
+            inner.api_errors.clone(),
+        );
+        r.register(
+            "watch_restarts",
+            "Watch streams that failed and were restarted, by resource kind",
+            inner.watch_restarts.clone(),
+        );
+        r.register(
+            "skipped_objects",
+            "Malformed or unsupported objects and fields that were logged and skipped, by kind and reason",
+            inner.skipped_objects.clone(),
+        );
+        r.register(
+            "dry_run_evictions",
+            "Pods that would have been evicted but were left alone because of --dry-run",
+            inner.dry_run_evictions.clone(),
+        );
+        r.register(
+            "eviction_blocked",
+            "Evictions refused by the API server (HTTP 429, e.g. a PodDisruptionBudget) and retried later",
+            inner.eviction_blocked.clone(),
+        );
+        r.register(
+            "evictions_rate_limited",
+            "Evictions that had to wait for --max-evictions-per-second",
+            inner.evictions_rate_limited.clone(),
+        );
+        r.register(
+            "leader",
+            "1 while this replica holds the leader Lease (or runs without leader election), else 0",
+            inner.leader.clone(),
+        );
+        Self {
+            inner: Arc::new(inner),
+        }
+    }
+
+    /// A pod was deleted (or evicted) by this controller, `latency` after its taint became effective.
+    pub fn pod_deleted(&self, latency: Duration) {
+        self.inner.pod_deletions.inc();
+        self.inner.pod_deletion_duration.observe(latency.as_secs_f64());
+    }
+
+    /// Number of pods scheduled for eviction.
+    pub fn set_pending(&self, pods: i64) {
+        self.inner.pending_evictions.set(pods);
+    }
+
+    /// Number of due pods waiting for a worker.
+    pub fn set_queue_depth(&self, pods: i64) {
+        self.inner.queue_depth.set(pods);
+    }
+
+    /// An API request failed; `verb` is one of [`API_VERBS`] or another short lowercase verb.
+    pub fn api_error(&self, verb: &str) {
+        self.inner
+            .api_errors
+            .get_or_create(&VerbLabels {
+                verb: verb.to_owned(),
+            })
+            .inc();
+    }
+
+    /// A watch stream of `kind` (one of [`WATCH_KINDS`]) failed and restarts.
+    pub fn watch_restart(&self, kind: &str) {
+        self.inner
+            .watch_restarts
+            .get_or_create(&KindLabels {
+                kind: kind.to_owned(),
+            })
+            .inc();
+    }
+
+    /// An object (or a part of it) of `kind` was skipped for `reason`, e.g. `unknown_effect`.
+    pub fn skipped(&self, kind: &str, reason: &str) {
+        self.inner
+            .skipped_objects
+            .get_or_create(&SkipLabels {
+                kind: kind.to_owned(),
+                reason: reason.to_owned(),
+            })
+            .inc();
+    }
+
+    /// A pod would have been evicted in `--dry-run`.
+    pub fn dry_run_eviction(&self) {
+        self.inner.dry_run_evictions.inc();
+    }
+
+    /// The API server refused an eviction (429); it will be retried.
+    pub fn eviction_blocked(&self) {
+        self.inner.eviction_blocked.inc();
+    }
+
+    /// An eviction waited for the `--max-evictions-per-second` token bucket.
+    pub fn eviction_rate_limited(&self) {
+        self.inner.evictions_rate_limited.inc();
+    }
+
+    /// Whether this replica currently leads.
+    pub fn set_leader(&self, leader: bool) {
+        self.inner.leader.set(i64::from(leader));
+    }
+}
+
+/// The registry in `OpenMetrics` text format, ending with `# EOF`.
+#[must_use]
+pub fn encode(registry: &Registry) -> String {
+    let mut out = String::new();
+    // Writing into a String cannot fail; an error could only come from a broken metric
+    // implementation, and then a partial page is still the most useful answer.
+    if let Err(e) = prometheus_client::encoding::text::encode(&mut out, registry) {
+        tracing::error!(error = %e, "failed to encode metrics");
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn setup() -> (Metrics, Registry) {
+        let mut registry = Registry::default();
+        let metrics = Metrics::register(&mut registry);
+        (metrics, registry)
+    }
+
+    fn lines(text: &str) -> Vec<&str> {
+        text.lines().collect()
+    }
+
+    #[test]
+    fn upstream_metrics_are_byte_exact() {
+        let (metrics, registry) = setup();
+        metrics.pod_deleted(Duration::from_millis(300));
+        let text = encode(&registry);
+        let lines = lines(&text);
+        assert!(lines.contains(
+            &"# HELP device_taint_eviction_controller_pod_deletions Total number of Pods deleted by \
+              DeviceTaintEvictionController since its start."
+        ));
+        assert!(lines.contains(&"# TYPE device_taint_eviction_controller_pod_deletions counter"));
+        assert!(lines.contains(&"device_taint_eviction_controller_pod_deletions_total 1"));
+        assert!(lines.contains(
+            &"# HELP device_taint_eviction_controller_pod_deletion_duration_seconds Latency, in seconds, \
+              between the time when a device taint effect has been activated and a Pod's deletion via \
+              DeviceTaintEvictionController."
+        ));
+        assert!(
+            lines
+                .contains(&"# TYPE device_taint_eviction_controller_pod_deletion_duration_seconds histogram")
+        );
+        for help in lines.iter().filter(|l| l.starts_with("# HELP")) {
+            assert!(!help.ends_with(".."), "doubled dot: {help}");
+        }
+        assert!(text.ends_with("# EOF\n"));
+    }
+
+    #[test]
+    fn histogram_has_upstream_buckets() {
+        let (metrics, registry) = setup();
+        metrics.pod_deleted(Duration::from_millis(300));
+        metrics.pod_deleted(Duration::from_secs(500));
+        let text = encode(&registry);
+        let buckets: Vec<&str> = text
+            .lines()
+            .filter(|l| {
+                l.starts_with("device_taint_eviction_controller_pod_deletion_duration_seconds_bucket")
+            })
+            .collect();
+        let les: Vec<&str> = buckets
+            .iter()
+            .filter_map(|l| l.split("le=\"").nth(1)?.split('"').next())
+            .collect();
+        assert_eq!(
+            les,
+            [
+                "0.005", "0.025", "0.1", "0.5", "1.0", "2.5", "10.0", "30.0", "60.0", "120.0", "180.0",
+                "240.0", "+Inf"
+            ]
+        );
+        assert!(buckets[2].ends_with(" 0"), "{}", buckets[2]);
+        assert!(
+            buckets[3].ends_with(" 1"),
+            "0.3 s lands in le=0.5: {}",
+            buckets[3]
+        );
+        assert!(buckets[12].ends_with(" 2"), "+Inf counts all: {}", buckets[12]);
+        assert!(text.contains("device_taint_eviction_controller_pod_deletion_duration_seconds_count 2\n"));
+        assert!(text.contains("device_taint_eviction_controller_pod_deletion_duration_seconds_sum 500.3\n"));
+    }
+
+    #[test]
+    fn our_metrics_and_labels() {
+        let (metrics, registry) = setup();
+        metrics.set_pending(7);
+        metrics.set_queue_depth(2);
+        metrics.api_error("delete");
+        metrics.api_error("delete");
+        metrics.api_error("apply_status");
+        metrics.watch_restart("resourceslices");
+        metrics.skipped("resourceslices", "unknown_effect");
+        metrics.dry_run_eviction();
+        metrics.eviction_blocked();
+        metrics.eviction_rate_limited();
+        metrics.set_leader(true);
+        let clone = metrics.clone();
+        clone.set_leader(false);
+        clone.set_leader(true);
+        let text = encode(&registry);
+        for expected in [
+            "device_taint_eviction_controller_pending_evictions 7",
+            "device_taint_eviction_controller_queue_depth 2",
+            "device_taint_eviction_controller_api_errors_total{verb=\"delete\"} 2",
+            "device_taint_eviction_controller_api_errors_total{verb=\"apply_status\"} 1",
+            "device_taint_eviction_controller_watch_restarts_total{kind=\"resourceslices\"} 1",
+            "device_taint_eviction_controller_skipped_objects_total{kind=\"resourceslices\",reason=\"unknown_effect\"} 1",
+            "device_taint_eviction_controller_dry_run_evictions_total 1",
+            "device_taint_eviction_controller_eviction_blocked_total 1",
+            "device_taint_eviction_controller_evictions_rate_limited_total 1",
+            "device_taint_eviction_controller_leader 1",
+            "# TYPE device_taint_eviction_controller_pending_evictions gauge",
+            "# TYPE device_taint_eviction_controller_api_errors counter",
+        ] {
+            assert!(
+                lines(&text).contains(&expected),
+                "missing {expected:?} in\n{text}"
+            );
+        }
+    }
+
+    #[test]
+    fn known_series_start_at_zero() {
+        let (_metrics, registry) = setup();
+        let text = encode(&registry);
+        for kind in WATCH_KINDS {
+            let line = format!("device_taint_eviction_controller_watch_restarts_total{{kind=\"{kind}\"}} 0");
+            assert!(lines(&text).contains(&line.as_str()), "missing {line}");
+        }
+        for verb in API_VERBS {
+            let line = format!("device_taint_eviction_controller_api_errors_total{{verb=\"{verb}\"}} 0");
+            assert!(lines(&text).contains(&line.as_str()), "missing {line}");
+        }
+        assert!(text.contains("device_taint_eviction_controller_pod_deletions_total 0\n"));
+        assert!(
+            !text.contains("skipped_objects_total{"),
+            "reasons appear on first use only"
+        );
+    }
+}
