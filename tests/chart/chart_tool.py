@@ -2,9 +2,9 @@
 
 Subcommands (every one exits non-zero with a message on stderr when a check fails):
 
-  validate [--kube-version V] [--allow-no-schema KIND ...] FILE...
-      Validate every object in the YAML files against the Kubernetes V OpenAPI schemas, strict
-      (unknown fields are errors). An object whose kind has no schema fails unless its kind is
+  validate [--kube-version V ...] [--allow-no-schema KIND ...] FILE...
+      Validate every object in the YAML files against the OpenAPI schemas of each Kubernetes
+      version V (default 1.37.0), strict (unknown fields are errors). An object whose kind has no schema fails unless its kind is
       listed with --allow-no-schema (a CRD such as ServiceMonitor): a typo in a core apiVersion must
       not pass as "unknown kind".
   kinds FILE          Print "Kind namespace/name" of every object, sorted.
@@ -54,29 +54,43 @@ def ref(doc: dict[str, Any]) -> str:
 
 
 def cmd_validate(args: argparse.Namespace) -> None:
+    import functools
+
     import kubernetes_validate
+    from kubernetes_validate import utils
     from kubernetes_validate.utils import SchemaNotFoundError
 
+    # kubernetes-validate re-reads the large _definitions.json for every object; read each once.
+    utils.schema_contents = functools.lru_cache(maxsize=None)(utils.schema_contents)
+
+    versions = args.kube_version or ["1.37.0"]
+    shown = ", ".join(v.rsplit(".", 1)[0] for v in versions)
     errors = 0
     for path in args.files:
         for doc in load_docs(path):
-            try:
-                version = kubernetes_validate.validate(doc, args.kube_version, strict=True)
-                print(f"  ok      {doc['apiVersion']:<32} {ref(doc)} (schema {version}, strict)")
-            except SchemaNotFoundError:
-                if doc["kind"] in args.allow_no_schema:
-                    print(f"  skipped {doc['apiVersion']:<32} {ref(doc)} (no core schema for this kind)")
-                else:
-                    print(f"  FAILED  {doc['apiVersion']:<32} {ref(doc)}: no schema in Kubernetes "
-                          f"{args.kube_version}", file=sys.stderr)
-                    errors += 1
-            except kubernetes_validate.ValidationError as e:
-                where = ".".join(str(p) for p in e.path) or "(root)"
-                print(f"  FAILED  {doc['apiVersion']:<32} {ref(doc)}: {where}: {e.message}",
-                      file=sys.stderr)
+            problems = []
+            skipped = False
+            for version in versions:
+                try:
+                    kubernetes_validate.validate(doc, version, strict=True)
+                except SchemaNotFoundError:
+                    if doc["kind"] in args.allow_no_schema:
+                        skipped = True
+                    else:
+                        problems.append(f"no schema in Kubernetes {version}")
+                except kubernetes_validate.ValidationError as e:
+                    where = ".".join(str(p) for p in e.path) or "(root)"
+                    problems.append(f"Kubernetes {version}: {where}: {e.message}")
+            if problems:
                 errors += 1
+                for problem in problems:
+                    print(f"  FAILED  {doc['apiVersion']:<32} {ref(doc)}: {problem}", file=sys.stderr)
+            elif skipped:
+                print(f"  skipped {doc['apiVersion']:<32} {ref(doc)} (not a built-in kind, no schema)")
+            else:
+                print(f"  ok      {doc['apiVersion']:<32} {ref(doc)} (strict: {shown})")
     if errors:
-        fail(f"{errors} object(s) did not validate against Kubernetes {args.kube_version}")
+        fail(f"{errors} object(s) did not validate against Kubernetes {shown}")
 
 
 def cmd_kinds(args: argparse.Namespace) -> None:
@@ -236,7 +250,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     sub = p.add_subparsers(dest="cmd", required=True)
     v = sub.add_parser("validate")
-    v.add_argument("--kube-version", default="1.37.0")
+    v.add_argument("--kube-version", action="append", help="repeatable; default 1.37.0")
     v.add_argument("--allow-no-schema", action="append", default=[])
     v.add_argument("files", nargs="+")
     v.set_defaults(func=cmd_validate)
