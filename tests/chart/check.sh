@@ -13,7 +13,9 @@
 #   6. tests/chart/render-rbac.sh prints exactly the RBAC objects
 #   7. examples/*.yaml validate (strict) against Kubernetes 1.35, 1.36 and 1.37 (DeviceTaintRule at
 #      the version each serves)
-#   8. shellcheck on the chart and kind scripts, hadolint on the Dockerfile
+#   8. tests/kind/cluster-*.yaml: the feature gates, runtime config and kube-controller-manager
+#      patch each Kubernetes version needs; a pinned node image for each in tests/kind/e2e.sh
+#   9. shellcheck on the chart and kind scripts, hadolint on the Dockerfile
 #
 # Tools (helm, kubernetes-validate, check-jsonschema, shellcheck, hadolint) are installed on first use into
 # ${XDG_CACHE_HOME:-$HOME/.cache}/device-taint-eviction/tools and reused (see lib.sh).
@@ -372,7 +374,51 @@ for v in "${kube_versions[@]}"; do
 	pass "${#examples[@]} example files valid for Kubernetes $v (strict; DeviceTaintRule as ${rule_version[$v]})"
 done
 
-log "8. scripts and Dockerfile"
+log "8. kind cluster configurations"
+"$PY" - "$root/tests/kind" <<'PY' || die "tests/kind cluster configurations are not as expected (see above)"
+import re, sys, yaml
+from pathlib import Path
+
+kind_dir = Path(sys.argv[1])
+# What each version needs (README in tests/kind explains why); extra runtimeConfig is allowed.
+want = {
+    "1.35": ({"DRADeviceTaints": True, "DRADeviceTaintRules": True}, {"resource.k8s.io/v1alpha3"}),
+    "1.36": ({"DRADeviceTaintRules": True}, {"resource.k8s.io/v1beta2"}),
+    "1.37": ({}, set()),
+}
+e2e = (kind_dir / "e2e.sh").read_text()
+bad = []
+for version, (gates, apis) in want.items():
+    before = len(bad)
+    path = kind_dir / f"cluster-{version}.yaml"
+    cfg = yaml.safe_load(path.read_text())
+    if cfg.get("kind") != "Cluster" or cfg.get("apiVersion") != "kind.x-k8s.io/v1alpha4":
+        bad.append(f"{path.name}: not a kind v1alpha4 Cluster")
+    if cfg.get("featureGates", {}) != gates:
+        bad.append(f"{path.name}: featureGates {cfg.get('featureGates')} != {gates}")
+    runtime = cfg.get("runtimeConfig", {})
+    for api in apis:
+        if runtime.get(api) != "true":
+            bad.append(f"{path.name}: runtimeConfig {api} is not \"true\"")
+    planes = [n for n in cfg.get("nodes", []) if n.get("role") == "control-plane"]
+    controllers = None
+    for node in planes:
+        for patch in node.get("kubeadmConfigPatches", []):
+            doc = yaml.safe_load(patch)
+            if doc.get("kind") == "ClusterConfiguration":
+                controllers = doc.get("controllerManager", {}).get("extraArgs", {}).get("controllers")
+    if controllers != "*,-device-taint-eviction-controller":
+        bad.append(f"{path.name}: kube-controller-manager controllers is {controllers!r}")
+    if not re.search(rf"^{re.escape(version)}\) node_image=kindest/node:v{re.escape(version)}\.[0-9]+@sha256:[0-9a-f]{{64}} ;;$", e2e, re.M):
+        bad.append(f"e2e.sh: no digest-pinned kindest/node:v{version}.x image")
+    print(f"  {'ok     ' if len(bad) == before else 'FAILED '} {path.name}")
+for b in bad:
+    print(f"  FAILED  {b}", file=sys.stderr)
+sys.exit(1 if bad else 0)
+PY
+pass "kind configs for 1.35, 1.36, 1.37: gates, runtime config, in-tree controller disabled, pinned node images"
+
+log "9. scripts and Dockerfile"
 shopt -s nullglob
 scripts=("$root"/tests/chart/*.sh "$root"/tests/kind/*.sh "$root"/.ci/run)
 shopt -u nullglob
