@@ -7,7 +7,7 @@
 #   4. helm template with default values and variants; every rendered object validated (strict)
 #      against the Kubernetes OpenAPI schemas of 1.35, 1.36 and 1.37; expected objects, args and
 #      RBAC rules asserted exactly (pods/eviction only in evict mode, Lease Role only with leader
-#      election)
+#      election); NOTES.txt rendered by helm install --dry-run=client
 #   5. wrong values (types, enums, minimums, unknown keys, unsupported combinations, too old a
 #      Kubernetes) make helm template fail with a message naming the problem
 #   6. tests/chart/render-rbac.sh prints exactly the RBAC objects
@@ -292,6 +292,25 @@ for want in 'priorityClassName: system-cluster-critical' 'name: RUST_BACKTRACE' 
 	grep -qF -- "$want" "$out/full.yaml" || die "full: '$want' not rendered"
 done
 pass "full: every value reaches the rendered objects"
+
+info "NOTES.txt"
+"$HELM" install dte "$chart" --namespace dte-system --dry-run=client >"$out/notes-default.txt" 2>&1 || {
+	cat "$out/notes-default.txt" >&2
+	die "helm install --dry-run=client failed"
+}
+sed -n '/^NOTES:/,$p' "$out/notes-default.txt" >"$out/notes-default"
+for want in 'kubectl get lease -n dte-system device-taint-eviction-controller' \
+	'--controllers=*,-device-taint-eviction-controller' 'service/dte-device-taint-eviction-metrics 8080'; do
+	grep -qF -- "$want" "$out/notes-default" || die "NOTES.txt (default) lacks: $want"
+done
+"$HELM" install dte "$chart" --namespace dte-system --dry-run=client --set replicaCount=1 \
+	--set leaderElection.enabled=false --set controller.dryRun=true >"$out/notes-dry.txt" 2>&1 ||
+	die "helm install --dry-run=client failed (dry run, no leader election)"
+sed -n '/^NOTES:/,$p' "$out/notes-dry.txt" >"$out/notes-dry"
+for want in 'DRY RUN' 'Leader election is off'; do
+	grep -qF -- "$want" "$out/notes-dry" || die "NOTES.txt (dry run) lacks: $want"
+done
+pass "NOTES.txt renders (leader Lease, in-tree controller warning, metrics; dry-run and no-leader variants)"
 
 log "5. wrong values are rejected"
 must_fail replicaCount-string "/replicaCount" --set replicaCount=two

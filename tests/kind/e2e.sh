@@ -95,7 +95,9 @@ finish() {
 trap finish EXIT
 
 log "Kubernetes $version: creating kind cluster $cluster ($node_image, $config)"
-if kind get clusters 2>/dev/null | grep -qx "$cluster"; then
+# (grep reads whole captured outputs here: with pipefail, grep -q closing a pipe early could fail
+# the producer with SIGPIPE.)
+if grep -qx -- "$cluster" <<<"$(kind get clusters 2>/dev/null)"; then
 	die "a kind cluster named $cluster exists already; delete it or set CLUSTER_NAME"
 fi
 created=1
@@ -107,7 +109,7 @@ kcm_command=$(kubectl -n kube-system get pods -l component=kube-controller-manag
 grep -qF -- '--controllers=*,-device-taint-eviction-controller' <<<"$kcm_command" ||
 	die "kube-controller-manager still runs the in-tree device-taint-eviction-controller: $kcm_command"
 info "in-tree device-taint-eviction-controller is disabled"
-kubectl api-resources --api-group=resource.k8s.io -o name | grep -qx 'devicetaintrules.resource.k8s.io' ||
+grep -qx 'devicetaintrules.resource.k8s.io' <<<"$(kubectl api-resources --api-group=resource.k8s.io -o name)" ||
 	die "the API server does not serve DeviceTaintRules (feature gates / runtimeConfig in $config)"
 info "DeviceTaintRule served at: $(kubectl api-versions | grep '^resource.k8s.io/' | tr '\n' ' ')"
 
