@@ -23,7 +23,8 @@ ENV CC_x86_64_unknown_linux_musl=musl-gcc \
 WORKDIR /build
 
 # Dependencies first, in their own layer: it is rebuilt only when Cargo.toml or Cargo.lock change.
-# Placeholder sources stand in for the crate so that only the dependencies are compiled here.
+# Placeholder sources stand in for the crate so that only the dependencies are compiled here. (Should
+# the manifest gain a build script or targets outside src/, copy or stub them here as well.)
 COPY Cargo.toml Cargo.lock ./
 RUN mkdir src \
     && echo 'fn main() {}' > src/main.rs \
