@@ -1,7 +1,7 @@
 # Every target is what CI runs (see .ci/run); nothing here needs a manual install step.
 CARGO ?= cargo
 
-.PHONY: test lint fmt ci
+.PHONY: test lint fmt chart-check ci
 
 ## test: the whole test suite (unit, property and integration tests against a local control plane).
 test:
@@ -16,5 +16,10 @@ lint:
 fmt:
 	$(CARGO) fmt --all
 
+## chart-check: lint, render and schema-validate the Helm chart and examples/ (no cluster needed;
+## installs helm and the validators into ~/.cache/device-taint-eviction/tools on first use).
+chart-check:
+	bash tests/chart/check.sh
+
 ## ci: everything CI checks.
-ci: lint test
+ci: lint chart-check test
