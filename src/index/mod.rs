@@ -220,6 +220,17 @@ impl State {
         self.claims.get(name).map(|e| (&e.view, e.eviction.as_ref()))
     }
 
+    /// Taints of a device in its pool's current generation.
+    #[must_use]
+    pub fn device_taints(&self, device: &DeviceId) -> &[crate::view::Taint] {
+        self.pools.taints(device)
+    }
+
+    /// All rules.
+    pub fn rules(&self) -> impl Iterator<Item = &RuleView> {
+        self.rules.iter()
+    }
+
     /// Pods this controller evicted because of a rule since it started.
     #[must_use]
     pub fn evicted_by_rule(&self, uid: &str) -> u64 {
