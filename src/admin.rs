@@ -46,6 +46,8 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 #[derive(Clone, Debug)]
 pub struct Readiness {
     inner: Arc<Mutex<ReadinessState>>,
+    /// Whether every kind has synced, for tasks that wait for it.
+    ready: Arc<tokio::sync::watch::Sender<bool>>,
 }
 
 #[derive(Debug)]
@@ -66,12 +68,20 @@ impl Readiness {
                 unique.push((kind, false));
             }
         }
+        let unique_empty = unique.is_empty();
         Self {
             inner: Arc::new(Mutex::new(ReadinessState {
                 kinds: unique,
                 details: BTreeMap::new(),
             })),
+            ready: Arc::new(tokio::sync::watch::Sender::new(unique_empty)),
         }
+    }
+
+    /// A receiver that turns `true` once every initial list has been received.
+    #[must_use]
+    pub fn subscribe(&self) -> tokio::sync::watch::Receiver<bool> {
+        self.ready.subscribe()
     }
 
     /// The initial list of `kind` has been received. Readiness is not withdrawn on later re-lists:
@@ -83,6 +93,9 @@ impl Readiness {
             Some((_, synced)) => *synced = true,
             None => state.kinds.push((kind, true)),
         }
+        let all = state.kinds.iter().all(|(_, synced)| *synced);
+        drop(state);
+        self.ready.send_replace(all);
     }
 
     /// Set a detail shown by `/readyz?verbose`, e.g. key `devicetaintrules`, value

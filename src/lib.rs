@@ -10,9 +10,11 @@
 //! when each pod must go and why; the pending-eviction map in the index is the truth and a timed
 //! queue ([`queue`]) wakes workers at the deadlines; one actuator does every API write.
 
+pub mod actuator;
 pub mod admin;
 pub mod cli;
 pub mod client;
+pub mod controller;
 pub mod eviction;
 #[doc(hidden)]
 pub mod fixtures;

@@ -10,7 +10,9 @@ async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     telemetry::init(cli.command.log_args()).context("failed to set up logging")?;
     match cli.command {
-        Command::Controller(_) => anyhow::bail!("controller not wired yet"),
+        Command::Controller(args) => device_taint_eviction::controller::run(args)
+            .await
+            .context("device-taint-eviction-controller failed"),
         Command::Taint(_) => anyhow::bail!("taint not wired yet"),
         Command::Untaint(_) => anyhow::bail!("untaint not wired yet"),
         Command::Explain(_) => anyhow::bail!("explain not wired yet"),

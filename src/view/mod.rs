@@ -15,7 +15,7 @@ use std::fmt;
 
 pub use claim::{AllocatedDevice, ClaimView};
 pub use pod::{PodClaim, PodView};
-pub use rule::{RuleCondition, RuleView, Selector};
+pub use rule::{EVICTION_IN_PROGRESS, RuleCondition, RuleView, Selector};
 pub use slice::{DeviceView, SliceView};
 pub use taint::{Effect, Operator, Taint, Toleration};
 
