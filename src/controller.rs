@@ -311,7 +311,7 @@ fn spawn_watches(
             state.delete_pod(
                 &object_name(&pod.metadata),
                 pod.metadata.uid.as_deref().unwrap_or_default(),
-            )
+            );
         },
         // Pods without claims are not stored, so a re-list only needs the ones with claims.
         |state, pods, _| state.reset_pods(pods.into_iter().filter(|(_, _, v)| v.is_some()).collect()),
