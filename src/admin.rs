@@ -237,7 +237,8 @@ pub async fn serve(
     let listener = TcpListener::bind(addr)
         .await
         .map_err(|source| Error::Bind { addr, source })?;
-    tracing::info!(%addr, "admin server listening");
+    let bound = listener.local_addr().unwrap_or(addr);
+    tracing::info!(addr = %bound, "admin server listening");
     serve_on(listener, state, shutdown).await
 }
 

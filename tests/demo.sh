@@ -1,0 +1,79 @@
+#!/usr/bin/env bash
+# `make demo`: a device fails, the controller evicts the pod that uses it.
+#
+# Starts a local control plane (etcd, kube-apiserver, kube-scheduler and the upstream
+# resource-claim controller, built from the Kubernetes Go modules), runs device-taint-eviction
+# against it, creates a device, a claim template and a pod from examples/, taints the device and
+# prints a timeline. Everything is removed at the end.
+set -euo pipefail
+
+root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+dir=$(mktemp -d "${TMPDIR:-/tmp}/dte-demo.XXXXXX")
+ns=demo
+start=$(date +%s.%N)
+controller_pid=
+
+say() { printf '[%6.2fs] %s\n' "$(awk -v a="$(date +%s.%N)" -v b="$start" 'BEGIN { print a - b }')" "$*"; }
+cleanup() {
+	[[ -n $controller_pid ]] && kill "$controller_pid" 2>/dev/null && wait "$controller_pid" 2>/dev/null
+	"$root/tests/controlplane/down.sh" "$dir" >/dev/null 2>&1 || true
+	rm -rf "$dir"
+}
+trap cleanup EXIT
+
+# await DESCRIPTION SECONDS COMMAND...: polls COMMAND until it succeeds or the deadline passes.
+await() {
+	local what=$1 deadline=$(($(date +%s) + $2))
+	shift 2
+	until "$@" >/dev/null 2>&1; do
+		if (($(date +%s) >= deadline)); then
+			echo "demo: timed out waiting for $what" >&2
+			echo "--- controller log ---" >&2
+			tail -20 "$dir/controller.log" >&2 || true
+			exit 1
+		fi
+		sleep 0.2
+	done
+}
+
+say "building device-taint-eviction"
+cargo build --quiet --locked --manifest-path "$root/Cargo.toml"
+say "starting etcd, kube-apiserver, kube-scheduler and the resource-claim controller"
+"$root/tests/controlplane/up.sh" --with-scheduler --controllers=resource-claim-controller "$dir" >"$dir.up.log" 2>&1 ||
+	{ cat "$dir.up.log" >&2; exit 1; }
+rm -f "$dir.up.log"
+export KUBECONFIG=$dir/kubeconfig
+kubectl=$("$root/tests/controlplane/build.sh" --print-dir)/kubectl
+k() { "$kubectl" "$@"; }
+"$root/tests/controlplane/make-node.sh" "$KUBECONFIG" node-1 >/dev/null
+
+say "starting the controller (log: controller.log)"
+"$root/target/debug/device-taint-eviction" controller --http-addr 127.0.0.1:0 --leader-elect=false \
+	--log-level info,device_taint_eviction=debug >"$dir/controller.log" 2>&1 &
+controller_pid=$!
+await "the controller to list everything" 60 grep -q "starting workers" "$dir/controller.log"
+
+say "creating the device class, a ResourceSlice with gpu-0..gpu-3 on node-1, a claim template and a pod"
+k create namespace "$ns" >/dev/null
+k -n "$ns" create serviceaccount default >/dev/null
+k apply -f "$root/examples/deviceclass.yaml" -f "$root/examples/resourceslice.yaml" >/dev/null
+k -n "$ns" apply -f "$root/examples/claim-template.yaml" -f "$root/examples/pod.yaml" >/dev/null
+reserved() { [[ -n $(k -n "$ns" get resourceclaims -o jsonpath='{.items[0].status.reservedFor[0].uid}') ]]; }
+await "the scheduler to allocate a device" 60 reserved
+device=$(k -n "$ns" get resourceclaims -o jsonpath='{.items[0].status.allocation.devices.results[0].device}')
+say "pod $ns/gpu-workload scheduled on $(k -n "$ns" get pod gpu-workload -o jsonpath='{.spec.nodeName}'), using device $device"
+
+say "device gpu-0 fails: applying examples/devicetaintrule-noexecute.yaml (key gpu.example.com/unhealthy, effect NoExecute)"
+k apply -f "$root/examples/devicetaintrule-noexecute.yaml" >/dev/null
+await "the eviction to be scheduled" 30 grep -q "pod eviction scheduled" "$dir/controller.log"
+at=$(grep -m1 "pod eviction scheduled" "$dir/controller.log" | sed -n 's/.* at=\([^ ]*\).*/\1/p')
+say "eviction scheduled for $at (no toleration: at once)"
+deleting() { [[ -n $(k -n "$ns" get pod gpu-workload -o jsonpath='{.metadata.deletionTimestamp}' 2>/dev/null) ]] || ! k -n "$ns" get pod gpu-workload; }
+await "the pod to be evicted" 30 deleting
+say "pod evicted: $(k -n "$ns" get pod gpu-workload -o jsonpath='{range .status.conditions[?(@.type=="DisruptionTarget")]}condition {.type}={.status} ({.reason}: {.message}){end}' 2>/dev/null)"
+say "events: $(k -n "$ns" get events --field-selector involvedObject.name=gpu-workload -o jsonpath='{range .items[?(@.reason=="DeviceTaintManagerEviction")]}{.reason}: {.message}{end}')"
+completed() { [[ $(k get devicetaintrule gpu-0-unhealthy -o jsonpath='{.status.conditions[0].reason}') == Completed ]]; }
+await "the rule status to report completion" 30 completed
+say "rule status: $(k get devicetaintrule gpu-0-unhealthy -o jsonpath='{.status.conditions[0].type}={.status.conditions[0].status} {.status.conditions[0].reason}: {.status.conditions[0].message}')"
+say "metrics: $(curl -s "http://$(sed -n 's/.*admin server listening addr=\([^ ]*\).*/\1/p' "$dir/controller.log")/metrics" | grep '^device_taint_eviction_controller_pod_deletions_total')"
+say "done; cleaning up"
