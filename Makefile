@@ -4,7 +4,9 @@ CARGO ?= cargo
 .PHONY: test lint fmt chart-check ci
 
 ## test: the whole test suite (unit, property and integration tests against a local control plane).
+## The control plane binaries are built (or found in the cache) first; see tests/controlplane/README.md.
 test:
+	tests/controlplane/build.sh >/dev/null
 	$(CARGO) test --locked --all-targets
 
 ## lint: formatting and clippy, warnings are errors.

@@ -1,0 +1,243 @@
+//! Smoke tests of the test control plane (tests/controlplane, tests/support): the API server
+//! serves every DRA object the controller reads or writes, with the fields it relies on.
+//! With `KUBECONFIG` set they run against that cluster instead.
+
+mod support;
+
+use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::resource::{v1, v1alpha3, v1beta2};
+use kube::Resource;
+use kube::api::{Api, ListParams, PostParams};
+use serde::de::DeserializeOwned;
+use serde_json::json;
+use support::TestEnv;
+
+const DRIVER: &str = "gpu.example.com";
+
+/// Builds a typed object from JSON, which reads closer to the YAML one would write.
+fn object<T: DeserializeOwned>(value: serde_json::Value) -> T {
+    serde_json::from_value(value).expect("test object matches its type")
+}
+
+fn request_error(e: &kube::Error) -> Option<u16> {
+    match e {
+        kube::Error::Api(status) => Some(status.code),
+        _ => None,
+    }
+}
+
+#[tokio::test]
+async fn resource_slice_taint_without_time_added_is_defaulted() {
+    let env = TestEnv::new().await;
+    let name = env.unique_name("slice");
+    let pool = env.unique_name("pool");
+    let slices: Api<v1::ResourceSlice> = Api::all(env.client.clone());
+    let slice: v1::ResourceSlice = object(json!({
+        "metadata": { "name": name, "labels": env.labels() },
+        "spec": {
+            "driver": DRIVER,
+            "pool": { "name": pool, "generation": 1, "resourceSliceCount": 1 },
+            "allNodes": true,
+            "devices": [{
+                "name": "gpu-0",
+                "taints": [{ "key": "example.com/unhealthy", "value": "ecc", "effect": "NoExecute" }],
+            }],
+        },
+    }));
+    slices
+        .create(&PostParams::default(), &slice)
+        .await
+        .expect("create ResourceSlice");
+
+    let stored = slices.get(&name).await.expect("get ResourceSlice");
+    let devices = stored.spec.devices.expect("devices");
+    let taint = &devices[0].taints.as_ref().expect("taints")[0];
+    assert_eq!(taint.key, "example.com/unhealthy");
+    assert_eq!(taint.effect, "NoExecute");
+    assert!(
+        taint.time_added.is_some(),
+        "the API server defaults timeAdded: {taint:?}"
+    );
+}
+
+#[tokio::test]
+async fn device_taint_rule_at_every_served_version() {
+    let env = TestEnv::new().await;
+    let pool = env.unique_name("pool");
+    let spec = |device: &str| {
+        json!({
+            "deviceSelector": { "driver": DRIVER, "pool": pool, "device": device },
+            "taint": { "key": "example.com/maintenance", "value": device, "effect": "NoExecute" },
+        })
+    };
+    let pp = PostParams::default();
+
+    let name_alpha = env.unique_name("rule-v1alpha3");
+    let api: Api<v1alpha3::DeviceTaintRule> = Api::all(env.client.clone());
+    let rule =
+        object(json!({ "metadata": { "name": name_alpha, "labels": env.labels() }, "spec": spec("gpu-0") }));
+    api.create(&pp, &rule)
+        .await
+        .expect("create v1alpha3 DeviceTaintRule");
+    let stored = api.get(&name_alpha).await.expect("get v1alpha3 DeviceTaintRule");
+    assert_eq!(stored.spec.taint.value.as_deref(), Some("gpu-0"));
+    assert!(
+        stored.spec.taint.time_added.is_some(),
+        "timeAdded defaulted: {:?}",
+        stored.spec.taint
+    );
+
+    let name_beta = env.unique_name("rule-v1beta2");
+    let api: Api<v1beta2::DeviceTaintRule> = Api::all(env.client.clone());
+    let rule =
+        object(json!({ "metadata": { "name": name_beta, "labels": env.labels() }, "spec": spec("gpu-1") }));
+    api.create(&pp, &rule)
+        .await
+        .expect("create v1beta2 DeviceTaintRule");
+    let stored = api.get(&name_beta).await.expect("get v1beta2 DeviceTaintRule");
+    assert_eq!(stored.spec.taint.value.as_deref(), Some("gpu-1"));
+
+    let name_v1 = env.unique_name("rule-v1");
+    let api: Api<v1::DeviceTaintRule> = Api::all(env.client.clone());
+    let rule =
+        object(json!({ "metadata": { "name": name_v1, "labels": env.labels() }, "spec": spec("gpu-2") }));
+    api.create(&pp, &rule).await.expect("create v1 DeviceTaintRule");
+    let stored = api.get(&name_v1).await.expect("get v1 DeviceTaintRule");
+    assert_eq!(stored.spec.taint.value.as_deref(), Some("gpu-2"));
+
+    // One storage behind all versions: the v1 list sees the rules created at the other versions.
+    let listed = api
+        .list(&ListParams::default().labels(&format!("{}={}", support::TEST_NAMESPACE_LABEL, env.namespace)))
+        .await
+        .expect("list v1 DeviceTaintRules");
+    let mut names: Vec<_> = listed
+        .items
+        .iter()
+        .filter_map(|r| r.meta().name.clone())
+        .collect();
+    names.sort();
+    let mut expected = vec![name_alpha, name_beta, name_v1];
+    expected.sort();
+    assert_eq!(names, expected);
+}
+
+/// A claim allocated (one result, with a toleration) and reserved for a pod, as the scheduler
+/// would leave it, and that pod, bound to a node where no kubelet runs, so it stays Pending.
+#[tokio::test]
+async fn resource_claim_status_and_pod_using_it() {
+    let env = TestEnv::new().await;
+    let pool = env.unique_name("pool");
+    let claims: Api<v1::ResourceClaim> = env.api();
+    let claim: v1::ResourceClaim = object(json!({
+        "metadata": { "name": "gpu" },
+        "spec": {
+            "devices": { "requests": [{ "name": "gpu", "exactly": { "deviceClassName": DRIVER } }] },
+        },
+    }));
+    let created = claims
+        .create(&PostParams::default(), &claim)
+        .await
+        .expect("create ResourceClaim");
+    assert!(created.status.is_none_or(|s| s.allocation.is_none()));
+
+    let pods: Api<Pod> = env.api();
+    let pod: Pod = object(json!({
+        "metadata": { "name": "user" },
+        "spec": {
+            "nodeName": "node-that-does-not-exist",
+            "resourceClaims": [{ "name": "gpu", "resourceClaimName": "gpu" }],
+            "containers": [{
+                "name": "app",
+                "image": "registry.invalid/app:1",
+                "resources": { "claims": [{ "name": "gpu" }] },
+            }],
+        },
+    }));
+    let pod = pods
+        .create(&PostParams::default(), &pod)
+        .await
+        .expect("create Pod");
+    let pod_uid = pod.metadata.uid.clone().expect("pod uid");
+
+    let mut allocated = claims.get("gpu").await.expect("get ResourceClaim");
+    allocated.status = Some(object(json!({
+        "allocation": {
+            "devices": {
+                "results": [{
+                    "request": "gpu",
+                    "driver": DRIVER,
+                    "pool": pool,
+                    "device": "gpu-0",
+                    "tolerations": [{
+                        "key": "example.com/unhealthy",
+                        "operator": "Exists",
+                        "effect": "NoExecute",
+                        "tolerationSeconds": 300,
+                    }],
+                }],
+            },
+        },
+        "reservedFor": [{ "resource": "pods", "name": "user", "uid": pod_uid }],
+    })));
+    claims
+        .replace_status("gpu", &PostParams::default(), &allocated)
+        .await
+        .expect("update ResourceClaim status");
+
+    let stored = claims.get("gpu").await.expect("get ResourceClaim");
+    let status = stored.status.expect("status");
+    let results = status
+        .allocation
+        .and_then(|a| a.devices)
+        .expect("allocation.devices")
+        .results
+        .unwrap_or_default();
+    assert_eq!(results.len(), 1);
+    assert_eq!(
+        (
+            results[0].driver.as_str(),
+            results[0].pool.as_str(),
+            results[0].device.as_str()
+        ),
+        (DRIVER, pool.as_str(), "gpu-0")
+    );
+    let toleration = &results[0].tolerations.as_ref().expect("tolerations")[0];
+    assert_eq!(toleration.toleration_seconds, Some(300));
+    let reserved = status.reserved_for.expect("reservedFor");
+    assert_eq!(
+        (reserved[0].name.as_str(), reserved[0].uid.as_str()),
+        ("user", pod_uid.as_str())
+    );
+
+    let stored = pods.get("user").await.expect("get Pod");
+    let spec = stored.spec.expect("pod spec");
+    assert_eq!(spec.node_name.as_deref(), Some("node-that-does-not-exist"));
+    let claim_refs = spec.resource_claims.expect("resourceClaims");
+    assert_eq!(claim_refs[0].resource_claim_name.as_deref(), Some("gpu"));
+    let phase = stored.status.and_then(|s| s.phase);
+    assert!(
+        matches!(phase.as_deref(), None | Some("Pending")),
+        "no kubelet runs, got phase {phase:?}"
+    );
+}
+
+/// Tests can act as an identity without permissions: a `ServiceAccount` with a minted token (any
+/// cluster) and, on a self-started control plane, the static `test-user`.
+#[tokio::test]
+async fn non_admin_identities_are_denied_without_rbac() {
+    let env = TestEnv::new().await;
+    let client = env.service_account_client("limited").await;
+    let err = Api::<Pod>::namespaced(client, &env.namespace)
+        .list(&ListParams::default())
+        .await
+        .expect_err("denied");
+    assert_eq!(request_error(&err), Some(403), "{err}");
+
+    if let Some(client) = env.token_user_client().await {
+        let err = Api::<v1::ResourceSlice>::all(client)
+            .list(&ListParams::default())
+            .await
+            .expect_err("denied");
+        assert_eq!(request_error(&err), Some(403), "{err}");
+    }
+}

@@ -1,0 +1,380 @@
+//! Shared setup for integration tests that talk to a real Kubernetes API server.
+//!
+//! Use it from a test file with `mod support;`, then in each test:
+//!
+//! ```ignore
+//! let env = support::TestEnv::new().await; // admin client + a fresh namespace
+//! let slice_name = env.unique_name("slice"); // cluster-scoped names must be unique per test
+//! ```
+//!
+//! Which cluster:
+//! - `KUBECONFIG` set: that cluster (e.g. kind), used as it is; nothing is started or stopped.
+//! - otherwise: one control plane per test binary, started lazily on first use by
+//!   `tests/controlplane/up.sh` in a directory under `CARGO_TARGET_TMPDIR`, and stopped by a
+//!   detached reaper process when the test process exits, whatever the way (success, panic, abort,
+//!   SIGKILL). The reaper also deletes the directory unless `DTE_KEEP_CONTROLPLANE` is set (then
+//!   the logs stay in `<dir>/logs` for a look after a failure).
+//!
+//! Each [`TestEnv`] owns a namespace labelled `device-taint-eviction.test=true`; dropping the
+//! environment deletes it and every cluster-scoped `ResourceSlice`, `DeviceTaintRule` and
+//! `DeviceClass` labelled with [`TestEnv::labels`] (best effort: a self-started control plane runs
+//! no namespace controller, so namespaces stay `Terminating` there, which is harmless).
+#![allow(dead_code)] // each test binary uses a different part of this module
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::hash::{BuildHasher, Hasher};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, SystemTime};
+
+use k8s_openapi::api::authentication::v1::{TokenRequest, TokenRequestSpec};
+use k8s_openapi::api::core::v1::{Namespace, ServiceAccount};
+use k8s_openapi::api::resource::v1::{DeviceClass, DeviceTaintRule, ResourceSlice};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use kube::api::{Api, DeleteParams, ListParams, PostParams};
+use kube::config::{AuthInfo, KubeConfigOptions, Kubeconfig};
+use kube::{Client, Config};
+use tokio::sync::OnceCell;
+
+/// Label on every namespace a test creates (value `"true"`), for cleaning up a shared cluster.
+pub const TEST_LABEL: &str = "device-taint-eviction.test";
+/// Label on cluster-scoped test objects; its value is the owning test's namespace.
+pub const TEST_NAMESPACE_LABEL: &str = "device-taint-eviction.test/namespace";
+/// A deadline that suits most waits on the API server.
+pub const TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The cluster every test of this binary uses.
+pub struct Cluster {
+    /// Admin kubeconfig (for a self-started control plane: `<dir>/kubeconfig`).
+    pub kubeconfig: PathBuf,
+    /// Admin client configuration. Build a [`Client`] per test: a client is bound to the tokio
+    /// runtime it was created in, and every `#[tokio::test]` has its own.
+    pub config: Config,
+    /// The control plane directory when this process started it, `None` for `KUBECONFIG`.
+    pub dir: Option<PathBuf>,
+}
+
+impl Cluster {
+    /// Kubeconfig of the static non-admin user `test-user` (no RBAC permissions at all), only on
+    /// a self-started control plane. [`TestEnv::service_account_client`] works everywhere.
+    pub fn token_user_kubeconfig(&self) -> Option<PathBuf> {
+        self.dir.as_ref().map(|dir| dir.join("token-user-kubeconfig"))
+    }
+}
+
+static CLUSTER: OnceCell<Result<Cluster, String>> = OnceCell::const_new();
+
+/// The shared cluster, started on first use. Panics (in every test) if it cannot be had.
+pub async fn cluster() -> &'static Cluster {
+    match CLUSTER.get_or_init(connect).await {
+        Ok(cluster) => cluster,
+        Err(message) => panic!("no Kubernetes cluster for the tests: {message}"),
+    }
+}
+
+async fn connect() -> Result<Cluster, String> {
+    if let Some(path) = std::env::var_os("KUBECONFIG").filter(|p| !p.is_empty()) {
+        let kubeconfig = Kubeconfig::read().map_err(|e| format!("reading KUBECONFIG: {e}"))?;
+        let config = config_from(kubeconfig).await?;
+        return Ok(Cluster {
+            kubeconfig: PathBuf::from(path),
+            config,
+            dir: None,
+        });
+    }
+    let dir = tokio::task::spawn_blocking(start_control_plane)
+        .await
+        .map_err(|e| format!("starting the control plane: {e}"))??;
+    let kubeconfig = dir.join("kubeconfig");
+    let config = config_from(
+        Kubeconfig::read_from(&kubeconfig).map_err(|e| format!("reading {}: {e}", kubeconfig.display()))?,
+    )
+    .await?;
+    Ok(Cluster {
+        kubeconfig,
+        config,
+        dir: Some(dir),
+    })
+}
+
+async fn config_from(kubeconfig: Kubeconfig) -> Result<Config, String> {
+    Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
+        .await
+        .map_err(|e| format!("loading the kubeconfig: {e}"))
+}
+
+/// Runs `up.sh` into a fresh directory and arranges for `down.sh` to run when this process exits.
+fn start_control_plane() -> Result<PathBuf, String> {
+    let scripts = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/controlplane");
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("controlplane-{}", random_suffix()));
+    std::fs::create_dir_all(&dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
+
+    // up.sh's progress (and a cold build's) goes to stderr; its stdout is only an export line.
+    let mut up = Command::new(scripts.join("up.sh"))
+        .arg(&dir)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .map_err(|e| format!("running {}: {e}", scripts.join("up.sh").display()))?;
+
+    // The reaper lives in its own process group, so Ctrl-C on the test run does not reach it. It
+    // waits until both this process and up.sh are gone (up.sh may still be starting things after
+    // this process died), then stops the control plane.
+    let reaper = r#"
+        while kill -0 "$0" 2>/dev/null || kill -0 "$1" 2>/dev/null; do sleep 1; done
+        "$2" "$3"
+        [ -n "$4" ] || rm -rf "$3"
+    "#;
+    std::os::unix::process::CommandExt::process_group(
+        Command::new("sh")
+            .arg("-c")
+            .arg(reaper)
+            .arg(std::process::id().to_string())
+            .arg(up.id().to_string())
+            .arg(scripts.join("down.sh"))
+            .arg(&dir)
+            .arg(std::env::var_os("DTE_KEEP_CONTROLPLANE").unwrap_or_default())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null()),
+        0,
+    )
+    .spawn()
+    .map_err(|e| format!("starting the teardown process: {e}"))?;
+
+    let status = up.wait().map_err(|e| format!("waiting for up.sh: {e}"))?;
+    if status.success() {
+        Ok(dir)
+    } else {
+        Err(format!(
+            "{} {} failed ({status}); its output is above",
+            scripts.join("up.sh").display(),
+            dir.display()
+        ))
+    }
+}
+
+/// One test's view of the cluster: an admin client and a namespace of its own.
+pub struct TestEnv {
+    /// Admin client (bound to the runtime of the test that created this environment).
+    pub client: Client,
+    /// The test's namespace, created fresh, labelled [`TEST_LABEL`].
+    pub namespace: String,
+    pub cluster: &'static Cluster,
+    suffix: String,
+}
+
+impl TestEnv {
+    /// Connects (starting the control plane if this is the binary's first test) and creates the
+    /// test's namespace with its `default` `ServiceAccount`, which pods need and which no
+    /// controller creates on a bare control plane.
+    pub async fn new() -> Self {
+        let cluster = cluster().await;
+        let client = Client::try_from(cluster.config.clone()).expect("admin client");
+        let suffix = random_suffix();
+        let namespace = format!("dte-{}-{suffix}", test_name_for_dns());
+
+        let namespaces: Api<Namespace> = Api::all(client.clone());
+        let ns = Namespace {
+            metadata: ObjectMeta {
+                name: Some(namespace.clone()),
+                labels: Some(BTreeMap::from([(TEST_LABEL.to_owned(), "true".to_owned())])),
+                ..ObjectMeta::default()
+            },
+            ..Namespace::default()
+        };
+        namespaces
+            .create(&PostParams::default(), &ns)
+            .await
+            .unwrap_or_else(|e| panic!("creating namespace {namespace}: {e}"));
+        create_service_account(&client, &namespace, "default").await;
+
+        Self {
+            client,
+            namespace,
+            cluster,
+            suffix,
+        }
+    }
+
+    /// Admin kubeconfig path, e.g. for running the controller binary against the same cluster.
+    pub fn kubeconfig(&self) -> &Path {
+        &self.cluster.kubeconfig
+    }
+
+    /// An API handle for a namespaced kind in the test's namespace.
+    pub fn api<K>(&self) -> Api<K>
+    where
+        K: kube::Resource<Scope = kube::core::NamespaceResourceScope>,
+        K::DynamicType: Default,
+    {
+        Api::namespaced(self.client.clone(), &self.namespace)
+    }
+
+    /// `base` plus this test's random suffix: use it for every cluster-scoped object.
+    pub fn unique_name(&self, base: &str) -> String {
+        format!("{base}-{}", self.suffix)
+    }
+
+    /// Labels for cluster-scoped objects (`ResourceSlices`, `DeviceTaintRules`, `DeviceClasses`)
+    /// so that dropping this environment deletes them.
+    pub fn labels(&self) -> BTreeMap<String, String> {
+        BTreeMap::from([(TEST_NAMESPACE_LABEL.to_owned(), self.namespace.clone())])
+    }
+
+    /// A client authenticated as `ServiceAccount` `name` of the test's namespace (created if
+    /// missing), with a token from the `TokenRequest` API. It has no permissions until the test
+    /// binds roles to `system:serviceaccount:<namespace>:<name>`. Works on any cluster.
+    pub async fn service_account_client(&self, name: &str) -> Client {
+        create_service_account(&self.client, &self.namespace, name).await;
+        let accounts: Api<ServiceAccount> = self.api();
+        let request = TokenRequest {
+            spec: Some(TokenRequestSpec {
+                expiration_seconds: Some(3600),
+                ..TokenRequestSpec::default()
+            }),
+            ..TokenRequest::default()
+        };
+        let response = accounts
+            .create_token_request(name, &PostParams::default(), &request)
+            .await
+            .unwrap_or_else(|e| panic!("requesting a token for {}/{name}: {e}", self.namespace));
+        let token = response
+            .status
+            .and_then(|s| s.token)
+            .expect("TokenRequest status.token");
+        let mut config = self.cluster.config.clone();
+        config.auth_info = AuthInfo {
+            token: Some(token.into()),
+            ..AuthInfo::default()
+        };
+        Client::try_from(config).expect("service account client")
+    }
+
+    /// A client for the static non-admin user `test-user` of a self-started control plane.
+    pub async fn token_user_client(&self) -> Option<Client> {
+        let path = self.cluster.token_user_kubeconfig()?;
+        let kubeconfig = Kubeconfig::read_from(&path).expect("token-user kubeconfig");
+        let config = config_from(kubeconfig).await.expect("token-user config");
+        Some(Client::try_from(config).expect("token-user client"))
+    }
+}
+
+impl Drop for TestEnv {
+    /// Best-effort cleanup, also when the test panicked. It runs on a thread of its own with its
+    /// own runtime, since the test's runtime may be shutting down.
+    fn drop(&mut self) {
+        let config = self.cluster.config.clone();
+        let namespace = self.namespace.clone();
+        let cleanup = std::thread::spawn(move || {
+            let Ok(runtime) = tokio::runtime::Builder::new_current_thread().enable_all().build() else {
+                return;
+            };
+            runtime.block_on(async move {
+                let Ok(client) = Client::try_from(config) else {
+                    return;
+                };
+                let selector = ListParams::default().labels(&format!("{TEST_NAMESPACE_LABEL}={namespace}"));
+                let dp = DeleteParams::background();
+                let work = async {
+                    let _ = Api::<ResourceSlice>::all(client.clone())
+                        .delete_collection(&dp, &selector)
+                        .await;
+                    let _ = Api::<DeviceTaintRule>::all(client.clone())
+                        .delete_collection(&dp, &selector)
+                        .await;
+                    let _ = Api::<DeviceClass>::all(client.clone())
+                        .delete_collection(&dp, &selector)
+                        .await;
+                    let _ = Api::<Namespace>::all(client.clone())
+                        .delete(&namespace, &dp)
+                        .await;
+                };
+                let _ = tokio::time::timeout(Duration::from_secs(10), work).await;
+            });
+        });
+        let _ = cleanup.join();
+    }
+}
+
+/// Polls `check` every 100 ms until it returns `Some`, and returns that value. Panics with
+/// "timed out after ... waiting for <what>" once `timeout` has passed.
+pub async fn wait_for<T, F, Fut>(what: &str, timeout: Duration, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        if let Some(value) = check().await {
+            return value;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+async fn create_service_account(client: &Client, namespace: &str, name: &str) {
+    let accounts: Api<ServiceAccount> = Api::namespaced(client.clone(), namespace);
+    let account = ServiceAccount {
+        metadata: ObjectMeta {
+            name: Some(name.to_owned()),
+            ..ObjectMeta::default()
+        },
+        ..ServiceAccount::default()
+    };
+    match accounts.create(&PostParams::default(), &account).await {
+        Ok(_) => {}
+        Err(kube::Error::Api(status)) if status.code == 409 => {}
+        Err(e) => panic!("creating ServiceAccount {namespace}/{name}: {e}"),
+    }
+}
+
+/// Eight hex digits, different for every call in this process and (very likely) across processes.
+fn random_suffix() -> String {
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+    hasher.write_u64(COUNTER.fetch_add(1, Ordering::Relaxed));
+    hasher.write_u32(std::process::id());
+    hasher.write_u128(
+        SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos()),
+    );
+    format!("{:08x}", hasher.finish() & 0xffff_ffff)
+}
+
+/// The current test's function name (libtest names the thread after the test), made a valid part
+/// of a DNS label and at most 40 characters long.
+fn test_name_for_dns() -> String {
+    let thread = std::thread::current();
+    let name = thread
+        .name()
+        .unwrap_or("test")
+        .rsplit("::")
+        .next()
+        .unwrap_or("test");
+    let name: String = name
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() {
+                c.to_ascii_lowercase()
+            } else {
+                '-'
+            }
+        })
+        .take(40)
+        .collect();
+    let name = name.trim_matches('-');
+    if name.is_empty() {
+        "test".to_owned()
+    } else {
+        name.to_owned()
+    }
+}
