@@ -1,7 +1,7 @@
 # Every target is what CI runs (see .ci/run); nothing here needs a manual install step.
 CARGO ?= cargo
 
-.PHONY: test lint fmt chart-check ci
+.PHONY: test lint fmt chart-check ci demo
 
 ## test: the whole test suite (unit, property and integration tests against a local control plane).
 ## The control plane binaries are built (or found in the cache) first; see tests/controlplane/README.md.
@@ -25,3 +25,7 @@ chart-check:
 
 ## ci: everything CI checks.
 ci: lint chart-check test
+
+## demo: start a local control plane, taint a device, watch the pod go, clean up.
+demo:
+	bash tests/demo.sh
