@@ -21,6 +21,9 @@
 //! no namespace controller, so namespaces stay `Terminating` there, which is harmless).
 #![allow(dead_code)] // each test binary uses a different part of this module
 
+pub mod controller;
+pub mod objects;
+
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::hash::{BuildHasher, Hasher};
@@ -377,4 +380,21 @@ fn test_name_for_dns() -> String {
     } else {
         name.to_owned()
     }
+}
+
+static CONTROLLER: OnceCell<Option<controller::Controller>> = OnceCell::const_new();
+
+/// The controller every test of this binary shares: started once with `args` (the first caller's
+/// `args` win), or `None` when a deployed controller serves the cluster (kind e2e).
+pub async fn shared_controller(args: &[&str]) -> Option<&'static controller::Controller> {
+    CONTROLLER
+        .get_or_init(|| async {
+            if controller::deployed() {
+                return None;
+            }
+            let cluster = cluster().await;
+            Some(controller::Controller::start(&cluster.kubeconfig, args).await)
+        })
+        .await
+        .as_ref()
 }
