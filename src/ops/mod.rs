@@ -6,12 +6,14 @@
 //! cluster tests can run the commands and inspect their output. Progress bars, when enabled, are
 //! drawn on stderr and never mixed into that writer.
 
+mod explain;
 mod taint;
 
 use std::time::Duration;
 
 use kube::{Api, core::ApiResource};
 
+pub use explain::{ExplainRow, explain, explain_cluster, format_relative, write_table};
 pub use taint::{
     Applied, Progress, ProgressDisplay, parse_progress, rule_manifest, taint, untaint, wait_until_done,
 };
