@@ -91,7 +91,10 @@ pub enum Error {
         timeout.as_secs(),
         progress.map_or_else(
             || " before any controller reported on it".to_owned(),
-            |p| format!(" with {} pods still pending eviction", p.pending)
+            |p| match p.pending {
+                1 => " with 1 pod still pending eviction".to_owned(),
+                n => format!(" with {n} pods still pending eviction"),
+            }
         )
     )]
     WaitForEviction {
