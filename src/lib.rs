@@ -22,6 +22,7 @@ pub mod index;
 pub mod k8s;
 pub mod leader;
 pub mod metrics;
+pub mod ops;
 pub mod queue;
 pub mod telemetry;
 pub mod throttle;

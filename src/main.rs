@@ -2,19 +2,38 @@
 
 use anyhow::Context as _;
 use clap::Parser as _;
-use device_taint_eviction::cli::{Cli, Command};
-use device_taint_eviction::telemetry;
+use device_taint_eviction::cli::{Cli, Command, KubeArgs};
+use device_taint_eviction::{client, ops, telemetry};
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     telemetry::init(cli.command.log_args()).context("failed to set up logging")?;
+    let mut out = std::io::stdout();
     match cli.command {
-        Command::Controller(args) => device_taint_eviction::controller::run(args)
-            .await
-            .context("device-taint-eviction-controller failed"),
-        Command::Taint(_) => anyhow::bail!("taint not wired yet"),
-        Command::Untaint(_) => anyhow::bail!("untaint not wired yet"),
-        Command::Explain(_) => anyhow::bail!("explain not wired yet"),
+        Command::Controller(args) => {
+            device_taint_eviction::controller::run(args)
+                .await
+                .context("device-taint-eviction-controller failed")?;
+        }
+        Command::Taint(args) => {
+            let client = connect(&args.kube).await?;
+            ops::taint(&client, &args, ops::ProgressDisplay::detect(), &mut out).await?;
+        }
+        Command::Untaint(args) => {
+            let client = connect(&args.kube).await?;
+            ops::untaint(&client, &args, &mut out).await?;
+        }
+        Command::Explain(args) => {
+            let client = connect(&args.kube).await?;
+            ops::explain_cluster(&client, &args, &mut out).await?;
+        }
     }
+    Ok(())
+}
+
+async fn connect(args: &KubeArgs) -> anyhow::Result<kube::Client> {
+    client::client(args)
+        .await
+        .context("failed to connect to the Kubernetes API server")
 }

@@ -1,0 +1,712 @@
+//! `explain`: which pods are or would be evicted, because of which taint on which device, and
+//! when. The cluster is listed once into the same [`State`] the controller keeps, so the answer is
+//! the controller's own decision, not a second implementation of it.
+
+use std::io::Write;
+
+use kube::{Api, api::ListParams};
+use serde::{Serialize, de::DeserializeOwned};
+use tracing::{debug, warn};
+
+use super::{ApiError, Error, is_not_found, write_line};
+use crate::{
+    cli::{ExplainArgs, OutputFormat},
+    eviction::{TaintSource, taint_deadline},
+    index::State,
+    k8s::{self, DeviceTaintRule, Pod, ResourceClaim, ResourceSlice},
+    view::{
+        AllocatedDevice, ClaimView, DeviceId, ObjectName, Operator, PodView, RuleView, SliceView, Taint,
+        Time, Toleration,
+    },
+};
+
+/// Objects per list request, so that a large cluster is read in pages.
+const LIST_PAGE: u32 = 500;
+
+/// One reason a pod is pending eviction: a taint that applies to devices the pod uses.
+///
+/// A pod with several untolerated taints has one row per taint; it is evicted at the earliest of
+/// their times.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ExplainRow {
+    /// Namespace of the pod.
+    pub namespace: String,
+    /// Name of the pod.
+    pub pod: String,
+    /// UID of the pod.
+    pub uid: String,
+    /// The pod's devices that carry the taint, as `driver/pool/device`.
+    pub devices: Vec<String>,
+    /// The taint, as `key=value:effect` (`key:effect` without a value).
+    pub taint: String,
+    /// Where the taint comes from: `rule <name>` or `slice <driver/pool/device>`.
+    pub source: String,
+    /// The toleration that delays the eviction (kubectl's notation, e.g. `key:NoExecute op=Exists
+    /// for 60s`); `None` when no toleration matches and the eviction is due at `timeAdded`.
+    pub toleration: Option<String>,
+    /// When this taint evicts the pod (RFC 3339, UTC).
+    pub evict_at: String,
+    /// Seconds from the time of the explanation until then; negative when overdue.
+    pub evict_in_seconds: i64,
+}
+
+/// The rows for every pending eviction in `state`, as seen at `now`: sorted by time, then
+/// namespace, pod and source.
+#[must_use]
+pub fn explain(state: &State, now: Time) -> Vec<ExplainRow> {
+    let mut rows: Vec<(Time, ExplainRow)> = Vec::new();
+    for (pod_ref, eviction) in state.pending_evictions() {
+        let Some(pod) = state.pod(&pod_ref.object_name()).filter(|p| p.uid == pod_ref.uid) else {
+            continue;
+        };
+        let devices = used_devices(state, pod);
+        for reason in &eviction.reasons {
+            let Some((taint, source)) = taint_of(state, reason) else {
+                continue;
+            };
+            // Every device the pod uses that carries this taint, with when it fires there.
+            let mut hits: Vec<(Time, &AllocatedDevice)> = devices
+                .iter()
+                .filter(|a| applies(state, reason, &a.device))
+                .filter_map(|a| taint_deadline(taint, &a.tolerations).map(|at| (at, *a)))
+                .collect();
+            hits.sort_by(|a, b| a.0.cmp(&b.0).then_with(|| a.1.device.cmp(&b.1.device)));
+            let Some(&(at, first)) = hits.first() else {
+                continue;
+            };
+            let mut names: Vec<String> = hits.iter().map(|(_, a)| a.device.to_string()).collect();
+            names.sort();
+            names.dedup();
+            let evict_in_seconds = at.duration_since(now).as_secs();
+            rows.push((
+                at,
+                ExplainRow {
+                    namespace: pod.namespace.clone(),
+                    pod: pod.name.clone(),
+                    uid: pod.uid.clone(),
+                    devices: names,
+                    taint: format_taint(taint),
+                    source,
+                    toleration: deciding_toleration(taint, &first.tolerations).map(format_toleration),
+                    evict_at: format_time(at),
+                    evict_in_seconds,
+                },
+            ));
+        }
+    }
+    rows.sort_by(|a, b| {
+        (a.0, &a.1.namespace, &a.1.pod, &a.1.source).cmp(&(b.0, &b.1.namespace, &b.1.pod, &b.1.source))
+    });
+    rows.into_iter().map(|(_, row)| row).collect()
+}
+
+/// Allocated devices of the claims that count for the pod's eviction (the same conditions as
+/// [`crate::eviction::pod_eviction`]: allocated, reserved for this pod, a generated claim owned by
+/// it).
+fn used_devices<'a>(state: &'a State, pod: &PodView) -> Vec<&'a AllocatedDevice> {
+    let mut devices = Vec::new();
+    for pod_claim in &pod.claims {
+        let Some((claim, Some(_))) = state.claim(&ObjectName::new(&pod.namespace, &pod_claim.claim)) else {
+            continue;
+        };
+        if !claim.reserved_by(&pod.uid)
+            || (pod_claim.generated && claim.controller_uid.as_deref() != Some(pod.uid.as_str()))
+        {
+            continue;
+        }
+        devices.extend(claim.allocation.iter().flatten());
+    }
+    devices
+}
+
+/// The taint behind a reason and how to name its source.
+fn taint_of<'a>(state: &'a State, reason: &TaintSource) -> Option<(&'a Taint, String)> {
+    match reason {
+        TaintSource::Rule(rule) => state
+            .rule(&rule.name)
+            .filter(|r| r.uid == rule.uid)
+            .map(|r| (&r.taint, format!("rule {}", r.name))),
+        TaintSource::Slice { device, index } => state
+            .device_taints(device)
+            .get(*index)
+            .map(|t| (t, format!("slice {device}"))),
+    }
+}
+
+/// Whether the reason's taint is on this device.
+fn applies(state: &State, reason: &TaintSource, device: &DeviceId) -> bool {
+    match reason {
+        TaintSource::Rule(rule) => state
+            .rule(&rule.name)
+            .is_some_and(|r| r.uid == rule.uid && r.selects(device)),
+        TaintSource::Slice { device: tainted, .. } => tainted == device,
+    }
+}
+
+/// The matching toleration with the shortest `tolerationSeconds`: the one that sets the time.
+fn deciding_toleration<'a>(taint: &Taint, tolerations: &'a [Toleration]) -> Option<&'a Toleration> {
+    tolerations
+        .iter()
+        .filter(|t| t.tolerates(taint))
+        .min_by_key(|t| t.toleration_seconds.unwrap_or(i64::MAX))
+}
+
+fn format_taint(taint: &Taint) -> String {
+    if taint.value.is_empty() {
+        format!("{}:{}", taint.key, taint.effect.as_str())
+    } else {
+        format!("{}={}:{}", taint.key, taint.value, taint.effect.as_str())
+    }
+}
+
+/// kubectl's notation for tolerations (`kubectl describe pod`).
+fn format_toleration(t: &Toleration) -> String {
+    let mut s = t.key.clone();
+    if !t.value.is_empty() {
+        s = format!("{s}={}", t.value);
+    }
+    if let Some(effect) = &t.effect {
+        s = format!("{s}:{}", effect.as_str());
+    }
+    if t.operator == Operator::Exists && t.value.is_empty() {
+        s = if s.is_empty() {
+            "op=Exists".to_owned()
+        } else {
+            format!("{s} op=Exists")
+        };
+    }
+    if let Some(seconds) = t.toleration_seconds {
+        s = format!("{s} for {seconds}s");
+    }
+    s
+}
+
+/// RFC 3339 in UTC, whole seconds.
+fn format_time(time: Time) -> String {
+    format!("{time:.0}")
+}
+
+/// `now`, `in 59s`, `12s ago`, `in 4m10s`, `3h5m ago`, `in 2d3h`.
+#[must_use]
+pub fn format_relative(seconds: i64) -> String {
+    if seconds == 0 {
+        return "now".to_owned();
+    }
+    let total = seconds.unsigned_abs();
+    let (days, hours, minutes, secs) = (
+        total / 86_400,
+        total % 86_400 / 3600,
+        total % 3600 / 60,
+        total % 60,
+    );
+    let span = if days > 0 {
+        format!("{days}d{hours}h")
+    } else if hours > 0 {
+        format!("{hours}h{minutes}m")
+    } else if minutes > 0 {
+        format!("{minutes}m{secs}s")
+    } else {
+        format!("{secs}s")
+    };
+    if seconds > 0 {
+        format!("in {span}")
+    } else {
+        format!("{span} ago")
+    }
+}
+
+/// Writes the rows as aligned columns, or `No pod is pending eviction.` when there are none.
+///
+/// # Errors
+/// When writing fails.
+pub fn write_table(rows: &[ExplainRow], out: &mut impl Write) -> Result<(), Error> {
+    if rows.is_empty() {
+        return write_line(out, "No pod is pending eviction.");
+    }
+    let header = [
+        "NAMESPACE",
+        "POD",
+        "DEVICE(S)",
+        "TAINT",
+        "SOURCE",
+        "TOLERATION",
+        "EVICT AT",
+    ]
+    .map(str::to_owned);
+    let cells: Vec<[String; 7]> = rows
+        .iter()
+        .map(|r| {
+            [
+                r.namespace.clone(),
+                r.pod.clone(),
+                r.devices.join(","),
+                r.taint.clone(),
+                r.source.clone(),
+                r.toleration.clone().unwrap_or_else(|| "none".to_owned()),
+                format!("{} ({})", r.evict_at, format_relative(r.evict_in_seconds)),
+            ]
+        })
+        .collect();
+    let mut widths = [0usize; 7];
+    for row in std::iter::once(&header).chain(&cells) {
+        for (width, cell) in widths.iter_mut().zip(row) {
+            *width = (*width).max(cell.chars().count());
+        }
+    }
+    for row in std::iter::once(&header).chain(&cells) {
+        let mut line = String::new();
+        for (i, (cell, width)) in row.iter().zip(widths).enumerate() {
+            if i + 1 == row.len() {
+                line.push_str(cell);
+            } else {
+                line.push_str(cell);
+                let padding = width - cell.chars().count() + 3;
+                line.extend(std::iter::repeat_n(' ', padding));
+            }
+        }
+        write_line(out, &line)?;
+    }
+    Ok(())
+}
+
+/// Lists pods, ResourceClaims, ResourceSlices and DeviceTaintRules of the whole cluster, decides
+/// as the controller would, and prints the pending evictions of `--namespace` (all namespaces
+/// without it) as a table or, with `-o json`, as a JSON array of [`ExplainRow`]s.
+///
+/// Returns the rows printed. Without a served DeviceTaintRule API only slice taints count.
+///
+/// # Errors
+/// When listing fails or the output cannot be written.
+pub async fn explain_cluster(
+    client: &kube::Client,
+    args: &ExplainArgs,
+    out: &mut impl Write,
+) -> Result<Vec<ExplainRow>, Error> {
+    let slices = list_all(&Api::<ResourceSlice>::all(client.clone()), "resourceslices").await?;
+    let rules = match k8s::discover_device_taint_rule(client).await {
+        Ok(Some(resource)) => {
+            list_all(
+                &Api::<DeviceTaintRule>::all_with(client.clone(), &resource),
+                "devicetaintrules",
+            )
+            .await?
+        }
+        Ok(None) => {
+            warn!("this cluster serves no DeviceTaintRule API: only ResourceSlice taints are considered");
+            Vec::new()
+        }
+        Err(e) => {
+            return Err(Error::DiscoverRuleApi(ApiError::new(
+                format!("get /apis/{}", k8s::RESOURCE_GROUP),
+                e,
+            )));
+        }
+    };
+    let claims = list_all(&Api::<ResourceClaim>::all(client.clone()), "resourceclaims").await?;
+    let pods = list_all(&Api::<Pod>::all(client.clone()), "pods").await?;
+
+    let now = Time::now();
+    let mut state = State::new();
+    state.reset_slices(views(&slices, SliceView::from_api), now);
+    state.reset_rules(views(&rules, RuleView::from_api), now);
+    state.reset_claims(views(&claims, ClaimView::from_api));
+    let pods = pods
+        .iter()
+        .filter_map(|pod| match PodView::from_api(pod) {
+            Ok(Some(view)) => Some((view.object_name(), view.uid.clone(), Some(view))),
+            Ok(None) => None,
+            Err(invalid) => {
+                debug!(%invalid, "skipping pod");
+                None
+            }
+        })
+        .collect();
+    state.reset_pods(pods);
+    drop(state.take_changes());
+
+    let mut rows = explain(&state, now);
+    if let Some(namespace) = &args.namespace {
+        rows.retain(|r| r.namespace == *namespace);
+    }
+    match args.output {
+        OutputFormat::Table => write_table(&rows, out)?,
+        OutputFormat::Json => {
+            serde_json::to_writer_pretty(&mut *out, &rows).map_err(Error::EncodeJson)?;
+            write_line(out, "")?;
+        }
+    }
+    Ok(rows)
+}
+
+/// The views of objects that make valid ones; the others are logged and skipped, as the
+/// controller does.
+fn views<K, V, E: std::fmt::Display>(objects: &[K], view: impl Fn(&K) -> Result<V, E>) -> Vec<V> {
+    objects
+        .iter()
+        .filter_map(|o| {
+            view(o)
+                .map_err(|invalid| debug!(%invalid, "skipping object"))
+                .ok()
+        })
+        .collect()
+}
+
+/// Every object of a kind, read in pages.
+async fn list_all<K>(api: &Api<K>, plural: &'static str) -> Result<Vec<K>, Error>
+where
+    K: Clone + DeserializeOwned + std::fmt::Debug,
+{
+    let mut params = ListParams::default().limit(LIST_PAGE);
+    let mut items = Vec::new();
+    loop {
+        let page = api.list(&params).await.map_err(|e| {
+            // A kind the server does not serve (no DRA at all) reads as "none".
+            Error::List {
+                kind: plural,
+                source: ApiError::new(format!("list {plural}"), e),
+            }
+        });
+        let page = match page {
+            Ok(page) => page,
+            Err(Error::List { source, .. }) if is_not_found(&source.error) => {
+                warn!(
+                    kind = plural,
+                    "the API server does not serve this kind: treating it as empty"
+                );
+                return Ok(Vec::new());
+            }
+            Err(e) => return Err(e),
+        };
+        items.extend(page.items);
+        match page.metadata.continue_.filter(|c| !c.is_empty()) {
+            Some(token) => params = params.continue_token(&token),
+            None => return Ok(items),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fixtures::{claim, pod, rule, slice, t, taint, toleration};
+
+    const NS: &str = "default";
+    const DRIVER: &str = "gpu.example.com";
+    const POOL: &str = "node-1";
+    const KEY: &str = "example.com/unhealthy";
+
+    fn row(
+        pod: &str,
+        devices: &[&str],
+        taint: &str,
+        source: &str,
+        toleration: Option<&str>,
+        at: i64,
+        now: i64,
+    ) -> ExplainRow {
+        ExplainRow {
+            namespace: NS.into(),
+            pod: pod.into(),
+            uid: format!("uid-{pod}"),
+            devices: devices.iter().map(|d| format!("{DRIVER}/{POOL}/{d}")).collect(),
+            taint: taint.into(),
+            source: source.into(),
+            toleration: toleration.map(Into::into),
+            evict_at: format_time(t(at)),
+            evict_in_seconds: at - now,
+        }
+    }
+
+    fn state_with(
+        slices: Vec<SliceView>,
+        rules: Vec<RuleView>,
+        claims: Vec<ClaimView>,
+        pods: Vec<PodView>,
+    ) -> State {
+        let mut state = State::new();
+        state.reset_slices(slices, t(0));
+        state.reset_rules(rules, t(0));
+        state.reset_claims(claims);
+        state.reset_pods(
+            pods.into_iter()
+                .map(|p| (p.object_name(), p.uid.clone(), Some(p)))
+                .collect(),
+        );
+        state
+    }
+
+    #[test]
+    fn empty_state_explains_nothing() {
+        assert!(explain(&State::new(), t(10)).is_empty());
+    }
+
+    #[test]
+    fn slice_taint_without_toleration_is_due_at_time_added() {
+        let p = pod(NS, "p").with_claim("c");
+        let state = state_with(
+            vec![slice("s", DRIVER, POOL).with_device("gpu-0").with_taint(taint(
+                KEY,
+                "ecc",
+                "NoExecute",
+                Some(t(5)),
+            ))],
+            vec![],
+            vec![claim(NS, "c").with_device(DRIVER, POOL, "gpu-0").reserved_for(&p)],
+            vec![p],
+        );
+        assert_eq!(
+            explain(&state, t(17)),
+            vec![row(
+                "p",
+                &["gpu-0"],
+                &format!("{KEY}=ecc:NoExecute"),
+                &format!("slice {DRIVER}/{POOL}/gpu-0"),
+                None,
+                5,
+                17
+            )]
+        );
+    }
+
+    #[test]
+    fn rule_taint_with_toleration_seconds() {
+        let p = pod(NS, "p").with_claim("c");
+        let state = state_with(
+            vec![slice("s", DRIVER, POOL).with_device("gpu-0").with_device("gpu-1")],
+            vec![
+                rule("maintenance")
+                    .selecting(Some(DRIVER), Some(POOL), None)
+                    .with_taint(taint(KEY, "", "NoExecute", Some(t(100)))),
+            ],
+            vec![
+                claim(NS, "c")
+                    .with_device(DRIVER, POOL, "gpu-1")
+                    .with_toleration(toleration(KEY, "Exists", "", "NoExecute", Some(300)))
+                    .with_toleration(toleration("", "Exists", "", "", Some(60)))
+                    .with_device(DRIVER, POOL, "gpu-0")
+                    .with_toleration(toleration(KEY, "Exists", "", "NoExecute", Some(30)))
+                    .reserved_for(&p),
+            ],
+            vec![p],
+        );
+        // gpu-0 fires first (30 s); its toleration is the one shown.
+        assert_eq!(
+            explain(&state, t(101)),
+            vec![row(
+                "p",
+                &["gpu-0", "gpu-1"],
+                &format!("{KEY}:NoExecute"),
+                "rule maintenance",
+                Some(&format!("{KEY}:NoExecute op=Exists for 30s")),
+                130,
+                101
+            )]
+        );
+    }
+
+    #[test]
+    fn one_row_per_taint_sorted_by_time_and_tolerated_forever_is_left_out() {
+        let a = pod(NS, "a").with_claim("ca");
+        let b = pod(NS, "b").with_claim("cb");
+        let forever = pod(NS, "forever").with_claim("cf");
+        let state = state_with(
+            vec![
+                slice("s", DRIVER, POOL)
+                    .with_device("gpu-0")
+                    .with_taint(taint("slice-key", "", "NoExecute", Some(t(50))))
+                    .with_device("gpu-1")
+                    .with_device("gpu-2"),
+            ],
+            vec![rule("r").selecting(Some(DRIVER), None, None).with_taint(taint(
+                KEY,
+                "v",
+                "NoExecute",
+                Some(t(10)),
+            ))],
+            vec![
+                claim(NS, "ca")
+                    .with_device(DRIVER, POOL, "gpu-0")
+                    .reserved_for(&a),
+                claim(NS, "cb")
+                    .with_device(DRIVER, POOL, "gpu-1")
+                    .with_toleration(toleration(KEY, "Equal", "v", "NoExecute", Some(5)))
+                    .reserved_for(&b),
+                claim(NS, "cf")
+                    .with_device(DRIVER, POOL, "gpu-2")
+                    .with_toleration(toleration(KEY, "Exists", "", "", None))
+                    .reserved_for(&forever),
+            ],
+            vec![a, b, forever],
+        );
+        assert_eq!(
+            explain(&state, t(12)),
+            vec![
+                row(
+                    "a",
+                    &["gpu-0"],
+                    &format!("{KEY}=v:NoExecute"),
+                    "rule r",
+                    None,
+                    10,
+                    12
+                ),
+                row(
+                    "b",
+                    &["gpu-1"],
+                    &format!("{KEY}=v:NoExecute"),
+                    "rule r",
+                    Some(&format!("{KEY}=v:NoExecute for 5s")),
+                    15,
+                    12
+                ),
+                row(
+                    "a",
+                    &["gpu-0"],
+                    "slice-key:NoExecute",
+                    &format!("slice {DRIVER}/{POOL}/gpu-0"),
+                    None,
+                    50,
+                    12
+                ),
+            ]
+        );
+    }
+
+    #[test]
+    fn pods_that_are_not_evicted_are_not_explained() {
+        let unreserved = pod(NS, "unreserved").with_claim("c1");
+        let terminal = pod(NS, "terminal").with_claim("c2").finished();
+        let foreign = pod(NS, "foreign").with_generated_claim("c3");
+        let owner = pod(NS, "owner");
+        let state = state_with(
+            vec![slice("s", DRIVER, POOL).with_device("gpu-0").with_taint(taint(
+                KEY,
+                "",
+                "NoExecute",
+                Some(t(0)),
+            ))],
+            vec![],
+            vec![
+                claim(NS, "c1").with_device(DRIVER, POOL, "gpu-0"),
+                claim(NS, "c2")
+                    .with_device(DRIVER, POOL, "gpu-0")
+                    .reserved_for(&terminal),
+                claim(NS, "c3")
+                    .with_device(DRIVER, POOL, "gpu-0")
+                    .reserved_for(&foreign)
+                    .owned_by(&owner),
+            ],
+            vec![unreserved, terminal, foreign],
+        );
+        assert!(explain(&state, t(1)).is_empty());
+    }
+
+    #[test]
+    fn toleration_notation() {
+        let cases = [
+            (
+                toleration("k", "Exists", "", "NoExecute", Some(60)),
+                "k:NoExecute op=Exists for 60s",
+            ),
+            (toleration("k", "Equal", "v", "", None), "k=v"),
+            (toleration("", "Exists", "", "", Some(0)), "op=Exists for 0s"),
+            (
+                toleration("k", "Equal", "v", "NoExecute", Some(-5)),
+                "k=v:NoExecute for -5s",
+            ),
+        ];
+        for (t, want) in cases {
+            assert_eq!(format_toleration(&t), want);
+        }
+    }
+
+    #[test]
+    fn relative_times() {
+        let cases = [
+            (0, "now"),
+            (59, "in 59s"),
+            (-12, "12s ago"),
+            (250, "in 4m10s"),
+            (-(3 * 3600 + 5 * 60 + 9), "3h5m ago"),
+            (2 * 86_400 + 3 * 3600 + 1, "in 2d3h"),
+        ];
+        for (seconds, want) in cases {
+            assert_eq!(format_relative(seconds), want);
+        }
+    }
+
+    #[test]
+    fn time_is_whole_seconds_utc() {
+        assert_eq!(format_time(t(59)), "1970-01-01T00:00:59Z");
+        let precise = t(59)
+            .checked_add(k8s::SignedDuration::from_millis(250))
+            .expect("in range");
+        assert_eq!(format_time(precise), "1970-01-01T00:00:59Z");
+    }
+
+    #[test]
+    fn table_and_empty_message() {
+        let mut out = Vec::new();
+        write_table(&[], &mut out).expect("write");
+        assert_eq!(
+            String::from_utf8(out).expect("utf-8"),
+            "No pod is pending eviction.\n"
+        );
+
+        let rows = [
+            row("p", &["gpu-0"], "k:NoExecute", "rule r", None, 60, 1),
+            row(
+                "long-pod-name",
+                &["gpu-0", "gpu-1"],
+                "k=v:NoExecute",
+                "rule r",
+                Some("k:NoExecute op=Exists for 60s"),
+                0,
+                12,
+            ),
+        ];
+        let mut out = Vec::new();
+        write_table(&rows, &mut out).expect("write");
+        let text = String::from_utf8(out).expect("utf-8");
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 3, "{text}");
+        assert!(
+            lines[0].starts_with("NAMESPACE   POD             DEVICE(S)"),
+            "{text}"
+        );
+        assert!(lines[1].ends_with("1970-01-01T00:01:00Z (in 59s)"), "{text}");
+        assert!(lines[1].contains("   none   "), "{text}");
+        assert!(
+            lines[2].contains("gpu.example.com/node-1/gpu-0,gpu.example.com/node-1/gpu-1"),
+            "{text}"
+        );
+        assert!(lines[2].ends_with("1970-01-01T00:00:00Z (12s ago)"), "{text}");
+        // Columns line up: SOURCE starts at the same offset in every line.
+        let offsets: Vec<usize> = lines
+            .iter()
+            .map(|l| l.find("SOURCE").or_else(|| l.find("rule r")).expect("source"))
+            .collect();
+        assert!(offsets.windows(2).all(|w| w[0] == w[1]), "{text}");
+    }
+
+    #[test]
+    fn json_field_names() {
+        let value =
+            serde_json::to_value(row("p", &["gpu-0"], "k:NoExecute", "rule r", None, 60, 1)).expect("json");
+        assert_eq!(
+            value,
+            serde_json::json!({
+                "namespace": "default",
+                "pod": "p",
+                "uid": "uid-p",
+                "devices": ["gpu.example.com/node-1/gpu-0"],
+                "taint": "k:NoExecute",
+                "source": "rule r",
+                "toleration": null,
+                "evictAt": "1970-01-01T00:01:00Z",
+                "evictInSeconds": 59
+            })
+        );
+    }
+}
