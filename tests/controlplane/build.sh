@@ -53,6 +53,11 @@ if complete; then
 	exit 0
 fi
 
+command -v go >/dev/null || {
+	echo "build.sh: the Go toolchain is required to build the control plane (see go.mod for the version)" >&2
+	exit 1
+}
+
 mkdir -p "$cache_root"
 exec 9>"$cache_root/.build.lock"
 if ! flock -n 9; then
