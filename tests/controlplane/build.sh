@@ -53,6 +53,11 @@ if complete; then
 	exit 0
 fi
 
+command -v go >/dev/null || {
+	echo "build.sh: the Go toolchain is required to build the control plane (see go.mod for the version)" >&2
+	exit 1
+}
+
 mkdir -p "$cache_root"
 exec 9>"$cache_root/.build.lock"
 if ! flock -n 9; then
@@ -65,8 +70,14 @@ if complete; then
 	exit 0
 fi
 
+# Leftovers of builds that were killed; with the lock held, no build is using them.
+rm -rf "$cache_root"/.build-*
 tmp=$(mktemp -d "$cache_root/.build-XXXXXX")
+# On an interrupt, stop the running go build at once and remove the partial directory.
+build_pid=
 trap 'rm -rf "$tmp"' EXIT
+trap '[[ -z $build_pid ]] || kill "$build_pid" 2>/dev/null; exit 130' INT
+trap '[[ -z $build_pid ]] || kill "$build_pid" 2>/dev/null; exit 143' TERM
 
 # Version information as Kubernetes' own release build sets it (hack/lib/version.sh), so that
 # /version and `kubectl version` report the real release instead of v0.0.0-master.
@@ -88,10 +99,10 @@ for entry in "${binaries[@]}"; do
 	pkg=${entry#*|}
 	start=$SECONDS
 	echo "build.sh: building $name ($pkg)..." >&2
-	(
-		cd "$here"
-		CGO_ENABLED=0 go build -trimpath -ldflags="$ldflags" -o "$tmp/$name" "$pkg"
-	)
+	CGO_ENABLED=0 go -C "$here" build -trimpath -ldflags="$ldflags" -o "$tmp/$name" "$pkg" &
+	build_pid=$!
+	wait "$build_pid"
+	build_pid=
 	echo "build.sh: built $name in $((SECONDS - start))s (total $((SECONDS - total_start))s)" >&2
 done
 

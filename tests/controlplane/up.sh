@@ -34,6 +34,7 @@ done
 [[ -n $dir ]] || usage
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+umask 077 # tokens, keys and kubeconfigs are secrets, if only test ones
 timeout=${CONTROLPLANE_TIMEOUT:-120}
 
 log() { echo "up.sh: $*" >&2; }
@@ -49,9 +50,8 @@ bin=$("$here/build.sh")
 
 mkdir -p "$dir"
 dir=$(cd "$dir" && pwd -P)
-chmod 700 "$dir"
 mkdir -p "$dir/pki" "$dir/etcd" "$dir/logs" "$dir/run"
-chmod 700 "$dir/etcd"
+chmod 700 "$dir/pki" "$dir/etcd"
 
 components=(etcd kube-apiserver kube-controller-manager kube-scheduler)
 
@@ -110,33 +110,36 @@ pick_port() { # VAR
 
 # --- certificates, keys and tokens (kept across restarts of the same DIR) ------------------------
 pki=$dir/pki
-if [[ ! -s $pki/ca.crt ]]; then
+if ! [[ -s $pki/ca.crt && -s $pki/apiserver.crt && -s $pki/sa.key && -s $pki/sa.pub ]]; then
 	log "generating certificates in $pki"
 	(
 		cd "$pki"
-		umask 077
+		rm -f ca.* apiserver.* sa.*
 		ec=(-newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes)
 		openssl req -x509 "${ec[@]}" -keyout ca.key -out ca.crt -days 3650 \
 			-subj "/CN=device-taint-eviction-test-ca" \
 			-addext "basicConstraints=critical,CA:TRUE" \
-			-addext "keyUsage=critical,keyCertSign,cRLSign" 2>/dev/null
-		openssl req "${ec[@]}" -keyout apiserver.key -out apiserver.csr -subj "/CN=kube-apiserver" 2>/dev/null
+			-addext "keyUsage=critical,keyCertSign,cRLSign"
+		openssl req "${ec[@]}" -keyout apiserver.key -out apiserver.csr -subj "/CN=kube-apiserver"
 		printf '%s\n' \
 			"subjectAltName=IP:127.0.0.1,IP:10.0.0.1,DNS:localhost,DNS:kubernetes,DNS:kubernetes.default,DNS:kubernetes.default.svc,DNS:kubernetes.default.svc.cluster.local" \
 			"basicConstraints=critical,CA:FALSE" \
 			"keyUsage=critical,digitalSignature,keyEncipherment" \
 			"extendedKeyUsage=serverAuth" >apiserver.ext
 		openssl x509 -req -in apiserver.csr -CA ca.crt -CAkey ca.key -set_serial "0x$(openssl rand -hex 16)" \
-			-days 3650 -extfile apiserver.ext -out apiserver.crt 2>/dev/null
+			-days 3650 -extfile apiserver.ext -out apiserver.crt
 		rm apiserver.csr apiserver.ext
 		openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out sa.key
-		openssl pkey -in sa.key -pubout -out sa.pub 2>/dev/null
-	)
+		openssl pkey -in sa.key -pubout -out sa.pub
+	) 2>"$dir/logs/openssl.log" || {
+		log "generating certificates failed:"
+		cat "$dir/logs/openssl.log" >&2
+		exit 1
+	}
 fi
 
 if [[ ! -s $dir/tokens.csv ]]; then
 	(
-		umask 077
 		# token,user,uid,"group,..." (kube-apiserver --token-auth-file)
 		printf '%s,admin,admin,"system:masters"\n' "$(openssl rand -hex 24)"
 		printf '%s,test-user,test-user\n' "$(openssl rand -hex 24)"
@@ -219,9 +222,7 @@ launch() {
 
 write_kubeconfig() { # FILE USER TOKEN
 	local tmp=$1.tmp
-	(
-		umask 077
-		cat >"$tmp" <<EOF
+	cat >"$tmp" <<EOF
 apiVersion: v1
 kind: Config
 clusters:
@@ -241,7 +242,6 @@ contexts:
     namespace: default
 current-context: $2@device-taint-eviction-test
 EOF
-	)
 	mv "$tmp" "$1"
 }
 
@@ -360,20 +360,18 @@ if [[ -n $controllers ]]; then
 fi
 
 # --- what callers need ---------------------------------------------------------------------------
-(
-	umask 077
-	cat >"$dir/cluster.env.tmp" <<EOF
-# Written by up.sh; shell syntax, safe to source.
-API_SERVER=https://127.0.0.1:$api_port
-ETCD_ENDPOINT=http://127.0.0.1:$etcd_port
-CA_FILE=$pki/ca.crt
-ADMIN_TOKEN=$(token_of admin)
-TEST_USER=test-user
-TEST_USER_TOKEN=$(token_of test-user)
-BIN_DIR=$bin
-KUBECTL=$bin/kubectl
-EOF
-)
+{
+	echo "# Written by up.sh; shell syntax, safe to source."
+	printf '%s=%q\n' \
+		API_SERVER "https://127.0.0.1:$api_port" \
+		ETCD_ENDPOINT "http://127.0.0.1:$etcd_port" \
+		CA_FILE "$pki/ca.crt" \
+		ADMIN_TOKEN "$(token_of admin)" \
+		TEST_USER test-user \
+		TEST_USER_TOKEN "$(token_of test-user)" \
+		BIN_DIR "$bin" \
+		KUBECTL "$bin/kubectl"
+} >"$dir/cluster.env.tmp"
 mv "$dir/cluster.env.tmp" "$dir/cluster.env"
 
 log "control plane ready in $((SECONDS - started))s: https://127.0.0.1:$api_port" \

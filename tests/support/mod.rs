@@ -33,10 +33,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime};
 
 use k8s_openapi::api::authentication::v1::{TokenRequest, TokenRequestSpec};
-use k8s_openapi::api::core::v1::{Namespace, ServiceAccount};
+use k8s_openapi::api::core::v1::{Namespace, Node, ServiceAccount};
 use k8s_openapi::api::resource::v1::{DeviceClass, DeviceTaintRule, ResourceSlice};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
-use kube::api::{Api, DeleteParams, ListParams, PostParams};
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::config::{AuthInfo, KubeConfigOptions, Kubeconfig};
 use kube::{Client, Config};
 use tokio::sync::OnceCell;
@@ -57,6 +57,8 @@ pub struct Cluster {
     pub config: Config,
     /// The control plane directory when this process started it, `None` for `KUBECONFIG`.
     pub dir: Option<PathBuf>,
+    /// The `up.sh` flags it was started with (empty for `KUBECONFIG`).
+    pub up_flags: Vec<String>,
 }
 
 impl Cluster {
@@ -71,13 +73,29 @@ static CLUSTER: OnceCell<Result<Cluster, String>> = OnceCell::const_new();
 
 /// The shared cluster, started on first use. Panics (in every test) if it cannot be had.
 pub async fn cluster() -> &'static Cluster {
-    match CLUSTER.get_or_init(connect).await {
-        Ok(cluster) => cluster,
-        Err(message) => panic!("no Kubernetes cluster for the tests: {message}"),
-    }
+    cluster_with(&[]).await
 }
 
-async fn connect() -> Result<Cluster, String> {
+/// Like [`cluster`], with `up.sh` flags for a self-started control plane, e.g.
+/// `["--with-scheduler", "--controllers=resourceclaim-controller"]`. Every test of one binary
+/// must ask for the same flags (the control plane is shared). Ignored with `KUBECONFIG`: that
+/// cluster must already run what the tests need.
+pub async fn cluster_with(up_flags: &[&str]) -> &'static Cluster {
+    let up_flags: Vec<String> = up_flags.iter().map(|&f| f.to_owned()).collect();
+    let cluster = match CLUSTER.get_or_init(|| connect(up_flags.clone())).await {
+        Ok(cluster) => cluster,
+        Err(message) => panic!("no Kubernetes cluster for the tests: {message}"),
+    };
+    assert!(
+        cluster.dir.is_none() || cluster.up_flags == up_flags,
+        "this test binary's control plane runs with up.sh flags {:?}, this test wants {up_flags:?}: \
+         put tests that need other flags in another test file",
+        cluster.up_flags
+    );
+    cluster
+}
+
+async fn connect(up_flags: Vec<String>) -> Result<Cluster, String> {
     if let Some(path) = std::env::var_os("KUBECONFIG").filter(|p| !p.is_empty()) {
         let kubeconfig = Kubeconfig::read().map_err(|e| format!("reading KUBECONFIG: {e}"))?;
         let config = config_from(kubeconfig).await?;
@@ -85,9 +103,11 @@ async fn connect() -> Result<Cluster, String> {
             kubeconfig: PathBuf::from(path),
             config,
             dir: None,
+            up_flags: Vec::new(),
         });
     }
-    let dir = tokio::task::spawn_blocking(start_control_plane)
+    let flags = up_flags.clone();
+    let dir = tokio::task::spawn_blocking(move || start_control_plane(&flags))
         .await
         .map_err(|e| format!("starting the control plane: {e}"))??;
     let kubeconfig = dir.join("kubeconfig");
@@ -99,6 +119,7 @@ async fn connect() -> Result<Cluster, String> {
         kubeconfig,
         config,
         dir: Some(dir),
+        up_flags,
     })
 }
 
@@ -109,13 +130,14 @@ async fn config_from(kubeconfig: Kubeconfig) -> Result<Config, String> {
 }
 
 /// Runs `up.sh` into a fresh directory and arranges for `down.sh` to run when this process exits.
-fn start_control_plane() -> Result<PathBuf, String> {
+fn start_control_plane(up_flags: &[String]) -> Result<PathBuf, String> {
     let scripts = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/controlplane");
     let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("controlplane-{}", random_suffix()));
     std::fs::create_dir_all(&dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
 
     // up.sh's progress (and a cold build's) goes to stderr; its stdout is only an export line.
     let mut up = Command::new(scripts.join("up.sh"))
+        .args(up_flags)
         .arg(&dir)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
@@ -175,7 +197,12 @@ impl TestEnv {
     /// test's namespace with its `default` `ServiceAccount`, which pods need and which no
     /// controller creates on a bare control plane.
     pub async fn new() -> Self {
-        let cluster = cluster().await;
+        Self::with_up_flags(&[]).await
+    }
+
+    /// [`TestEnv::new`] on a control plane started with these `up.sh` flags (see [`cluster_with`]).
+    pub async fn with_up_flags(up_flags: &[&str]) -> Self {
+        let cluster = cluster_with(up_flags).await;
         let client = Client::try_from(cluster.config.clone()).expect("admin client");
         let suffix = random_suffix();
         let namespace = format!("dte-{}-{suffix}", test_name_for_dns());
@@ -257,6 +284,51 @@ impl TestEnv {
         Client::try_from(config).expect("service account client")
     }
 
+    /// Creates a Node named [`TestEnv::unique_name`]`(base)` that kube-scheduler accepts (Ready,
+    /// untainted, room for 110 pods) and returns its name; deleted with this environment. No
+    /// kubelet runs: pods bound to it stay Pending. Do not run node-lifecycle-controller against
+    /// it. Same as `tests/controlplane/make-node.sh`.
+    pub async fn create_ready_node(&self, base: &str) -> String {
+        let name = self.unique_name(base);
+        let nodes: Api<Node> = Api::all(self.client.clone());
+        let mut labels = self.labels();
+        labels.insert("kubernetes.io/hostname".to_owned(), name.clone());
+        let node = Node {
+            metadata: ObjectMeta {
+                name: Some(name.clone()),
+                labels: Some(labels),
+                ..ObjectMeta::default()
+            },
+            ..Node::default()
+        };
+        nodes
+            .create(&PostParams::default(), &node)
+            .await
+            .unwrap_or_else(|e| panic!("creating node {name}: {e}"));
+        // The TaintNodesByCondition admission plugin taints every new node not-ready; the node
+        // lifecycle controller would lift that once a kubelet reports Ready.
+        let untaint = serde_json::json!({ "spec": { "taints": null } });
+        nodes
+            .patch(&name, &PatchParams::default(), &Patch::Merge(&untaint))
+            .await
+            .unwrap_or_else(|e| panic!("untainting node {name}: {e}"));
+        let now = k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(k8s_openapi::jiff::Timestamp::now());
+        let resources = serde_json::json!({ "cpu": "64", "memory": "256Gi", "pods": "110" });
+        let status = serde_json::json!({ "status": {
+            "capacity": resources,
+            "allocatable": resources,
+            "conditions": [{
+                "type": "Ready", "status": "True", "reason": "KubeletReady",
+                "message": "test node, no kubelet", "lastHeartbeatTime": now, "lastTransitionTime": now,
+            }],
+        }});
+        nodes
+            .patch_status(&name, &PatchParams::default(), &Patch::Merge(&status))
+            .await
+            .unwrap_or_else(|e| panic!("setting the status of node {name}: {e}"));
+        name
+    }
+
     /// A client for the static non-admin user `test-user` of a self-started control plane.
     pub async fn token_user_client(&self) -> Option<Client> {
         let path = self.cluster.token_user_kubeconfig()?;
@@ -290,6 +362,9 @@ impl Drop for TestEnv {
                         .delete_collection(&dp, &selector)
                         .await;
                     let _ = Api::<DeviceClass>::all(client.clone())
+                        .delete_collection(&dp, &selector)
+                        .await;
+                    let _ = Api::<Node>::all(client.clone())
                         .delete_collection(&dp, &selector)
                         .await;
                     let _ = Api::<Namespace>::all(client.clone())
