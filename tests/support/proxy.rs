@@ -151,7 +151,9 @@ impl Proxy {
 }
 
 fn full(bytes: impl Into<hyper::body::Bytes>) -> ProxyBody {
-    Full::new(bytes.into()).map_err(|never| match never {}).boxed_unsync()
+    Full::new(bytes.into())
+        .map_err(|never| match never {})
+        .boxed_unsync()
 }
 
 fn status_response(code: StatusCode, body: &str) -> Response<ProxyBody> {
