@@ -93,11 +93,15 @@ async fn server_errors_are_retried_without_delaying_other_pods() {
         DELETE_FAILURES + 1,
         "DELETEs of the slow pod"
     );
-    assert_eq!(
-        c.metric("device_taint_eviction_controller_pod_deletions_total")
-            .await,
-        Some(2.0)
-    );
+    // The deletion is counted once the DELETE response is in, which may be after the pod's
+    // watch event.
+    wait_for("both deletions to be counted", TIMEOUT, || async {
+        (c.metric("device_taint_eviction_controller_pod_deletions_total")
+            .await
+            == Some(2.0))
+        .then_some(())
+    })
+    .await;
     assert!(c.log_text().contains("will retry"));
     assert_eq!(c.stop().await, Some(0));
 }
