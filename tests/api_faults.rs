@@ -30,6 +30,9 @@ async fn errors(c: &Controller, verb: &str) -> Option<f64> {
 
 #[tokio::test]
 async fn server_errors_are_retried_without_delaying_other_pods() {
+    if support::controller::skip_with_deployed_controller() {
+        return;
+    }
     let env = TestEnv::new().await;
     let slice = env.unique_name("slice");
     env.apply_slice(&slice, 1, &[("gpu-0", vec![]), ("gpu-1", vec![])])

@@ -89,6 +89,9 @@ fn taint_devices<'a>(tainted: &[&str], all: &'a [&'a str]) -> Vec<(&'a str, Vec<
 /// Exactly one of two replicas leads and evicts; killed, the standby takes over and evicts.
 #[tokio::test]
 async fn standby_takes_over_after_leader_dies() {
+    if support::controller::skip_with_deployed_controller() {
+        return;
+    }
     let _serial = SERIAL.lock().await;
     let env = TestEnv::new().await;
     let slice = env.unique_name("slice");
@@ -145,6 +148,9 @@ async fn standby_takes_over_after_leader_dies() {
 /// up to one lease duration, as after a crash.
 #[tokio::test]
 async fn stopped_leader_releases_the_lease() {
+    if support::controller::skip_with_deployed_controller() {
+        return;
+    }
     let _serial = SERIAL.lock().await;
     let env = TestEnv::new().await;
     let slice = env.unique_name("slice");

@@ -83,6 +83,9 @@ async fn counting_down(env: &TestEnv, slice: &str, seconds: i64) -> (Controller,
 /// Killed (SIGKILL) mid-countdown, a new controller evicts at the original deadline.
 #[tokio::test]
 async fn restart_mid_countdown_keeps_the_deadline() {
+    if support::controller::skip_with_deployed_controller() {
+        return;
+    }
     let _serial = SERIAL.lock().await;
     let env = TestEnv::new().await;
     let slice = env.unique_name("slice");
@@ -126,6 +129,9 @@ async fn restart_mid_countdown_keeps_the_deadline() {
 /// The deadline passes while no controller runs: the next controller evicts at once.
 #[tokio::test]
 async fn deadline_passed_while_down_evicts_at_start() {
+    if support::controller::skip_with_deployed_controller() {
+        return;
+    }
     let _serial = SERIAL.lock().await;
     let env = TestEnv::new().await;
     let slice = env.unique_name("slice");
