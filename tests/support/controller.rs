@@ -182,3 +182,13 @@ fn reap_with_test_process(pid: u32) {
     )
     .spawn();
 }
+
+/// For tests that run controllers of their own: true (with a note on stderr) when a deployed
+/// controller serves the cluster, since it would act on the test's pods as well.
+pub fn skip_with_deployed_controller() -> bool {
+    let skip = deployed();
+    if skip {
+        eprintln!("skipped: a deployed controller serves this cluster and would act too");
+    }
+    skip
+}

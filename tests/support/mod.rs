@@ -23,6 +23,7 @@
 
 pub mod controller;
 pub mod objects;
+pub mod proxy;
 
 use std::collections::BTreeMap;
 use std::future::Future;

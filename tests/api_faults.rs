@@ -1,0 +1,110 @@
+//! X3: API errors (HTTP 500) on GET, PATCH (DisruptionTarget condition) and DELETE of one pod are
+//! retried with per-pod backoff until the pod is evicted, counted by verb, and do not delay the
+//! eviction of another pod.
+//!
+//! The errors come from a proxy between the controller and the real API server
+//! (`support::proxy`), which answers 500 to the matching requests and forwards everything else.
+
+mod support;
+
+use std::{path::Path, time::Duration};
+
+use http::Method;
+use support::{TIMEOUT, TestEnv, controller::Controller, objects::taint, proxy::Proxy, wait_for};
+
+const KEY: &str = "example.com/broken";
+
+/// Failed requests per verb for the slow pod: GET, then PATCH of the condition, then DELETE.
+/// Each failure doubles the pod's backoff from 5 ms, so ten failures keep it failing for about
+/// five seconds.
+const GET_FAILURES: usize = 6;
+const PATCH_FAILURES: usize = 2;
+const DELETE_FAILURES: usize = 2;
+
+async fn errors(c: &Controller, verb: &str) -> Option<f64> {
+    c.metric(&format!(
+        "device_taint_eviction_controller_api_errors_total{{verb=\"{verb}\"}}"
+    ))
+    .await
+}
+
+#[tokio::test]
+async fn server_errors_are_retried_without_delaying_other_pods() {
+    if support::controller::skip_with_deployed_controller() {
+        return;
+    }
+    let env = TestEnv::new().await;
+    let slice = env.unique_name("slice");
+    env.apply_slice(&slice, 1, &[("gpu-0", vec![]), ("gpu-1", vec![])])
+        .await;
+    env.pod_with_claim("slow", "claim-slow", "gpu-0", vec![]).await;
+    env.pod_with_claim("fast", "claim-fast", "gpu-1", vec![]).await;
+
+    let proxy = Proxy::start(env.client.clone(), Path::new(env!("CARGO_TARGET_TMPDIR"))).await;
+    let c = Controller::start(&proxy.kubeconfig, &["--leader-elect=false"]).await;
+    let pod = format!("/api/v1/namespaces/{}/pods/slow", env.namespace);
+    proxy.fail(Method::GET, &pod, GET_FAILURES);
+    proxy.fail(Method::PATCH, &format!("{pod}/status"), PATCH_FAILURES);
+    proxy.fail(Method::DELETE, &pod, DELETE_FAILURES);
+
+    env.apply_slice(
+        &slice,
+        1,
+        &[
+            ("gpu-0", vec![taint(KEY, "NoExecute")]),
+            ("gpu-1", vec![taint(KEY, "NoExecute")]),
+        ],
+    )
+    .await;
+
+    wait_for("the fast pod to be evicted", Duration::from_secs(10), || async {
+        env.pod_deleted("fast").await.then_some(())
+    })
+    .await;
+    assert!(
+        !env.pod_deleted("slow").await,
+        "the slow pod should still be failing when the fast one is evicted"
+    );
+
+    wait_for("the slow pod to be evicted", TIMEOUT, || async {
+        env.pod_deleted("slow").await.then_some(())
+    })
+    .await;
+    for (verb, count) in [
+        ("get", GET_FAILURES),
+        ("patch", PATCH_FAILURES),
+        ("delete", DELETE_FAILURES),
+    ] {
+        #[allow(clippy::cast_precision_loss)] // small counts
+        let expected = count as f64;
+        assert_eq!(
+            errors(&c, verb).await,
+            Some(expected),
+            "api_errors_total{{verb={verb}}}; log:\n{}",
+            c.log_text()
+        );
+    }
+    let seen = |method: Method, path: &str| {
+        proxy
+            .requests()
+            .iter()
+            .filter(|(m, p)| *m == method && p.split('?').next() == Some(path))
+            .count()
+    };
+    assert_eq!(
+        seen(Method::DELETE, &pod),
+        DELETE_FAILURES + 1,
+        "DELETEs of the slow pod"
+    );
+    // The deletion is counted once the DELETE response is in, which may be after the pod's
+    // watch event.
+    wait_for("both deletions to be counted", TIMEOUT, || async {
+        (c.metric("device_taint_eviction_controller_pod_deletions_total")
+            .await
+            == Some(2.0))
+        .then_some(())
+    })
+    .await;
+    assert!(c.log_text().contains("will retry"));
+    assert_eq!(c.stop().await, Some(0));
+}

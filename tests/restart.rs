@@ -1,0 +1,175 @@
+//! X2: the controller restarted mid-countdown. The deadline derives from the taint's server-set
+//! `timeAdded`, so a new process evicts at the original deadline: not earlier, not much later,
+//! exactly once; and a deadline that passed while no controller ran is acted on at once.
+//!
+//! The tests start and kill their own controllers, so they must not overlap (two unrelated
+//! controllers in one cluster would both act): each holds [`SERIAL`].
+
+mod support;
+
+use std::time::Duration;
+
+use k8s_openapi::{api::core::v1::Pod, jiff::SignedDuration, jiff::Timestamp};
+use kube::api::{Patch, PatchParams};
+use serde_json::json;
+use support::{
+    TIMEOUT, TestEnv,
+    controller::Controller,
+    objects::{taint, toleration},
+    wait_for,
+};
+use tokio::sync::Mutex;
+
+static SERIAL: Mutex<()> = Mutex::const_new(());
+
+const KEY: &str = "example.com/broken";
+const PENDING: &str = "device_taint_eviction_controller_pending_evictions";
+const DELETIONS: &str = "device_taint_eviction_controller_pod_deletions_total";
+
+/// Taints `gpu-0` of `slice` and returns the taint's `timeAdded` as the server set it.
+async fn taint_device(env: &TestEnv, slice: &str) -> Timestamp {
+    let applied = env
+        .apply_slice(slice, 1, &[("gpu-0", vec![taint(KEY, "NoExecute")])])
+        .await;
+    applied.spec.devices.as_ref().expect("devices")[0]
+        .taints
+        .as_ref()
+        .expect("taints")[0]
+        .time_added
+        .clone()
+        .expect("the server sets timeAdded")
+        .0
+}
+
+/// A finalizer that keeps a deleted pod (grace period 0) around with its `deletionTimestamp`.
+const FINALIZER: &str = "device-taint-eviction.test/keep";
+
+async fn set_finalizer(env: &TestEnv, pod: &str, on: bool) {
+    let finalizers: Vec<&str> = if on { vec![FINALIZER] } else { vec![] };
+    let patch = json!({"metadata": {"finalizers": finalizers}});
+    let _ = env
+        .api::<Pod>()
+        .patch(pod, &PatchParams::default(), &Patch::Merge(&patch))
+        .await;
+}
+
+/// The pod's `deletionTimestamp`, once it has one.
+async fn deletion_time(env: &TestEnv, pod: &str) -> Option<Timestamp> {
+    let pod = env.api::<Pod>().get_opt(pod).await.expect("get pod")?;
+    pod.metadata.deletion_timestamp.map(|t| t.0)
+}
+
+/// A pod tolerating the taint for `seconds` on `gpu-0` of a fresh slice, and a controller that
+/// has seen the taint; returns the controller and the taint's `timeAdded`.
+async fn counting_down(env: &TestEnv, slice: &str, seconds: i64) -> (Controller, Timestamp) {
+    env.apply_slice(slice, 1, &[("gpu-0", vec![])]).await;
+    env.pod_with_claim(
+        "my-pod",
+        "my-claim",
+        "gpu-0",
+        vec![toleration(KEY, Some(seconds))],
+    )
+    .await;
+    set_finalizer(env, "my-pod", true).await;
+    let a = Controller::start(env.kubeconfig(), &["--leader-elect=false"]).await;
+    let added = taint_device(env, slice).await;
+    wait_for("controller A to schedule the eviction", TIMEOUT, || async {
+        (a.metric(PENDING).await == Some(1.0)).then_some(())
+    })
+    .await;
+    (a, added)
+}
+
+/// Killed (SIGKILL) mid-countdown, a new controller evicts at the original deadline.
+#[tokio::test]
+async fn restart_mid_countdown_keeps_the_deadline() {
+    if support::controller::skip_with_deployed_controller() {
+        return;
+    }
+    let _serial = SERIAL.lock().await;
+    let env = TestEnv::new().await;
+    let slice = env.unique_name("slice");
+    let (a, added) = counting_down(&env, &slice, 8).await;
+    a.kill().await;
+    assert!(
+        !env.pod_deleted("my-pod").await,
+        "the pod was deleted before the deadline; log of A:\n{}",
+        a.log_text()
+    );
+
+    let b = Controller::start(env.kubeconfig(), &["--leader-elect=false"]).await;
+    let deleted = wait_for("controller B to evict the pod", TIMEOUT, || {
+        deletion_time(&env, "my-pod")
+    })
+    .await;
+    let after = deleted.duration_since(added);
+    assert!(
+        after >= SignedDuration::from_secs(8),
+        "deleted {after} after timeAdded {added}, before the 8 s toleration ran out"
+    );
+    assert!(
+        after < SignedDuration::from_secs(13),
+        "deleted {after} after timeAdded {added}, long after the 8 s deadline; log of B:\n{}",
+        b.log_text()
+    );
+    let events = wait_for("the eviction event", TIMEOUT, || async {
+        let e = env.eviction_events("my-pod").await;
+        (!e.is_empty()).then_some(e)
+    })
+    .await;
+    assert_eq!(events, vec!["Marking for deletion".to_owned()]);
+    wait_for("B to count its deletion", TIMEOUT, || async {
+        (b.metric(DELETIONS).await == Some(1.0)).then_some(())
+    })
+    .await;
+    assert_eq!(b.stop().await, Some(0));
+    set_finalizer(&env, "my-pod", false).await;
+}
+
+/// The deadline passes while no controller runs: the next controller evicts at once.
+#[tokio::test]
+async fn deadline_passed_while_down_evicts_at_start() {
+    if support::controller::skip_with_deployed_controller() {
+        return;
+    }
+    let _serial = SERIAL.lock().await;
+    let env = TestEnv::new().await;
+    let slice = env.unique_name("slice");
+    let (a, added) = counting_down(&env, &slice, 2).await;
+    a.kill().await;
+    let deadline = added + SignedDuration::from_secs(2);
+    wait_for("the deadline to pass", TIMEOUT, || async {
+        (Timestamp::now() > deadline + SignedDuration::from_secs(2)).then_some(())
+    })
+    .await;
+    assert!(
+        !env.pod_deleted("my-pod").await,
+        "no controller runs, yet the pod was deleted"
+    );
+
+    let started = Timestamp::now();
+    let b = Controller::start(env.kubeconfig(), &["--leader-elect=false"]).await;
+    let deleted = wait_for("controller B to evict the pod", Duration::from_secs(15), || {
+        deletion_time(&env, "my-pod")
+    })
+    .await;
+    // deletionTimestamp has whole seconds; the start is measured before the process even ran.
+    let late = deleted.duration_since(started);
+    assert!(
+        late < SignedDuration::from_secs(5),
+        "evicted {late} after the controller started; log:\n{}",
+        b.log_text()
+    );
+    let events = wait_for("the eviction event", TIMEOUT, || async {
+        let e = env.eviction_events("my-pod").await;
+        (!e.is_empty()).then_some(e)
+    })
+    .await;
+    assert_eq!(events, vec!["Marking for deletion".to_owned()]);
+    wait_for("B to count its deletion", TIMEOUT, || async {
+        (b.metric(DELETIONS).await == Some(1.0)).then_some(())
+    })
+    .await;
+    assert_eq!(b.stop().await, Some(0));
+    set_finalizer(&env, "my-pod", false).await;
+}
