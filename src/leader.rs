@@ -371,6 +371,23 @@ impl Drop for Leadership {
 enum Exit {
     Stopped,
     LeaseGone,
+    /// The Lease was released by its holder: a fresh manager acquires it at once.
+    Released,
+}
+
+/// How often a standby reads the Lease to notice a release (client-go's retry period is 2 s).
+const STANDBY_POLL: Duration = Duration::from_secs(2);
+
+/// Whether the Lease exists and nobody holds it (its holder released it on shutdown).
+async fn lease_released(client: &Client, config: &LeaderConfig) -> bool {
+    let api: kube::Api<Lease> = kube::Api::namespaced(client.clone(), &config.namespace);
+    match tokio::time::timeout(STANDBY_POLL, api.get_opt(&config.lease_name)).await {
+        Ok(Ok(Some(lease))) => lease
+            .spec
+            .and_then(|s| s.holder_identity)
+            .is_none_or(|holder| holder.is_empty()),
+        _ => false,
+    }
 }
 
 async fn run(
@@ -382,8 +399,17 @@ async fn run(
 ) -> Result<(), Error> {
     let lease = format!("{}/{}", setup.config.namespace, setup.config.lease_name);
     loop {
-        match follow(&manager, &setup.timing, &mut confirmed, &leader, &stop, &lease).await {
+        match follow(&manager, &setup, &mut confirmed, &leader, &stop, &lease).await {
             Exit::Stopped => break,
+            Exit::Released => {
+                // kube-lease-manager only re-reads a Lease held by someone else once it expires;
+                // a new manager reads it now and takes it.
+                tracing::info!(%lease, "lease was released by its holder; taking over");
+                match setup.build().await {
+                    Ok(fresh) => manager = fresh,
+                    Err(error) => tracing::warn!(%lease, %error, "failed to rebuild the lease manager"),
+                }
+            }
             Exit::LeaseGone => {
                 publish(&leader, false, &lease);
                 tracing::warn!(%lease, "lease was deleted; creating it again");
@@ -422,7 +448,7 @@ async fn run(
 /// Drive one lease manager and publish whether we lead, until stopped or the Lease is deleted.
 async fn follow(
     manager: &LeaseManager,
-    timing: &Timing,
+    setup: &Setup,
     confirmed: &mut watch::Receiver<Option<SystemTime>>,
     leader: &watch::Sender<bool>,
     stop: &CancellationToken,
@@ -430,8 +456,10 @@ async fn follow(
 ) -> Exit {
     // What the lease manager last reported; a new manager always starts as non-holder.
     let mut holder = false;
-    let mut backoff = Backoff::new(timing.max_backoff);
+    let mut backoff = Backoff::new(setup.timing.max_backoff);
     let mut retry_at: Option<Instant> = None;
+    let mut poll = tokio::time::interval(STANDBY_POLL);
+    poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     // One `changed()` call is kept alive across iterations: cancelling it mid-request would make
     // the manager repeat renewals.
     let mut changed = pin!(manager.changed().fuse());
@@ -468,6 +496,12 @@ async fn follow(
             }
             Ok(()) = confirmed.changed() => {}
             () = tokio::time::sleep(remaining.unwrap_or_default()), if leading => {}
+            _ = poll.tick(), if !holder => {
+                if lease_released(&setup.client, &setup.config).await {
+                    changed.set(Fuse::terminated());
+                    return Exit::Released;
+                }
+            }
         }
     }
 }
