@@ -378,15 +378,13 @@ enum Exit {
 /// How often a standby reads the Lease to notice a release (client-go's retry period is 2 s).
 const STANDBY_POLL: Duration = Duration::from_secs(2);
 
-/// Whether the Lease exists and nobody holds it (its holder released it on shutdown).
-async fn lease_released(client: &Client, config: &LeaderConfig) -> bool {
+/// The Lease's holder as the server has it now: `Some("")` when nobody holds it, `None` when
+/// it could not be read.
+async fn lease_holder(client: &Client, config: &LeaderConfig) -> Option<String> {
     let api: kube::Api<Lease> = kube::Api::namespaced(client.clone(), &config.namespace);
     match tokio::time::timeout(STANDBY_POLL, api.get_opt(&config.lease_name)).await {
-        Ok(Ok(Some(lease))) => lease
-            .spec
-            .and_then(|s| s.holder_identity)
-            .is_none_or(|holder| holder.is_empty()),
-        _ => false,
+        Ok(Ok(Some(lease))) => Some(lease.spec.and_then(|s| s.holder_identity).unwrap_or_default()),
+        _ => None,
     }
 }
 
@@ -458,8 +456,11 @@ async fn follow(
     let mut holder = false;
     let mut backoff = Backoff::new(setup.timing.max_backoff);
     let mut retry_at: Option<Instant> = None;
-    let mut poll = tokio::time::interval(STANDBY_POLL);
+    let mut poll = tokio::time::interval_at(Instant::now() + STANDBY_POLL, STANDBY_POLL);
     poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // The first look comes one period in: a manager that can take a free Lease has done so by
+    // then, so a Lease still free at a look means the manager sleeps on an expiry it read before
+    // the holder released it. Rebuilding it is always safe.
     // One `changed()` call is kept alive across iterations: cancelling it mid-request would make
     // the manager repeat renewals.
     let mut changed = pin!(manager.changed().fuse());
@@ -497,7 +498,7 @@ async fn follow(
             Ok(()) = confirmed.changed() => {}
             () = tokio::time::sleep(remaining.unwrap_or_default()), if leading => {}
             _ = poll.tick(), if !holder => {
-                if lease_released(&setup.client, &setup.config).await {
+                if lease_holder(&setup.client, &setup.config).await.is_some_and(|h| h.is_empty()) {
                     changed.set(Fuse::terminated());
                     return Exit::Released;
                 }

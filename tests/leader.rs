@@ -139,13 +139,9 @@ async fn standby_takes_over_after_leader_dies() {
     assert_eq!(standby.stop().await, Some(0));
 }
 
-/// SIGTERM on the leader releases the Lease and the process exits 0: a replica that looks at the
-/// Lease next takes it at once, well within the (long) lease duration, where after a crash it
-/// would have to wait for the Lease to run out.
-///
-/// Not asserted: how soon an already running standby notices the release. kube-lease-manager's
-/// standby sleeps until the expiry it last observed and does not watch the Lease, so it may take
-/// up to one lease duration, as after a crash.
+/// SIGTERM on the leader releases the Lease and the process exits 0: the running standby (which
+/// reads the Lease every 2 s) takes it at once, well within the (long) lease duration, where after
+/// a crash it would have to wait for the Lease to run out.
 #[tokio::test]
 async fn stopped_leader_releases_the_lease() {
     if support::controller::skip_with_deployed_controller() {
@@ -179,24 +175,18 @@ async fn stopped_leader_releases_the_lease() {
     );
     assert_eq!(holder(&env).await, None, "the Lease is released on SIGTERM");
 
-    let c = replica(&env, "replica-c", lease_seconds).await;
-    let replicas = [("replica-b", &b), ("replica-c", &c)];
+    let replicas = [("replica-b", &b)];
     let leading = leader_of(&env, &replicas, TIMEOUT).await;
     let took = stopping.elapsed();
-    eprintln!(
-        "{} leads {took:?} after the leader was stopped",
-        replicas[leading].0
-    );
+    eprintln!("the standby leads {took:?} after the leader was stopped");
     assert!(
-        took < Duration::from_secs(u64::from(lease_seconds) / 2),
-        "a successor led only after {took:?}, as if the Lease had not been released"
+        took < Duration::from_secs(u64::from(lease_seconds) / 3),
+        "the standby led only after {took:?}, as if the Lease had not been released"
     );
 
     env.apply_slice(&slice, 1, &taint_devices(&["gpu-0"], &devices))
         .await;
     evicted_once(&env, "pod-0", TIMEOUT).await;
     assert_eq!(replicas[leading].1.metric(DELETIONS).await, Some(1.0));
-    assert_eq!(replicas[1 - leading].1.metric(DELETIONS).await, Some(0.0));
-    assert_eq!(c.stop().await, Some(0));
     assert_eq!(b.stop().await, Some(0));
 }
