@@ -102,6 +102,11 @@ async fn main() -> Result<()> {
     Ok(())
 }
 
+/// Where cargo puts build outputs (`CARGO_TARGET_DIR` or `target/`).
+fn target_dir(root: &Path) -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| root.join("target"), PathBuf::from)
+}
+
 struct ControlPlane(PathBuf);
 
 impl Drop for ControlPlane {
