@@ -168,7 +168,7 @@ async fn run(root: &Path, name: &'static str, pods: usize, qps: usize) -> Result
     let log = std::fs::File::create(dir.join("evictor.log"))?;
     let evictor = match name {
         "device-taint-eviction" => Some(Proc(
-            Command::new(root.join("target/release/device-taint-eviction"))
+            Command::new(target_dir(root).join("release/device-taint-eviction"))
                 .args(["controller", "--leader-elect=false", "--http-addr=127.0.0.1:0"])
                 .args(["--kube-api-qps", &qps_s, "--kube-api-burst", &burst])
                 .env("KUBECONFIG", &kubeconfig)
