@@ -47,8 +47,11 @@ async fn evict_1000_pods_one_rule() {
             let env = &env;
             let device = device(i);
             async move {
-                env.pod_with_claim(&format!("pod-{i}"), &format!("claim-{i}"), &device, vec![])
+                let pod = format!("pod-{i}");
+                env.pod_with_claim(&pod, &format!("claim-{i}"), &device, vec![])
                     .await;
+                // Keeps the deleted pod and its deletionTimestamp readable.
+                env.keep_pod(&pod).await;
             }
         })
         .buffer_unordered(32)
@@ -68,7 +71,7 @@ async fn evict_1000_pods_one_rule() {
         .0
         .as_second();
 
-    let last = wait_for(
+    let last: Option<i64> = wait_for(
         "all pods to be evicted",
         std::time::Duration::from_secs(180),
         || async {
@@ -77,9 +80,7 @@ async fn evict_1000_pods_one_rule() {
                 .list(&ListParams::default())
                 .await
                 .expect("list pods");
-            pods.items
-                .iter()
-                .all(|p| p.metadata.deletion_timestamp.is_some())
+            (pods.items.len() == PODS && pods.items.iter().all(|p| p.metadata.deletion_timestamp.is_some()))
                 .then(|| {
                     pods.items
                         .iter()
@@ -91,13 +92,11 @@ async fn evict_1000_pods_one_rule() {
     )
     .await;
     let observed = started.elapsed();
-    match last {
-        Some(last) => eprintln!(
-            "X8: last deletionTimestamp {} s after the rule's creationTimestamp (observed after {observed:?})",
-            last - created
-        ),
-        None => eprintln!("X8: all {PODS} pods gone after {observed:?}"),
-    }
+    let last = last.expect("deletionTimestamps");
+    eprintln!(
+        "X8: last deletionTimestamp {} s after the rule's creationTimestamp (observed after {observed:?})",
+        last - created
+    );
 
     let message = wait_for(
         "rule status Completed",
@@ -111,5 +110,13 @@ async fn evict_1000_pods_one_rule() {
     )
     .await;
     eprintln!("X8: rule Completed after {:?}", started.elapsed());
+    stream::iter(0..PODS)
+        .map(|i| {
+            let env = &env;
+            async move { env.release_pod(&format!("pod-{i}")).await }
+        })
+        .buffer_unordered(32)
+        .collect::<Vec<()>>()
+        .await;
     assert_eq!(message, "1000 pods evicted since starting the controller.");
 }

@@ -110,10 +110,11 @@ async fn wait_event(env: &TestEnv, pod: &str, note: &str) {
 #[tokio::test]
 async fn evict_pod_rule() {
     let env = TestEnv::new().await;
-    controller().await;
+    let ctrl = controller().await;
     env.apply_slice(&env.unique_name("slice"), 1, &[("gpu-0", vec![])])
         .await;
     env.pod_with_claim("my-pod", "my-claim", "gpu-0", vec![]).await;
+    env.keep_pod("my-pod").await;
     let rule = env.unique_name("rule");
     env.create_rule("v1", &rule, Some("gpu-0"), taint(KEY, "NoExecute"))
         .await;
@@ -126,7 +127,12 @@ async fn evict_pod_rule() {
         env.eviction_events("my-pod").await,
         vec!["Marking for deletion".to_owned()]
     );
-    if let Some(condition) = env.disruption_target("my-pod").await {
+    // The finalizer keeps the deleted pod readable locally; on kind the kubelet may have
+    // removed it already.
+    let condition = env.disruption_target("my-pod").await;
+    env.release_pod("my-pod").await;
+    assert!(ctrl.is_none() || condition.is_some(), "no DisruptionTarget");
+    if let Some(condition) = condition {
         assert_eq!(
             condition,
             (
@@ -536,7 +542,9 @@ async fn cancel_eviction_pod_deletion() {
 }
 
 /// Upstream case 44, `ignore-unknown-effect`: a taint with an effect this controller does not
-/// know is ignored, if the API server accepts it at all.
+/// know is ignored, if the API server accepts it at all. The 1.37 API server rejects it
+/// (`Unsupported value: "Sometime"`), so that branch is what runs today; the other one checks the
+/// controller should a later server accept unknown effects.
 #[tokio::test]
 async fn ignore_unknown_effect() {
     let env = TestEnv::new().await;
@@ -560,11 +568,15 @@ async fn ignore_unknown_effect() {
     match applied {
         // The API server validates the effect: the controller can never see an unknown one here.
         Err(kube::Error::Api(status)) => {
+            eprintln!("ignore_unknown_effect: rejected: {}", status.message);
             assert_eq!(status.code, 422, "{status:?}");
             assert!(status.message.contains("effect"), "{status:?}");
         }
         Err(e) => panic!("applying the slice: {e}"),
-        Ok(_) => env.assert_spared("my-pod").await,
+        Ok(_) => {
+            eprintln!("ignore_unknown_effect: accepted");
+            env.assert_spared("my-pod").await;
+        }
     }
 }
 
