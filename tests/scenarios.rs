@@ -694,3 +694,117 @@ async fn empty_selector_warns() {
     .await;
     assert!(events.iter().all(|(t, _)| t == "Warning"), "{events:?}");
 }
+
+/// Upstream case 14, `evict-many-pods-same-namespace`: "1 namespace" wording with two pods.
+#[tokio::test]
+async fn evict_many_pods_same_namespace() {
+    let env = TestEnv::new().await;
+    controller().await;
+    env.apply_slice(
+        &env.unique_name("slice"),
+        1,
+        &[("gpu-0", vec![]), ("gpu-1", vec![])],
+    )
+    .await;
+    let tolerations = vec![toleration(KEY, Some(20))];
+    env.pod_with_claim("pod-0", "claim-0", "gpu-0", tolerations.clone())
+        .await;
+    env.pod_with_claim("pod-1", "claim-1", "gpu-1", tolerations).await;
+    let rule = env.unique_name("rule");
+    env.create_rule("v1", &rule, None, taint(KEY, "NoExecute")).await;
+    assert_eq!(
+        wait_condition(&env, &rule, "PodsPendingEviction").await,
+        "2 pods need to be evicted in 1 namespace."
+    );
+    for pod in ["pod-0", "pod-1"] {
+        wait_for("the pod to be evicted", STATUS_TIMEOUT, || async {
+            env.pod_deleted(pod).await.then_some(())
+        })
+        .await;
+    }
+    assert_eq!(
+        wait_condition(&env, &rule, "Completed").await,
+        "2 pods evicted since starting the controller."
+    );
+}
+
+/// Upstream case 28, `evict-pod-toleration-mismatch`: a toleration for another key does not
+/// help: immediate eviction.
+#[tokio::test]
+async fn evict_pod_toleration_mismatch() {
+    let env = TestEnv::new().await;
+    controller().await;
+    let slice = env.unique_name("slice");
+    env.apply_slice(&slice, 1, &[("gpu-0", vec![])]).await;
+    env.pod_with_claim(
+        "my-pod",
+        "my-claim",
+        "gpu-0",
+        vec![toleration("example.com/other", None)],
+    )
+    .await;
+    env.apply_slice(&slice, 1, &[("gpu-0", vec![taint(KEY, "NoExecute")])])
+        .await;
+    wait_deleted(&env, "my-pod").await;
+}
+
+/// Upstream case 38, `no-evict-other-device`: the taint is on a device the pod does not use.
+#[tokio::test]
+async fn no_evict_other_device() {
+    let env = TestEnv::new().await;
+    controller().await;
+    let slice = env.unique_name("slice");
+    let devices =
+        |taints: Vec<serde_json::Value>| vec![("gpu-0", vec![]), ("gpu-1", taints.clone()), ("w", taints)];
+    env.apply_slice(&slice, 1, &devices(vec![])).await;
+    env.pod_with_claim("my-pod", "my-claim", "gpu-0", vec![]).await;
+    env.witness(vec![]).await;
+    env.apply_slice(&slice, 1, &devices(vec![taint(KEY, "NoExecute")]))
+        .await;
+    env.assert_spared("my-pod").await;
+}
+
+/// Upstream case 43, `ignore-none-effect`: a None taint in a slice evicts nothing.
+#[tokio::test]
+async fn ignore_none_effect() {
+    let env = TestEnv::new().await;
+    controller().await;
+    let slice = env.unique_name("slice");
+    env.apply_slice(&slice, 1, &[("gpu-0", vec![]), ("w", vec![])])
+        .await;
+    env.pod_with_claim("my-pod", "my-claim", "gpu-0", vec![]).await;
+    env.witness(vec![]).await;
+    env.apply_slice(
+        &slice,
+        1,
+        &[
+            ("gpu-0", vec![taint(KEY, "None")]),
+            ("w", vec![taint(KEY, "NoExecute")]),
+        ],
+    )
+    .await;
+    env.assert_spared("my-pod").await;
+}
+
+/// Upstream case 40, `evict-wrong-pod-replaced`: the claim was reserved for another pod UID;
+/// once reservedFor names the pod, it is evicted.
+#[tokio::test]
+async fn evict_wrong_pod_replaced() {
+    let env = TestEnv::new().await;
+    controller().await;
+    let slice = env.unique_name("slice");
+    env.apply_slice(&slice, 1, &[("gpu-0", vec![]), ("w", vec![])])
+        .await;
+    let pod = env.create_pod("my-pod", "my-claim", Some("node-1")).await;
+    let mut other = pod.clone();
+    other.metadata.uid = Some("00000000-0000-0000-0000-000000000001".into());
+    env.create_allocated_claim("my-claim", "gpu-0", vec![], &other)
+        .await;
+    env.witness(vec![]).await;
+    let tainted = vec![taint(KEY, "NoExecute")];
+    env.apply_slice(&slice, 1, &[("gpu-0", tainted.clone()), ("w", tainted)])
+        .await;
+    env.assert_spared("my-pod").await;
+    env.set_claim_status("my-claim", "gpu-0", vec![], &pod).await;
+    wait_deleted(&env, "my-pod").await;
+}
