@@ -208,26 +208,26 @@ impl TestEnv {
         let suffix = random_suffix();
         let namespace = format!("dte-{}-{suffix}", test_name_for_dns());
 
-        let namespaces: Api<Namespace> = Api::all(client.clone());
-        let ns = Namespace {
-            metadata: ObjectMeta {
-                name: Some(namespace.clone()),
-                labels: Some(BTreeMap::from([(TEST_LABEL.to_owned(), "true".to_owned())])),
-                ..ObjectMeta::default()
-            },
-            ..Namespace::default()
-        };
-        namespaces
-            .create(&PostParams::default(), &ns)
-            .await
-            .unwrap_or_else(|e| panic!("creating namespace {namespace}: {e}"));
-        create_service_account(&client, &namespace, "default").await;
+        create_namespace(&client, &namespace).await;
 
         Self {
             client,
             namespace,
             cluster,
             suffix,
+        }
+    }
+
+    /// Another namespace `<namespace>-<n>` for the same test, sharing its suffix (so its pool and
+    /// unique names); it is deleted when the returned environment is dropped.
+    pub async fn sibling(&self, n: u32) -> Self {
+        let namespace = format!("{}-{n}", self.namespace);
+        create_namespace(&self.client, &namespace).await;
+        Self {
+            client: self.client.clone(),
+            namespace,
+            cluster: self.cluster,
+            suffix: self.suffix.clone(),
         }
     }
 
@@ -397,6 +397,24 @@ where
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
+
+/// Creates namespace `namespace` labelled [`TEST_LABEL`] with its `default` `ServiceAccount`.
+async fn create_namespace(client: &Client, namespace: &str) {
+    let namespaces: Api<Namespace> = Api::all(client.clone());
+    let ns = Namespace {
+        metadata: ObjectMeta {
+            name: Some(namespace.to_owned()),
+            labels: Some(BTreeMap::from([(TEST_LABEL.to_owned(), "true".to_owned())])),
+            ..ObjectMeta::default()
+        },
+        ..Namespace::default()
+    };
+    namespaces
+        .create(&PostParams::default(), &ns)
+        .await
+        .unwrap_or_else(|e| panic!("creating namespace {namespace}: {e}"));
+    create_service_account(client, namespace, "default").await;
 }
 
 async fn create_service_account(client: &Client, namespace: &str, name: &str) {

@@ -8,12 +8,25 @@ use k8s_openapi::{
         core::v1::Pod,
         resource::v1::{ResourceClaim, ResourceSlice},
     },
-    apimachinery::pkg::apis::meta::v1::ObjectMeta,
+    apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time},
 };
-use kube::api::{Api, DynamicObject, Patch, PatchParams, PostParams};
+use kube::api::{Api, DeleteParams, DynamicObject, Patch, PatchParams, PostParams};
 use serde_json::{Value, json};
 
-use super::TestEnv;
+use super::{TIMEOUT, TestEnv, wait_for};
+
+/// Name of the witness pod (see [`TestEnv::witness`]).
+pub const WITNESS: &str = "witness";
+/// Finalizer that keeps a deleted pod readable (see [`TestEnv::keep_pod`]).
+const KEEP: &str = "device-taint-eviction.test/keep";
+
+/// Seconds since the epoch of an API timestamp given as JSON (RFC 3339).
+pub fn seconds(time: &Value) -> i64 {
+    serde_json::from_value::<Time>(time.clone())
+        .unwrap_or_else(|e| panic!("timestamp {time}: {e}"))
+        .0
+        .as_second()
+}
 
 /// The pretend driver of the scenarios.
 pub const DRIVER: &str = "gpu.example.com";
@@ -45,6 +58,19 @@ impl TestEnv {
         generation: i64,
         devices: &[(&str, Vec<Value>)],
     ) -> ResourceSlice {
+        self.try_apply_slice(name, generation, 1, devices)
+            .await
+            .expect("apply slice")
+    }
+
+    /// Like [`Self::apply_slice`] for a pool of `count` slices, returning the API's answer.
+    pub async fn try_apply_slice(
+        &self,
+        name: &str,
+        generation: i64,
+        count: i64,
+        devices: &[(&str, Vec<Value>)],
+    ) -> kube::Result<ResourceSlice> {
         let devices: Vec<Value> = devices
             .iter()
             .map(|(n, taints)| json!({"name": n, "taints": taints}))
@@ -53,7 +79,7 @@ impl TestEnv {
             "apiVersion": "resource.k8s.io/v1",
             "kind": "ResourceSlice",
             "metadata": {"name": name, "labels": self.labels()},
-            "spec": {"driver": DRIVER, "pool": {"name": self.pool(), "generation": generation, "resourceSliceCount": 1},
+            "spec": {"driver": DRIVER, "pool": {"name": self.pool(), "generation": generation, "resourceSliceCount": count},
                      "allNodes": true, "devices": devices}
         }))
         .expect("slice");
@@ -64,7 +90,20 @@ impl TestEnv {
             &Patch::Apply(&slice),
         )
         .await
-        .expect("apply slice")
+    }
+
+    /// `timeAdded` (epoch seconds) of the first taint of `device` in slice `name`.
+    pub async fn slice_time_added(&self, name: &str, device: &str) -> i64 {
+        let slice = Api::<ResourceSlice>::all(self.client.clone())
+            .get(name)
+            .await
+            .expect("get slice");
+        let slice = serde_json::to_value(slice).expect("slice json");
+        let device = slice["spec"]["devices"]
+            .as_array()
+            .and_then(|d| d.iter().find(|d| d["name"] == device))
+            .expect("device in slice");
+        seconds(&device["taints"][0]["timeAdded"])
     }
 
     /// Creates a scheduled pod `name` using claim `claim` (by name), and that claim allocated
@@ -84,12 +123,18 @@ impl TestEnv {
 
     /// Creates a pod referencing claim `claim`; `node` None leaves it unscheduled.
     pub async fn create_pod(&self, name: &str, claim: &str, node: Option<&str>) -> Pod {
+        self.create_pod_with(name, json!({"name": "gpu", "resourceClaimName": claim}), node)
+            .await
+    }
+
+    /// Creates a pod whose only `spec.resourceClaims` entry is `pod_claim` (named `gpu`).
+    pub async fn create_pod_with(&self, name: &str, pod_claim: Value, node: Option<&str>) -> Pod {
         let mut pod: Pod = serde_json::from_value(json!({
             "apiVersion": "v1", "kind": "Pod",
             "metadata": {"name": name},
             "spec": {"containers": [{"name": "c", "image": "registry.k8s.io/pause:3.10",
                                       "resources": {"claims": [{"name": "gpu"}]}}],
-                     "resourceClaims": [{"name": "gpu", "resourceClaimName": claim}],
+                     "resourceClaims": [pod_claim],
                      "terminationGracePeriodSeconds": 0}
         }))
         .expect("pod");
@@ -152,21 +197,37 @@ impl TestEnv {
         device: Option<&str>,
         taint: Value,
     ) -> DynamicObject {
-        let ar = device_taint_eviction::k8s::device_taint_rule_resource(version);
         let mut selector = json!({"driver": DRIVER, "pool": self.pool()});
         if let Some(d) = device {
             selector["device"] = json!(d);
         }
+        self.create_rule_with(version, name, json!({"deviceSelector": selector, "taint": taint}))
+            .await
+    }
+
+    /// Creates a DeviceTaintRule at `version` with the given `spec`.
+    pub async fn create_rule_with(&self, version: &str, name: &str, spec: Value) -> DynamicObject {
+        let ar = device_taint_eviction::k8s::device_taint_rule_resource(version);
         let obj: DynamicObject = serde_json::from_value(json!({
             "apiVersion": ar.api_version, "kind": "DeviceTaintRule",
             "metadata": {"name": name, "labels": self.labels()},
-            "spec": {"deviceSelector": selector, "taint": taint}
+            "spec": spec
         }))
         .expect("rule");
         Api::<DynamicObject>::all_with(self.client.clone(), &ar)
             .create(&PostParams::default(), &obj)
             .await
             .expect("create rule")
+    }
+
+    /// `timeAdded` (epoch seconds) of a rule's taint.
+    pub async fn rule_time_added(&self, name: &str) -> i64 {
+        let ar = device_taint_eviction::k8s::device_taint_rule_resource("v1");
+        let obj = Api::<DynamicObject>::all_with(self.client.clone(), &ar)
+            .get(name)
+            .await
+            .expect("get rule");
+        seconds(&obj.data["spec"]["taint"]["timeAdded"])
     }
 
     /// The `EvictionInProgress` condition of a rule: (reason, message).
@@ -194,6 +255,130 @@ impl TestEnv {
             None => true,
             Some(p) => p.metadata.deletion_timestamp.is_some(),
         }
+    }
+
+    /// `deletionTimestamp` (epoch seconds) of a pod, if it is being deleted.
+    pub async fn pod_deletion_time(&self, name: &str) -> Option<i64> {
+        let pod = self.api::<Pod>().get_opt(name).await.expect("get pod")?;
+        pod.metadata.deletion_timestamp.map(|t| t.0.as_second())
+    }
+
+    /// The pod's `DisruptionTarget` condition: (status, reason, message).
+    pub async fn disruption_target(&self, name: &str) -> Option<(String, String, String)> {
+        let pod = self.api::<Pod>().get_opt(name).await.expect("get pod")?;
+        let c = pod
+            .status?
+            .conditions?
+            .into_iter()
+            .find(|c| c.type_ == "DisruptionTarget")?;
+        Some((
+            c.status,
+            c.reason.unwrap_or_default(),
+            c.message.unwrap_or_default(),
+        ))
+    }
+
+    /// Adds a test finalizer to a pod, so that after its deletion it stays (with its
+    /// `deletionTimestamp`) until [`Self::release_pod`].
+    pub async fn keep_pod(&self, name: &str) {
+        self.api::<Pod>()
+            .patch(
+                name,
+                &PatchParams::default(),
+                &Patch::Merge(json!({"metadata": {"finalizers": [KEEP]}})),
+            )
+            .await
+            .expect("add finalizer");
+    }
+
+    /// Removes the finalizers [`Self::keep_pod`] added (best effort).
+    pub async fn release_pod(&self, name: &str) {
+        let _ = self
+            .api::<Pod>()
+            .patch(
+                name,
+                &PatchParams::default(),
+                &Patch::Merge(json!({"metadata": {"finalizers": null}})),
+            )
+            .await;
+    }
+
+    /// Deletes a pod without grace (also one already terminating) and waits until it is gone.
+    pub async fn delete_pod_now(&self, name: &str) {
+        let _ = self
+            .api::<Pod>()
+            .delete(name, &DeleteParams::default().grace_period(0))
+            .await;
+        wait_for("the pod to be gone", TIMEOUT, || async {
+            self.api::<Pod>()
+                .get_opt(name)
+                .await
+                .expect("get pod")
+                .is_none()
+                .then_some(())
+        })
+        .await;
+    }
+
+    /// Binds an unscheduled pod to `node` through the `pods/binding` subresource, as the
+    /// scheduler does.
+    pub async fn bind_pod(&self, name: &str, node: &str) {
+        let binding = json!({"apiVersion": "v1", "kind": "Binding", "metadata": {"name": name},
+                             "target": {"apiVersion": "v1", "kind": "Node", "name": node}});
+        self.api::<Pod>()
+            .create_subresource::<Value, Value>("binding", name, &PostParams::default(), &binding)
+            .await
+            .expect("bind pod");
+    }
+
+    /// Removes a claim's allocation and reservation (deallocation).
+    pub async fn clear_claim_status(&self, name: &str) {
+        let status = json!({"status": {"allocation": null, "reservedFor": null}});
+        self.api::<ResourceClaim>()
+            .patch_status(name, &PatchParams::default(), &Patch::Merge(&status))
+            .await
+            .expect("clear claim status");
+    }
+
+    /// The witness: pod `witness` on device `w` of this test's pool with `tolerations`. A test
+    /// that expects no eviction taints `w` together with (or after) its subject; once the
+    /// witness is evicted, the controller has seen everything the test wrote before.
+    pub async fn witness(&self, tolerations: Vec<Value>) -> Pod {
+        self.pod_with_claim(WITNESS, "witness-claim", "w", tolerations)
+            .await
+    }
+
+    /// Waits for the witness to be evicted, then asserts that `pod` is not being deleted and
+    /// got no "Marking for deletion" Event.
+    pub async fn assert_spared(&self, pod: &str) {
+        wait_for("the witness pod to be evicted", TIMEOUT, || async {
+            self.pod_deleted(WITNESS).await.then_some(())
+        })
+        .await;
+        assert!(!self.pod_deleted(pod).await, "pod {pod} is being deleted");
+        self.assert_no_eviction_event(pod).await;
+    }
+
+    /// Asserts that `pod` got no "Marking for deletion" Event.
+    pub async fn assert_no_eviction_event(&self, pod: &str) {
+        let events = self.eviction_events(pod).await;
+        assert!(
+            !events.iter().any(|e| e == "Marking for deletion"),
+            "eviction Event for {pod}: {events:?}"
+        );
+    }
+
+    /// Events about cluster-scoped object `name` with `reason`, from namespace `default`:
+    /// (type, note).
+    pub async fn cluster_object_events(&self, name: &str, reason: &str) -> Vec<(String, String)> {
+        let api: Api<k8s_openapi::api::events::v1::Event> = Api::namespaced(self.client.clone(), "default");
+        let list = api.list(&kube::api::ListParams::default()).await.expect("events");
+        list.items
+            .into_iter()
+            .filter(|e| e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(name))
+            .filter(|e| e.reason.as_deref() == Some(reason))
+            .map(|e| (e.type_.unwrap_or_default(), e.note.unwrap_or_default()))
+            .collect()
     }
 
     /// Event messages with reason `DeviceTaintManagerEviction` about `pod`.
