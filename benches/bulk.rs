@@ -32,7 +32,10 @@ const DEVICES_PER_SLICE: usize = 50;
 type Result<T, E = Box<dyn std::error::Error + Send + Sync>> = std::result::Result<T, E>;
 
 fn env_or(name: &str, default: usize) -> usize {
-    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
 }
 
 struct Run {
@@ -51,7 +54,10 @@ async fn main() -> Result<()> {
         return Ok(());
     }
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let status = Command::new("cargo").args(["build", "--release", "--quiet", "--locked"]).current_dir(root).status()?;
+    let status = Command::new("cargo")
+        .args(["build", "--release", "--quiet", "--locked"])
+        .current_dir(root)
+        .status()?;
     assert!(status.success(), "cargo build --release failed");
     let mut runs = Vec::new();
     for name in only.split(',') {
@@ -65,9 +71,18 @@ async fn main() -> Result<()> {
         runs.push(run(root, name, pods, qps).await?);
     }
     let raw = runs.iter().find(|r| r.name == "raw deleter").map(|r| r.seconds);
-    let upstream = runs.iter().find(|r| r.name == "kube-controller-manager").map(|r| r.seconds);
-    println!("\n{pods} pods on {pods} devices, one NoExecute rule, client qps/burst {qps}/{}", qps * 2);
-    println!("{:<26} {:>9} {:>8} {:>12} {:>14} {:>10}", "evictor", "seconds", "x raw", "x upstream", "CPU ms/evict", "peak RSS");
+    let upstream = runs
+        .iter()
+        .find(|r| r.name == "kube-controller-manager")
+        .map(|r| r.seconds);
+    println!(
+        "\n{pods} pods on {pods} devices, one NoExecute rule, client qps/burst {qps}/{}",
+        qps * 2
+    );
+    println!(
+        "{:<26} {:>9} {:>8} {:>12} {:>14} {:>10}",
+        "evictor", "seconds", "x raw", "x upstream", "CPU ms/evict", "peak RSS"
+    );
     for r in &runs {
         let ratio = |base: Option<f64>| base.map_or("-".into(), |b| format!("{:.2}", r.seconds / b));
         println!(
@@ -76,7 +91,8 @@ async fn main() -> Result<()> {
             r.seconds,
             ratio(raw),
             ratio(upstream),
-            r.cpu.map_or("-".into(), |c| format!("{:.3}", c * 1000.0 / pods as f64)),
+            r.cpu
+                .map_or("-".into(), |c| format!("{:.3}", c * 1000.0 / pods as f64)),
             r.rss_mib.map_or("-".into(), |m| format!("{m:.1} MiB")),
         );
     }
@@ -87,7 +103,9 @@ struct ControlPlane(PathBuf);
 
 impl Drop for ControlPlane {
     fn drop(&mut self) {
-        let _ = Command::new(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/controlplane/down.sh")).arg(&self.0).status();
+        let _ = Command::new(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/controlplane/down.sh"))
+            .arg(&self.0)
+            .status();
         let _ = std::fs::remove_dir_all(&self.0);
     }
 }
@@ -109,9 +127,13 @@ fn usage(pid: u32) -> (Option<f64>, Option<f64>) {
         let ticks: f64 = fields.get(11)?.parse::<f64>().ok()? + fields.get(12)?.parse::<f64>().ok()?;
         Some(ticks / 100.0)
     });
-    let rss = std::fs::read_to_string(format!("/proc/{pid}/status")).ok().and_then(|s| {
-        s.lines().find_map(|l| l.strip_prefix("VmHWM:")).and_then(|v| v.trim().trim_end_matches(" kB").parse::<f64>().ok())
-    });
+    let rss = std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("VmHWM:"))
+                .and_then(|v| v.trim().trim_end_matches(" kB").parse::<f64>().ok())
+        });
     (cpu, rss.map(|kb| kb / 1024.0))
 }
 
@@ -119,11 +141,16 @@ async fn run(root: &Path, name: &'static str, pods: usize, qps: usize) -> Result
     let dir = std::env::temp_dir().join(format!("dte-bulk-{}-{}", std::process::id(), name.len()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir)?;
-    let up = Command::new(root.join("tests/controlplane/up.sh")).arg(&dir).stdout(Stdio::null()).status()?;
+    let up = Command::new(root.join("tests/controlplane/up.sh"))
+        .arg(&dir)
+        .stdout(Stdio::null())
+        .status()?;
     assert!(up.success(), "up.sh failed");
     let _cp = ControlPlane(dir.clone());
     let kubeconfig = dir.join("kubeconfig");
-    let config = Config::from_custom_kubeconfig(Kubeconfig::read_from(&kubeconfig)?, &KubeConfigOptions::default()).await?;
+    let config =
+        Config::from_custom_kubeconfig(Kubeconfig::read_from(&kubeconfig)?, &KubeConfigOptions::default())
+            .await?;
     let client = Client::try_from(config)?;
     populate(&client, pods).await?;
 
@@ -148,8 +175,16 @@ async fn run(root: &Path, name: &'static str, pods: usize, qps: usize) -> Result
             let kc = format!("--kubeconfig={}", kubeconfig.display());
             Some(Proc(
                 Command::new(bin.join("kube-controller-manager"))
-                    .args([kc.as_str(), "--controllers=device-taint-eviction-controller", "--leader-elect=false"])
-                    .args(["--secure-port=0", "--v=2", "--concurrent-device-taint-eviction-syncs=10"])
+                    .args([
+                        kc.as_str(),
+                        "--controllers=device-taint-eviction-controller",
+                        "--leader-elect=false",
+                    ])
+                    .args([
+                        "--secure-port=0",
+                        "--v=2",
+                        "--concurrent-device-taint-eviction-syncs=10",
+                    ])
                     .args(["--kube-api-qps", &qps_s, "--kube-api-burst", &burst])
                     .stdout(log.try_clone()?)
                     .stderr(log)
@@ -159,7 +194,11 @@ async fn run(root: &Path, name: &'static str, pods: usize, qps: usize) -> Result
         _ => None,
     };
     if evictor.is_some() {
-        let marker = if name == "device-taint-eviction" { "starting workers" } else { "Underlying informers have synced" };
+        let marker = if name == "device-taint-eviction" {
+            "starting workers"
+        } else {
+            "Underlying informers have synced"
+        };
         wait_log(&dir.join("evictor.log"), marker, Duration::from_secs(120)).await?;
     }
     let before = evictor.as_ref().map(|p| usage(p.0.id()));
@@ -171,17 +210,28 @@ async fn run(root: &Path, name: &'static str, pods: usize, qps: usize) -> Result
             "apiVersion": "resource.k8s.io/v1", "kind": "DeviceTaintRule", "metadata": {"name": "bulk"},
             "spec": {"deviceSelector": {"driver": DRIVER}, "taint": {"key": "example.com/broken", "effect": "NoExecute"}}
         }))?;
-        Api::<DynamicObject>::all_with(client.clone(), &ar).create(&PostParams::default(), &rule).await?;
+        Api::<DynamicObject>::all_with(client.clone(), &ar)
+            .create(&PostParams::default(), &rule)
+            .await?;
     } else {
         raw_delete(&client, qps).await?;
     }
     loop {
-        let list = Api::<Pod>::namespaced(client.clone(), NS).list(&ListParams::default()).await?;
-        let remaining = list.items.iter().filter(|p| p.metadata.deletion_timestamp.is_none()).count();
+        let list = Api::<Pod>::namespaced(client.clone(), NS)
+            .list(&ListParams::default())
+            .await?;
+        let remaining = list
+            .items
+            .iter()
+            .filter(|p| p.metadata.deletion_timestamp.is_none())
+            .count();
         if remaining == 0 {
             break;
         }
-        assert!(start.elapsed() < Duration::from_secs(600), "{remaining} pods still not deleted after 600 s");
+        assert!(
+            start.elapsed() < Duration::from_secs(600),
+            "{remaining} pods still not deleted after 600 s"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let seconds = start.elapsed().as_secs_f64();
@@ -193,7 +243,12 @@ async fn run(root: &Path, name: &'static str, pods: usize, qps: usize) -> Result
         _ => (None, None),
     };
     eprintln!("   {seconds:.2} s");
-    Ok(Run { name, seconds, cpu, rss_mib })
+    Ok(Run {
+        name,
+        seconds,
+        cpu,
+        rss_mib,
+    })
 }
 
 async fn wait_log(path: &Path, marker: &str, timeout: Duration) -> Result<()> {
@@ -218,8 +273,13 @@ async fn raw_delete(client: &Client, qps: usize) -> Result<()> {
             async move {
                 bucket.acquire().await;
                 let uid = p.metadata.uid.clone();
-                let dp = DeleteParams::default().preconditions(kube::api::Preconditions { uid, resource_version: None });
-                api.delete(p.metadata.name.as_deref().unwrap_or_default(), &dp).await.map(|_| ())
+                let dp = DeleteParams::default().preconditions(kube::api::Preconditions {
+                    uid,
+                    resource_version: None,
+                });
+                api.delete(p.metadata.name.as_deref().unwrap_or_default(), &dp)
+                    .await
+                    .map(|_| ())
             }
         })
         .buffer_unordered(10)
@@ -231,9 +291,13 @@ async fn raw_delete(client: &Client, qps: usize) -> Result<()> {
 /// N pods, each with its own claim allocated one device; N/50 slices of 50 devices.
 async fn populate(client: &Client, pods: usize) -> Result<()> {
     let ns: Namespace = serde_json::from_value(json!({"metadata": {"name": NS}}))?;
-    Api::<Namespace>::all(client.clone()).create(&PostParams::default(), &ns).await?;
+    Api::<Namespace>::all(client.clone())
+        .create(&PostParams::default(), &ns)
+        .await?;
     let sa: ServiceAccount = serde_json::from_value(json!({"metadata": {"name": "default"}}))?;
-    Api::<ServiceAccount>::namespaced(client.clone(), NS).create(&PostParams::default(), &sa).await?;
+    Api::<ServiceAccount>::namespaced(client.clone(), NS)
+        .create(&PostParams::default(), &sa)
+        .await?;
     let slices = pods.div_ceil(DEVICES_PER_SLICE);
     let started = Instant::now();
     stream::iter(0..slices)
@@ -281,6 +345,9 @@ async fn populate(client: &Client, pods: usize) -> Result<()> {
         .buffer_unordered(32)
         .try_collect::<Vec<()>>()
         .await?;
-    eprintln!("   populated {pods} pods in {:.1} s", started.elapsed().as_secs_f64());
+    eprintln!(
+        "   populated {pods} pods in {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
     Ok(())
 }

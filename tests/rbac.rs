@@ -163,8 +163,17 @@ async fn chart_rbac_is_enough_and_no_more() {
     );
 
     // 2. Without `delete` on pods: no eviction, and the log names what is missing.
+    let cluster_role = docs
+        .iter()
+        .find(|d| d["kind"] == "ClusterRole")
+        .and_then(|d| d["metadata"]["name"].as_str())
+        .expect("ClusterRole name")
+        .to_owned();
     let roles: Api<ClusterRole> = Api::all(env.client.clone());
-    let mut role = roles.get(&release).await.expect("get the chart's ClusterRole");
+    let mut role = roles
+        .get(&cluster_role)
+        .await
+        .expect("get the chart's ClusterRole");
     let rules = role.rules.as_mut().expect("ClusterRole rules");
     let pods = rules
         .iter_mut()
@@ -180,7 +189,7 @@ async fn chart_rbac_is_enough_and_no_more() {
     );
     pods.verbs.retain(|v| v != "delete");
     roles
-        .replace(&release, &kube::api::PostParams::default(), &role)
+        .replace(&cluster_role, &kube::api::PostParams::default(), &role)
         .await
         .expect("replace the ClusterRole");
 
@@ -216,6 +225,6 @@ async fn chart_rbac_is_enough_and_no_more() {
 
     // The cluster-scoped objects carry no test label: remove them here.
     let bindings: Api<k8s_openapi::api::rbac::v1::ClusterRoleBinding> = Api::all(env.client.clone());
-    let _ = bindings.delete(&release, &DeleteParams::default()).await;
-    let _ = roles.delete(&release, &DeleteParams::default()).await;
+    let _ = bindings.delete(&cluster_role, &DeleteParams::default()).await;
+    let _ = roles.delete(&cluster_role, &DeleteParams::default()).await;
 }
