@@ -260,6 +260,37 @@ impl TestEnv {
     /// missing), with a token from the `TokenRequest` API. It has no permissions until the test
     /// binds roles to `system:serviceaccount:<namespace>:<name>`. Works on any cluster.
     pub async fn service_account_client(&self, name: &str) -> Client {
+        let token = self.service_account_token(name).await;
+        let mut config = self.cluster.config.clone();
+        config.auth_info = AuthInfo {
+            token: Some(token.into()),
+            ..AuthInfo::default()
+        };
+        Client::try_from(config).expect("service account client")
+    }
+
+    /// A kubeconfig file (under the cargo target tmp dir) for `ServiceAccount` `name` of the test's
+    /// namespace, for running the binary as that identity: the admin kubeconfig's cluster with a
+    /// `TokenRequest` token as the only credential. Works on any cluster.
+    pub async fn service_account_kubeconfig(&self, name: &str) -> PathBuf {
+        let token = self.service_account_token(name).await;
+        let mut kubeconfig = Kubeconfig::read_from(self.kubeconfig()).expect("admin kubeconfig");
+        for named in &mut kubeconfig.auth_infos {
+            named.auth_info = Some(AuthInfo {
+                token: Some(token.clone().into()),
+                ..AuthInfo::default()
+            });
+        }
+        let path =
+            Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("sa-{}-{name}.kubeconfig", self.namespace));
+        let json = serde_json::to_string(&kubeconfig).expect("kubeconfig as JSON");
+        std::fs::write(&path, json).unwrap_or_else(|e| panic!("writing {}: {e}", path.display()));
+        path
+    }
+
+    /// A `TokenRequest` token (one hour) for `ServiceAccount` `name` of the test's namespace,
+    /// created if missing.
+    pub async fn service_account_token(&self, name: &str) -> String {
         create_service_account(&self.client, &self.namespace, name).await;
         let accounts: Api<ServiceAccount> = self.api();
         let request = TokenRequest {
@@ -273,16 +304,10 @@ impl TestEnv {
             .create_token_request(name, &PostParams::default(), &request)
             .await
             .unwrap_or_else(|e| panic!("requesting a token for {}/{name}: {e}", self.namespace));
-        let token = response
+        response
             .status
             .and_then(|s| s.token)
-            .expect("TokenRequest status.token");
-        let mut config = self.cluster.config.clone();
-        config.auth_info = AuthInfo {
-            token: Some(token.into()),
-            ..AuthInfo::default()
-        };
-        Client::try_from(config).expect("service account client")
+            .expect("TokenRequest status.token")
     }
 
     /// Creates a Node named [`TestEnv::unique_name`]`(base)` that kube-scheduler accepts (Ready,
