@@ -221,8 +221,19 @@ impl Shared {
     }
 }
 
+/// The cause of an actuator error in one line: the server's message with code and reason (no
+/// debug dump), and for a 403 which permission is missing.
 fn error_source(error: &dyn std::error::Error) -> String {
-    error.source().map(ToString::to_string).unwrap_or_default()
+    match error.source().and_then(|s| s.downcast_ref::<kube::Error>()) {
+        Some(kube::Error::Api(status)) if status.code == 403 => format!(
+            "permission denied ({} {}): {}; grant the controller's ServiceAccount this permission \
+             (see charts/device-taint-eviction)",
+            status.code, status.reason, status.message
+        ),
+        Some(kube::Error::Api(status)) => format!("{} {}: {}", status.code, status.reason, status.message),
+        Some(other) => other.to_string(),
+        None => String::new(),
+    }
 }
 
 /// Skips an object that cannot be projected: logged and counted, never fatal.

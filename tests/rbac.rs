@@ -40,7 +40,7 @@ fn render_rbac(namespace: &str, release: &str) -> Vec<Value> {
     );
     let yaml = String::from_utf8(output.stdout).expect("UTF-8 YAML");
     let docs: Vec<Value> = serde_saphyr::from_multiple(&yaml).expect("render-rbac.sh prints YAML documents");
-    docs.into_iter().filter(|d| d.is_object()).collect()
+    docs.into_iter().filter(serde_json::Value::is_object).collect()
 }
 
 /// Server-side applies one rendered object as the admin.
@@ -95,6 +95,7 @@ async fn pod_and_rule(env: &TestEnv, devices: &[&str], pod: &str, device: &str) 
 }
 
 #[tokio::test]
+#[allow(clippy::too_many_lines)] // one scenario in two runs, start to finish
 async fn chart_rbac_is_enough_and_no_more() {
     let env = TestEnv::new().await;
     // Cluster-scoped ClusterRole(+Binding) take the release's name: unique per run.
@@ -169,13 +170,13 @@ async fn chart_rbac_is_enough_and_no_more() {
         .and_then(|d| d["metadata"]["name"].as_str())
         .expect("ClusterRole name")
         .to_owned();
-    let roles: Api<ClusterRole> = Api::all(env.client.clone());
-    let mut role = roles
+    let cluster_roles: Api<ClusterRole> = Api::all(env.client.clone());
+    let mut applied = cluster_roles
         .get(&cluster_role)
         .await
         .expect("get the chart's ClusterRole");
-    let rules = role.rules.as_mut().expect("ClusterRole rules");
-    let pods = rules
+    let role_rules = applied.rules.as_mut().expect("ClusterRole rules");
+    let pods = role_rules
         .iter_mut()
         .find(|r| {
             r.resources
@@ -188,8 +189,8 @@ async fn chart_rbac_is_enough_and_no_more() {
         "the chart grants no delete on pods"
     );
     pods.verbs.retain(|v| v != "delete");
-    roles
-        .replace(&cluster_role, &kube::api::PostParams::default(), &role)
+    cluster_roles
+        .replace(&cluster_role, &kube::api::PostParams::default(), &applied)
         .await
         .expect("replace the ClusterRole");
 
@@ -226,5 +227,7 @@ async fn chart_rbac_is_enough_and_no_more() {
     // The cluster-scoped objects carry no test label: remove them here.
     let bindings: Api<k8s_openapi::api::rbac::v1::ClusterRoleBinding> = Api::all(env.client.clone());
     let _ = bindings.delete(&cluster_role, &DeleteParams::default()).await;
-    let _ = roles.delete(&cluster_role, &DeleteParams::default()).await;
+    let _ = cluster_roles
+        .delete(&cluster_role, &DeleteParams::default())
+        .await;
 }
