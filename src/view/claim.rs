@@ -36,21 +36,7 @@ impl ClaimView {
     /// A claim without namespace, name or UID is invalid.
     pub fn from_api(claim: &ResourceClaim) -> Result<Self, Invalid> {
         let meta = &claim.metadata;
-        let invalid = |field| Invalid {
-            kind: "ResourceClaim",
-            object: format!(
-                "{}/{}",
-                meta.namespace.as_deref().unwrap_or_default(),
-                meta.name.as_deref().unwrap_or_default()
-            ),
-            field,
-        };
-        let namespace = meta
-            .namespace
-            .clone()
-            .ok_or_else(|| invalid("metadata.namespace"))?;
-        let name = meta.name.clone().ok_or_else(|| invalid("metadata.name"))?;
-        let uid = meta.uid.clone().ok_or_else(|| invalid("metadata.uid"))?;
+        let (namespace, name, uid) = super::namespaced_ids("ResourceClaim", meta)?;
         let controller_uid = meta
             .owner_references
             .iter()

@@ -42,6 +42,29 @@ impl Invalid {
     }
 }
 
+/// Namespace, name and UID of a namespaced object; a missing one makes the object invalid.
+pub(crate) fn namespaced_ids(
+    kind: &'static str,
+    meta: &crate::k8s::ObjectMeta,
+) -> Result<(String, String, String), Invalid> {
+    let invalid = |field| Invalid {
+        kind,
+        object: format!(
+            "{}/{}",
+            meta.namespace.as_deref().unwrap_or_default(),
+            meta.name.as_deref().unwrap_or_default()
+        ),
+        field,
+    };
+    let namespace = meta
+        .namespace
+        .clone()
+        .ok_or_else(|| invalid("metadata.namespace"))?;
+    let name = meta.name.clone().ok_or_else(|| invalid("metadata.name"))?;
+    let uid = meta.uid.clone().ok_or_else(|| invalid("metadata.uid"))?;
+    Ok((namespace, name, uid))
+}
+
 /// `namespace/name` of a namespaced object.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct ObjectName {

@@ -47,21 +47,7 @@ impl PodView {
             return Ok(None);
         }
         let meta = &pod.metadata;
-        let invalid = |field| Invalid {
-            kind: "Pod",
-            object: format!(
-                "{}/{}",
-                meta.namespace.as_deref().unwrap_or_default(),
-                meta.name.as_deref().unwrap_or_default()
-            ),
-            field,
-        };
-        let namespace = meta
-            .namespace
-            .clone()
-            .ok_or_else(|| invalid("metadata.namespace"))?;
-        let name = meta.name.clone().ok_or_else(|| invalid("metadata.name"))?;
-        let uid = meta.uid.clone().ok_or_else(|| invalid("metadata.uid"))?;
+        let (namespace, name, uid) = super::namespaced_ids("Pod", meta)?;
 
         let statuses = status
             .and_then(|s| s.resource_claim_statuses.as_deref())
