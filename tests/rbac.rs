@@ -68,12 +68,9 @@ async fn apply(env: &TestEnv, doc: &Value) -> DynamicObject {
     .unwrap_or_else(|e| panic!("applying {kind} {name}: {e}"))
 }
 
-/// Whether `pod` carries the `DisruptionTarget` condition.
+/// Whether `pod` carries the `DisruptionTarget` condition (the pod is held by a test finalizer).
 async fn has_disruption_target(env: &TestEnv, pod: &str) -> bool {
-    // With a 0 s grace period the pod may already be gone: then there is nothing left to check.
-    let Some(pod) = env.api::<Pod>().get_opt(pod).await.expect("get pod") else {
-        return true;
-    };
+    let pod = env.api::<Pod>().get(pod).await.expect("get pod");
     pod.status
         .and_then(|s| s.conditions)
         .unwrap_or_default()
@@ -88,6 +85,8 @@ async fn pod_and_rule(env: &TestEnv, devices: &[&str], pod: &str, device: &str) 
     env.apply_slice(&env.unique_name("slice"), 1, &slice).await;
     env.pod_with_claim(pod, &format!("{pod}-claim"), device, vec![])
         .await;
+    // Keep the deleted pod readable, so that its DisruptionTarget condition can be checked.
+    env.keep_pod(pod).await;
     let rule = env.unique_name(pod);
     env.create_rule("v1", &rule, Some(device), taint(KEY, "NoExecute"))
         .await;
@@ -223,6 +222,8 @@ async fn chart_rbac_is_enough_and_no_more() {
     );
     eprintln!("controller log line for the missing permission:\n{line}");
     controller.stop().await;
+    env.release_pod("pod-0").await;
+    env.release_pod("pod-1").await;
 
     // The cluster-scoped objects carry no test label: remove them here.
     let bindings: Api<k8s_openapi::api::rbac::v1::ClusterRoleBinding> = Api::all(env.client.clone());
