@@ -511,7 +511,11 @@ pub async fn shared_controller(args: &[&str]) -> Option<&'static controller::Con
             if controller::deployed() {
                 return None;
             }
-            let cluster = cluster().await;
+            // The cluster this binary's tests already use, whatever up.sh flags it runs with.
+            let cluster = match CLUSTER.get() {
+                Some(Ok(cluster)) => cluster,
+                _ => cluster().await,
+            };
             Some(controller::Controller::start(&cluster.kubeconfig, args).await)
         })
         .await

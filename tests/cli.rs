@@ -1,0 +1,394 @@
+//! The `taint`, `untaint` and `explain` subcommands as an operator runs them: the built binary
+//! against a real API server, with a controller evicting.
+//!
+//! Every test works on a pool of its own (and names its rules after it), so the tests run in
+//! parallel; they share one controller.
+
+mod support;
+
+use std::path::Path;
+use std::process::Stdio;
+
+use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding};
+use kube::api::{Api, DeleteParams, PostParams};
+use serde_json::{Value, json};
+use support::objects::{DRIVER, toleration};
+use support::{TIMEOUT, TestEnv, wait_for};
+
+const KEY: &str = "example.com/cli";
+
+/// What one run of the binary printed.
+struct Run {
+    code: Option<i32>,
+    stdout: String,
+    stderr: String,
+}
+
+impl std::fmt::Display for Run {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "exit {:?}\n--- stdout ---\n{}--- stderr ---\n{}",
+            self.code, self.stdout, self.stderr
+        )
+    }
+}
+
+/// Runs `device-taint-eviction ARGS` with `KUBECONFIG=kubeconfig` to completion (stdout and stderr
+/// are pipes, so the progress shows as lines, as in a CI log), giving up after `timeout`.
+async fn cli(kubeconfig: &Path, args: &[&str], timeout: std::time::Duration) -> Run {
+    let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_device-taint-eviction"))
+        .args(args)
+        .env("KUBECONFIG", kubeconfig)
+        .env_remove("RUST_BACKTRACE")
+        .env_remove("RUST_LOG")
+        .env_remove("DTE_LOG_LEVEL")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("starting the device-taint-eviction binary");
+    let output = tokio::time::timeout(timeout, child.wait_with_output())
+        .await
+        .unwrap_or_else(|_| panic!("device-taint-eviction {args:?} still running after {timeout:?}"))
+        .expect("waiting for the device-taint-eviction binary");
+    Run {
+        code: output.status.code(),
+        stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+    }
+}
+
+/// A test namespace with the shared controller running, a slice of `devices` (untainted) in the
+/// test's pool.
+async fn setup(devices: &[&str]) -> TestEnv {
+    let env = TestEnv::new().await;
+    support::shared_controller(&["--leader-elect=false"]).await;
+    let slice = env.unique_name("slice");
+    let devices: Vec<(&str, Vec<Value>)> = devices.iter().map(|d| (*d, vec![])).collect();
+    env.apply_slice(&slice, 1, &devices).await;
+    env
+}
+
+/// `taint --wait` creates the rule, follows the eviction and ends when the controller reports the
+/// rule Completed; running it again is idempotent ("configured"); `untaint` with the same selectors
+/// finds the rule by the same derived name.
+#[tokio::test]
+async fn taint_wait_follows_the_eviction_until_done() {
+    let env = setup(&["gpu-0", "gpu-1"]).await;
+    env.pod_with_claim("victim", "victim-claim", "gpu-0", vec![])
+        .await;
+    env.pod_with_claim("bystander", "bystander-claim", "gpu-1", vec![])
+        .await;
+    let pool = env.pool();
+    let selectors = [
+        "--driver", DRIVER, "--pool", &pool, "--device", "gpu-0", "--key", KEY,
+    ];
+    let taint: Vec<&str> = ["taint"]
+        .iter()
+        .chain(&selectors)
+        .chain(&["--value", "ecc", "--wait", "--timeout", "90s"])
+        .copied()
+        .collect();
+
+    let run = cli(env.kubeconfig(), &taint, std::time::Duration::from_secs(120)).await;
+    assert_eq!(run.code, Some(0), "{run}");
+    let name = format!("dte-gpu.example.com-{pool}-gpu-0-example.com-cli");
+    let lines: Vec<&str> = run.stdout.lines().collect();
+    assert_eq!(
+        lines.first(),
+        Some(&format!("devicetaintrule/{name} created").as_str()),
+        "{run}"
+    );
+    assert_eq!(
+        lines.last(),
+        Some(&format!("devicetaintrule/{name}: done, 1 pod evicted").as_str()),
+        "{run}"
+    );
+    // Progress lines in between, each different from the one before.
+    for pair in lines.windows(2) {
+        assert_ne!(pair[0], pair[1], "a progress line repeated: {run}");
+    }
+    assert!(env.pod_deleted("victim").await, "victim still running: {run}");
+    assert!(
+        !env.pod_deleted("bystander").await,
+        "the untainted device's pod was evicted"
+    );
+
+    let (reason, message) = env.rule_condition(&name).await.expect("rule condition");
+    assert_eq!(
+        (reason.as_str(), message.as_str()),
+        ("Completed", "1 pod evicted since starting the controller.")
+    );
+
+    // The same command again changes nothing and says so.
+    let again = cli(env.kubeconfig(), &taint, std::time::Duration::from_secs(60)).await;
+    assert_eq!(again.code, Some(0), "{again}");
+    assert_eq!(
+        again.stdout.lines().next(),
+        Some(format!("devicetaintrule/{name} configured").as_str()),
+        "{again}"
+    );
+    assert!(
+        again
+            .stdout
+            .contains(&format!("devicetaintrule/{name}: done, 1 pod evicted")),
+        "{again}"
+    );
+
+    let untaint: Vec<&str> = ["untaint"]
+        .iter()
+        .chain(&selectors)
+        .chain(&["--wait"])
+        .copied()
+        .collect();
+    let run = cli(env.kubeconfig(), &untaint, TIMEOUT).await;
+    assert_eq!(run.code, Some(0), "{run}");
+    assert_eq!(run.stdout, format!("devicetaintrule/{name} deleted\n"), "{run}");
+    assert!(
+        env.rule_condition(&name).await.is_none(),
+        "the rule is still there"
+    );
+}
+
+/// `explain` shows a pod that tolerates the taint for a while: device, taint, rule, toleration
+/// and when, as a table and as JSON; `untaint` cancels the countdown and `explain` then shows
+/// nothing for the namespace.
+#[tokio::test]
+async fn explain_shows_the_countdown_and_untaint_cancels_it() {
+    let env = setup(&["gpu-0"]).await;
+    env.pod_with_claim(
+        "patient",
+        "patient-claim",
+        "gpu-0",
+        vec![toleration(KEY, Some(300))],
+    )
+    .await;
+    let name = env.unique_name("cli-explain");
+    let pool = env.pool();
+    let run = cli(
+        env.kubeconfig(),
+        &[
+            "taint", "--name", &name, "--driver", DRIVER, "--pool", &pool, "--device", "gpu-0", "--key", KEY,
+            "--value", "ecc",
+        ],
+        TIMEOUT,
+    )
+    .await;
+    assert_eq!(run.code, Some(0), "{run}");
+    assert_eq!(run.stdout, format!("devicetaintrule/{name} created\n"), "{run}");
+    let time_added = env.rule_time_added(&name).await;
+
+    // The controller has it pending once the rule status says so.
+    wait_for("the rule to report the pending pod", TIMEOUT, || async {
+        let (reason, message) = env.rule_condition(&name).await?;
+        (reason == "PodsPendingEviction" && message == "1 pod needs to be evicted in 1 namespace.")
+            .then_some(())
+    })
+    .await;
+
+    let device = format!("{DRIVER}/{pool}/gpu-0");
+    let expected = Expected {
+        pod: "patient",
+        device: &device,
+        taint: &format!("{KEY}=ecc:NoExecute"),
+        source: &format!("rule {name}"),
+        toleration: &format!("{KEY}:NoExecute op=Exists for 300s"),
+        evict_at: time_added + 300,
+    };
+    check_explain_json(&env, &expected).await;
+    check_explain_table(&env, &expected).await;
+
+    let run = cli(env.kubeconfig(), &["untaint", "--name", &name, "--wait"], TIMEOUT).await;
+    assert_eq!(run.code, Some(0), "{run}");
+    assert_eq!(run.stdout, format!("devicetaintrule/{name} deleted\n"), "{run}");
+
+    let events = wait_for("the cancellation event", TIMEOUT, || async {
+        let events = env.eviction_events("patient").await;
+        events
+            .iter()
+            .any(|e| e == "Cancelling deletion")
+            .then_some(events)
+    })
+    .await;
+    assert!(
+        !events.iter().any(|e| e == "Marking for deletion"),
+        "the pod was marked for deletion: {events:?}"
+    );
+    let run = cli(env.kubeconfig(), &["explain", "-n", &env.namespace], TIMEOUT).await;
+    assert_eq!(run.code, Some(0), "{run}");
+    assert_eq!(run.stdout, "No pod is pending eviction.\n", "{run}");
+    assert!(!env.pod_deleted("patient").await, "the pod was evicted after all");
+}
+
+/// Deleting a rule that does not exist is an error (exit 1) that names it.
+#[tokio::test]
+async fn untaint_of_a_missing_rule_fails_and_names_it() {
+    let env = TestEnv::new().await;
+    let name = env.unique_name("no-such-rule");
+    let run = cli(env.kubeconfig(), &["untaint", "--name", &name], TIMEOUT).await;
+    assert_eq!(run.code, Some(1), "{run}");
+    assert_eq!(run.stdout, "", "{run}");
+    assert!(
+        run.stderr.contains(&format!(
+            "failed to delete DeviceTaintRule {name}: it does not exist"
+        )),
+        "{run}"
+    );
+}
+
+/// Without the permissions it needs, `taint` fails (exit 1) and says which permission is missing:
+/// first `get` (reading the rule), then, with read access granted, `create and patch`.
+#[tokio::test]
+async fn taint_without_permission_names_the_missing_permission() {
+    let env = TestEnv::new().await;
+    let kubeconfig = env.service_account_kubeconfig("operator").await;
+    let name = env.unique_name("cli-forbidden");
+    let taint = [
+        "taint", "--name", &name, "--driver", DRIVER, "--pool", "pool-x", "--key", KEY,
+    ];
+    let user = format!("system:serviceaccount:{}:operator", env.namespace);
+
+    let run = cli(&kubeconfig, &taint, TIMEOUT).await;
+    assert_eq!(run.code, Some(1), "{run}");
+    assert!(
+        run.stderr
+            .contains(&format!("failed to read DeviceTaintRule {name}"))
+            && run
+                .stderr
+                .contains("permission denied, this needs get devicetaintrules.resource.k8s.io"),
+        "{run}"
+    );
+    assert!(
+        run.stderr.contains(&user),
+        "the server's message names the user: {run}"
+    );
+
+    // Read access only.
+    let role_name = env.unique_name("cli-read-rules");
+    let role: ClusterRole = serde_json::from_value(json!({
+        "metadata": { "name": role_name, "labels": env.labels() },
+        "rules": [{ "apiGroups": ["resource.k8s.io"], "resources": ["devicetaintrules"],
+                    "verbs": ["get", "list", "watch"] }],
+    }))
+    .expect("ClusterRole");
+    let binding: ClusterRoleBinding = serde_json::from_value(json!({
+        "metadata": { "name": role_name, "labels": env.labels() },
+        "roleRef": { "apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": role_name },
+        "subjects": [{ "kind": "ServiceAccount", "name": "operator", "namespace": env.namespace }],
+    }))
+    .expect("ClusterRoleBinding");
+    let roles: Api<ClusterRole> = Api::all(env.client.clone());
+    let bindings: Api<ClusterRoleBinding> = Api::all(env.client.clone());
+    roles
+        .create(&PostParams::default(), &role)
+        .await
+        .expect("create ClusterRole");
+    bindings
+        .create(&PostParams::default(), &binding)
+        .await
+        .expect("create ClusterRoleBinding");
+
+    // RBAC changes reach the authorizer through its informers: wait until the `get` goes through.
+    let run = wait_for("read access to take effect", TIMEOUT, || async {
+        let run = cli(&kubeconfig, &taint, TIMEOUT).await;
+        (!run.stderr.contains("this needs get ")).then_some(run)
+    })
+    .await;
+    let _ = bindings.delete(&role_name, &DeleteParams::default()).await;
+    let _ = roles.delete(&role_name, &DeleteParams::default()).await;
+    assert_eq!(run.code, Some(1), "{run}");
+    assert!(
+        run.stderr
+            .contains(&format!("failed to apply DeviceTaintRule {name}"))
+            && run
+                .stderr
+                .contains("permission denied, this needs create and patch devicetaintrules.resource.k8s.io"),
+        "{run}"
+    );
+    assert!(env.rule_condition(&name).await.is_none(), "a rule was created");
+}
+
+/// One row `explain` should print.
+struct Expected<'a> {
+    pod: &'a str,
+    device: &'a str,
+    taint: &'a str,
+    source: &'a str,
+    toleration: &'a str,
+    /// Epoch seconds.
+    evict_at: i64,
+}
+
+/// `explain -o json -n <namespace>` prints exactly the `expected` row.
+async fn check_explain_json(env: &TestEnv, expected: &Expected<'_>) {
+    let run = cli(
+        env.kubeconfig(),
+        &["explain", "-o", "json", "-n", &env.namespace],
+        TIMEOUT,
+    )
+    .await;
+    assert_eq!(run.code, Some(0), "{run}");
+    let rows: Vec<Value> = serde_json::from_str(&run.stdout).unwrap_or_else(|e| panic!("{e}: {run}"));
+    assert_eq!(rows.len(), 1, "{run}");
+    let row = &rows[0];
+    assert_eq!(row["namespace"], json!(env.namespace), "{run}");
+    assert_eq!(row["pod"], json!(expected.pod), "{run}");
+    assert_eq!(row["devices"], json!([expected.device]), "{run}");
+    assert_eq!(row["taint"], json!(expected.taint), "{run}");
+    assert_eq!(row["source"], json!(expected.source), "{run}");
+    assert_eq!(row["toleration"], json!(expected.toleration), "{run}");
+    assert_eq!(
+        support::objects::seconds(&row["evictAt"]),
+        expected.evict_at,
+        "{run}"
+    );
+    let evict_in = row["evictInSeconds"].as_i64().expect("evictInSeconds");
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock after 1970")
+        .as_secs()
+        .cast_signed();
+    assert!(
+        (expected.evict_at - now - evict_in).abs() <= 30,
+        "evictInSeconds {evict_in} does not match evictAt: {run}"
+    );
+}
+
+/// `explain -n <namespace>` prints a header and exactly the `expected` row, in columns.
+async fn check_explain_table(env: &TestEnv, expected: &Expected<'_>) {
+    let run = cli(env.kubeconfig(), &["explain", "-n", &env.namespace], TIMEOUT).await;
+    assert_eq!(run.code, Some(0), "{run}");
+    let lines: Vec<&str> = run.stdout.lines().collect();
+    assert_eq!(lines.len(), 2, "{run}");
+    let header: Vec<&str> = lines[0]
+        .split("   ")
+        .map(str::trim)
+        .filter(|c| !c.is_empty())
+        .collect();
+    assert_eq!(
+        header,
+        [
+            "NAMESPACE",
+            "POD",
+            "DEVICE(S)",
+            "TAINT",
+            "SOURCE",
+            "TOLERATION",
+            "EVICT AT"
+        ],
+        "{run}"
+    );
+    for cell in [
+        env.namespace.as_str(),
+        expected.pod,
+        expected.device,
+        expected.taint,
+        expected.source,
+        expected.toleration,
+        " (in ",
+    ] {
+        assert!(lines[1].contains(cell), "{cell:?} missing from the row: {run}");
+    }
+}
