@@ -5,9 +5,8 @@
 mod support;
 
 use k8s_openapi::api::core::v1::Pod;
-use k8s_openapi::api::resource::{v1, v1alpha3, v1beta2};
-use kube::Resource;
-use kube::api::{Api, ListParams, PostParams};
+use k8s_openapi::api::resource::v1;
+use kube::api::{Api, DynamicObject, ListParams, PostParams};
 use serde::de::DeserializeOwned;
 use serde_json::json;
 use support::TestEnv;
@@ -64,59 +63,61 @@ async fn resource_slice_taint_without_time_added_is_defaulted() {
 async fn device_taint_rule_at_every_served_version() {
     let env = TestEnv::new().await;
     let pool = env.unique_name("pool");
-    let spec = |device: &str| {
-        json!({
-            "deviceSelector": { "driver": DRIVER, "pool": pool, "device": device },
-            "taint": { "key": "example.com/maintenance", "value": device, "effect": "NoExecute" },
-        })
-    };
-    let pp = PostParams::default();
-
-    let name_alpha = env.unique_name("rule-v1alpha3");
-    let api: Api<v1alpha3::DeviceTaintRule> = Api::all(env.client.clone());
-    let rule =
-        object(json!({ "metadata": { "name": name_alpha, "labels": env.labels() }, "spec": spec("gpu-0") }));
-    api.create(&pp, &rule)
-        .await
-        .expect("create v1alpha3 DeviceTaintRule");
-    let stored = api.get(&name_alpha).await.expect("get v1alpha3 DeviceTaintRule");
-    assert_eq!(stored.spec.taint.value.as_deref(), Some("gpu-0"));
+    let versions = env.served_rule_versions().await;
+    if env.cluster.dir.is_some() {
+        assert_eq!(
+            versions,
+            ["v1", "v1beta2", "v1alpha3"],
+            "up.sh serves every version"
+        );
+    }
     assert!(
-        stored.spec.taint.time_added.is_some(),
-        "timeAdded defaulted: {:?}",
-        stored.spec.taint
+        !versions.is_empty(),
+        "the cluster serves no DeviceTaintRule version"
     );
 
-    let name_beta = env.unique_name("rule-v1beta2");
-    let api: Api<v1beta2::DeviceTaintRule> = Api::all(env.client.clone());
-    let rule =
-        object(json!({ "metadata": { "name": name_beta, "labels": env.labels() }, "spec": spec("gpu-1") }));
-    api.create(&pp, &rule)
-        .await
-        .expect("create v1beta2 DeviceTaintRule");
-    let stored = api.get(&name_beta).await.expect("get v1beta2 DeviceTaintRule");
-    assert_eq!(stored.spec.taint.value.as_deref(), Some("gpu-1"));
+    let mut expected = Vec::new();
+    for (i, version) in versions.iter().enumerate() {
+        let name = env.unique_name(&format!("rule-{version}"));
+        let device = format!("gpu-{i}");
+        let resource = device_taint_eviction::k8s::device_taint_rule_resource(version);
+        let api: Api<DynamicObject> = Api::all_with(env.client.clone(), &resource);
+        let rule: DynamicObject = object(json!({
+            "apiVersion": resource.api_version, "kind": "DeviceTaintRule",
+            "metadata": { "name": name, "labels": env.labels() },
+            "spec": {
+                "deviceSelector": { "driver": DRIVER, "pool": pool, "device": device },
+                "taint": { "key": "example.com/maintenance", "value": device, "effect": "NoExecute" },
+            },
+        }));
+        api.create(&PostParams::default(), &rule)
+            .await
+            .unwrap_or_else(|e| panic!("create {version} DeviceTaintRule: {e}"));
+        let stored = api
+            .get(&name)
+            .await
+            .unwrap_or_else(|e| panic!("get {version} DeviceTaintRule: {e}"));
+        assert_eq!(stored.data["spec"]["taint"]["value"], json!(device));
+        assert!(
+            stored.data["spec"]["taint"]["timeAdded"].is_string(),
+            "timeAdded defaulted at {version}: {}",
+            stored.data["spec"]["taint"]
+        );
+        expected.push(name);
+    }
 
-    let name_v1 = env.unique_name("rule-v1");
-    let api: Api<v1::DeviceTaintRule> = Api::all(env.client.clone());
-    let rule =
-        object(json!({ "metadata": { "name": name_v1, "labels": env.labels() }, "spec": spec("gpu-2") }));
-    api.create(&pp, &rule).await.expect("create v1 DeviceTaintRule");
-    let stored = api.get(&name_v1).await.expect("get v1 DeviceTaintRule");
-    assert_eq!(stored.spec.taint.value.as_deref(), Some("gpu-2"));
-
-    // One storage behind all versions: the v1 list sees the rules created at the other versions.
+    // One storage behind all versions: a list at the preferred version sees every rule.
+    let api: Api<DynamicObject> = Api::all_with(env.client.clone(), &env.rule_resource().await);
     let listed = api
         .list(&ListParams::default().labels(&format!("{}={}", support::TEST_NAMESPACE_LABEL, env.namespace)))
         .await
-        .expect("list v1 DeviceTaintRules");
+        .expect("list DeviceTaintRules");
     let mut names: Vec<_> = listed
         .items
         .iter()
-        .filter_map(|r| r.meta().name.clone())
+        .filter_map(|r| r.metadata.name.clone())
         .collect();
     names.sort();
-    let mut expected = vec![name_alpha, name_beta, name_v1];
     expected.sort();
     assert_eq!(names, expected);
 }

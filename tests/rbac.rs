@@ -88,7 +88,7 @@ async fn pod_and_rule(env: &TestEnv, devices: &[&str], pod: &str, device: &str) 
     // Keep the deleted pod readable, so that its DisruptionTarget condition can be checked.
     env.keep_pod(pod).await;
     let rule = env.unique_name(pod);
-    env.create_rule("v1", &rule, Some(device), taint(KEY, "NoExecute"))
+    env.create_rule(&rule, Some(device), taint(KEY, "NoExecute"))
         .await;
     rule
 }

@@ -62,7 +62,7 @@ async fn evict_1000_pods_one_rule() {
     let rule = env.unique_name("rule");
     let started = Instant::now();
     let created = env
-        .create_rule("v1", &rule, None, taint("example.com/broken", "NoExecute"))
+        .create_rule(&rule, None, taint("example.com/broken", "NoExecute"))
         .await;
     let created = created
         .metadata

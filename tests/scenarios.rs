@@ -116,7 +116,7 @@ async fn evict_pod_rule() {
     env.pod_with_claim("my-pod", "my-claim", "gpu-0", vec![]).await;
     env.keep_pod("my-pod").await;
     let rule = env.unique_name("rule");
-    env.create_rule("v1", &rule, Some("gpu-0"), taint(KEY, "NoExecute"))
+    env.create_rule(&rule, Some("gpu-0"), taint(KEY, "NoExecute"))
         .await;
     wait_deleted(&env, "my-pod").await;
     assert_eq!(
@@ -187,7 +187,7 @@ async fn evict_pod_rule_later() {
         .await;
     env.keep_pod("my-pod").await;
     let rule = env.unique_name("rule");
-    env.create_rule("v1", &rule, Some("gpu-0"), taint(KEY, "NoExecute"))
+    env.create_rule(&rule, Some("gpu-0"), taint(KEY, "NoExecute"))
         .await;
     let added = env.rule_time_added(&rule).await;
     assert_evicted_at(ctrl, &env, "my-pod", added, 5).await;
@@ -223,7 +223,7 @@ async fn evict_many_pods_many_namespaces() {
             .await;
     }
     let rule = env.unique_name("rule");
-    env.create_rule("v1", &rule, None, taint(KEY, "NoExecute")).await;
+    env.create_rule(&rule, None, taint(KEY, "NoExecute")).await;
     assert_eq!(
         wait_condition(&env, &rule, "PodsPendingEviction").await,
         "3 pods need to be evicted in 3 different namespaces."
@@ -259,8 +259,7 @@ async fn none_pod_rule() {
     .await;
     env.assert_spared("my-pod").await;
     let rule = env.unique_name("rule");
-    env.create_rule("v1", &rule, Some("gpu-0"), taint(KEY, "None"))
-        .await;
+    env.create_rule(&rule, Some("gpu-0"), taint(KEY, "None")).await;
     assert_eq!(
         wait_condition(&env, &rule, "NoEffect").await,
         "1 published device selected. 1 allocated device selected. 1 pod would be evicted in 1 \
@@ -376,7 +375,7 @@ async fn no_evict_pod_toleration_forever() {
         .await;
     env.witness(vec![]).await;
     let rule = env.unique_name("rule");
-    env.create_rule("v1", &rule, None, taint(KEY, "NoExecute")).await;
+    env.create_rule(&rule, None, taint(KEY, "NoExecute")).await;
     env.assert_spared("my-pod").await;
     assert_eq!(
         wait_condition(&env, &rule, "Completed").await,
@@ -461,7 +460,7 @@ async fn pending_eviction(ctrl: Option<&Controller>, env: &TestEnv, slice: &str)
         &[("gpu-0", vec![taint(KEY, "NoExecute")]), ("w", vec![])],
     )
     .await;
-    env.create_rule("v1", &env.unique_name("rule"), Some("w"), taint(KEY, "NoExecute"))
+    env.create_rule(&env.unique_name("rule"), Some("w"), taint(KEY, "NoExecute"))
         .await;
     wait_scheduled(ctrl, env, "my-pod").await;
     assert!(!env.pod_deleted("my-pod").await);
@@ -617,12 +616,16 @@ async fn no_evict_resourceclaim_deleted() {
     env.assert_spared("my-pod").await;
 }
 
-/// Rules at every served version (v1alpha3, v1beta2, v1) evict.
+/// Rules at every served version (v1alpha3, v1beta2, v1: all three on the local control plane)
+/// evict.
 #[tokio::test]
 async fn evict_pod_rule_every_version() {
     let env = TestEnv::new().await;
     controller().await;
-    let versions = ["v1alpha3", "v1beta2", "v1"];
+    let versions = env.served_rule_versions().await;
+    if env.cluster.dir.is_some() {
+        assert_eq!(versions, ["v1", "v1beta2", "v1alpha3"]);
+    }
     let devices: Vec<String> = (0..versions.len()).map(|i| format!("gpu-{i}")).collect();
     let published: Vec<(&str, Vec<serde_json::Value>)> =
         devices.iter().map(|d| (d.as_str(), vec![])).collect();
@@ -635,7 +638,7 @@ async fn evict_pod_rule_every_version() {
             vec![],
         )
         .await;
-        env.create_rule(
+        env.create_rule_at(
             version,
             &env.unique_name(&format!("rule-{version}")),
             Some(device),
@@ -681,12 +684,8 @@ async fn empty_selector_warns() {
     let env = TestEnv::new().await;
     controller().await;
     let rule = env.unique_name("rule");
-    env.create_rule_with(
-        "v1",
-        &rule,
-        json!({"deviceSelector": {}, "taint": taint(KEY, "None")}),
-    )
-    .await;
+    env.create_rule_with(&rule, json!({"deviceSelector": {}, "taint": taint(KEY, "None")}))
+        .await;
     let events = wait_for("the EmptyDeviceSelector Event", TIMEOUT, || async {
         let e = env.cluster_object_events(&rule, "EmptyDeviceSelector").await;
         (!e.is_empty()).then_some(e)
@@ -711,7 +710,7 @@ async fn evict_many_pods_same_namespace() {
         .await;
     env.pod_with_claim("pod-1", "claim-1", "gpu-1", tolerations).await;
     let rule = env.unique_name("rule");
-    env.create_rule("v1", &rule, None, taint(KEY, "NoExecute")).await;
+    env.create_rule(&rule, None, taint(KEY, "NoExecute")).await;
     assert_eq!(
         wait_condition(&env, &rule, "PodsPendingEviction").await,
         "2 pods need to be evicted in 1 namespace."

@@ -9,6 +9,7 @@
 # Environment:
 #   CONTROLPLANE_TIMEOUT        seconds to wait for each component to become ready (default 120)
 #   CONTROLPLANE_FEATURE_GATES  extra feature gates (k=v,...) for every component
+#   CONTROLPLANE_RUNTIME_CONFIG extra kube-apiserver --runtime-config entries (k=v,...)
 set -euo pipefail
 
 usage() {
@@ -251,6 +252,7 @@ EOF
 feature_gates=DRADeviceTaints=true,DRADeviceTaintRules=true
 [[ -z ${CONTROLPLANE_FEATURE_GATES:-} ]] || feature_gates+=,$CONTROLPLANE_FEATURE_GATES
 runtime_config=resource.k8s.io/v1beta1=true,resource.k8s.io/v1beta2=true,resource.k8s.io/v1alpha3=true
+[[ -z ${CONTROLPLANE_RUNTIME_CONFIG:-} ]] || runtime_config+=,$CONTROLPLANE_RUNTIME_CONFIG
 started=$SECONDS
 # Set by pick_port in the ports_* functions; cmd and url too.
 etcd_port='' etcd_peer_port='' api_port='' scheduler_port='' kcm_port='' cmd=() url=''

@@ -166,21 +166,31 @@ impl Drop for Controller {
     }
 }
 
-/// Kills the controller process when the test process exits, however it exits.
+/// Kills the controller process as soon as the test process exits, however it exits: a reaper
+/// reads a pipe whose only writer is this process, so its read returns the moment this process is
+/// gone. (A controller left running even a second longer would act beside the next test binary's
+/// controllers on a shared cluster.)
 fn reap_with_test_process(pid: u32) {
-    let script = r#"while kill -0 "$0" 2>/dev/null; do sleep 1; done; kill -9 "$1" 2>/dev/null"#;
-    let _ = std::os::unix::process::CommandExt::process_group(
+    let Ok((reader, writer)) = std::io::pipe() else {
+        return;
+    };
+    let script = r#"read -r _; kill -9 "$0" 2>/dev/null"#;
+    let spawned = std::os::unix::process::CommandExt::process_group(
         Command::new("sh")
             .arg("-c")
             .arg(script)
-            .arg(std::process::id().to_string())
             .arg(pid.to_string())
-            .stdin(Stdio::null())
+            .stdin(reader)
             .stdout(Stdio::null())
             .stderr(Stdio::null()),
         0,
     )
     .spawn();
+    if spawned.is_ok() {
+        // Never written to, never closed: the kernel closes it when this process exits. It is
+        // close-on-exec, so no other child holds it open.
+        std::mem::forget(writer);
+    }
 }
 
 /// For tests that run controllers of their own: true (with a note on stderr) when a deployed

@@ -35,7 +35,7 @@ use std::time::{Duration, SystemTime};
 
 use k8s_openapi::api::authentication::v1::{TokenRequest, TokenRequestSpec};
 use k8s_openapi::api::core::v1::{Namespace, Node, ServiceAccount};
-use k8s_openapi::api::resource::v1::{DeviceClass, DeviceTaintRule, ResourceSlice};
+use k8s_openapi::api::resource::v1::{DeviceClass, ResourceSlice};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::config::{AuthInfo, KubeConfigOptions, Kubeconfig};
@@ -384,9 +384,13 @@ impl Drop for TestEnv {
                     let _ = Api::<ResourceSlice>::all(client.clone())
                         .delete_collection(&dp, &selector)
                         .await;
-                    let _ = Api::<DeviceTaintRule>::all(client.clone())
-                        .delete_collection(&dp, &selector)
-                        .await;
+                    if let Ok(Some(rules)) =
+                        device_taint_eviction::k8s::discover_device_taint_rule(&client).await
+                    {
+                        let _ = Api::<kube::api::DynamicObject>::all_with(client.clone(), &rules)
+                            .delete_collection(&dp, &selector)
+                            .await;
+                    }
                     let _ = Api::<DeviceClass>::all(client.clone())
                         .delete_collection(&dp, &selector)
                         .await;

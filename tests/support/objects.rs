@@ -10,7 +10,7 @@ use k8s_openapi::{
     },
     apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time},
 };
-use kube::api::{Api, DeleteParams, DynamicObject, Patch, PatchParams, PostParams};
+use kube::api::{Api, ApiResource, DeleteParams, DynamicObject, Patch, PatchParams, PostParams};
 use serde_json::{Value, json};
 
 use super::{TIMEOUT, TestEnv, wait_for};
@@ -189,8 +189,41 @@ impl TestEnv {
             .expect("claim status")
     }
 
-    /// Creates a DeviceTaintRule at `version` selecting `device` of this test's pool.
-    pub async fn create_rule(
+    /// The DeviceTaintRule API at the version this cluster prefers (`v1` from Kubernetes 1.37,
+    /// `v1beta2` on 1.36, `v1alpha3` on 1.35), as the controller reads it.
+    pub async fn rule_resource(&self) -> ApiResource {
+        device_taint_eviction::k8s::discover_device_taint_rule(&self.client)
+            .await
+            .expect("discovering the DeviceTaintRule API")
+            .expect("this cluster serves no DeviceTaintRule API")
+    }
+
+    /// The DeviceTaintRule versions this cluster serves, of those the controller understands.
+    pub async fn served_rule_versions(&self) -> Vec<&'static str> {
+        let group = kube::discovery::group(&self.client, device_taint_eviction::k8s::RESOURCE_GROUP)
+            .await
+            .expect("discovering resource.k8s.io");
+        device_taint_eviction::k8s::DEVICE_TAINT_RULE_VERSIONS
+            .iter()
+            .copied()
+            .filter(|v| {
+                group
+                    .versioned_resources(v)
+                    .iter()
+                    .any(|(ar, _)| ar.kind == "DeviceTaintRule")
+            })
+            .collect()
+    }
+
+    /// Creates a DeviceTaintRule (at the preferred version) selecting `device` of this test's pool,
+    /// or the whole pool.
+    pub async fn create_rule(&self, name: &str, device: Option<&str>, taint: Value) -> DynamicObject {
+        let version = self.rule_resource().await.version;
+        self.create_rule_at(&version, name, device, taint).await
+    }
+
+    /// [`Self::create_rule`] at `version`.
+    pub async fn create_rule_at(
         &self,
         version: &str,
         name: &str,
@@ -201,28 +234,20 @@ impl TestEnv {
         if let Some(d) = device {
             selector["device"] = json!(d);
         }
-        self.create_rule_with(version, name, json!({"deviceSelector": selector, "taint": taint}))
-            .await
+        let spec = json!({"deviceSelector": selector, "taint": taint});
+        let ar = device_taint_eviction::k8s::device_taint_rule_resource(version);
+        create_rule_object(&self.client, &ar, name, self.labels(), spec).await
     }
 
-    /// Creates a DeviceTaintRule at `version` with the given `spec`.
-    pub async fn create_rule_with(&self, version: &str, name: &str, spec: Value) -> DynamicObject {
-        let ar = device_taint_eviction::k8s::device_taint_rule_resource(version);
-        let obj: DynamicObject = serde_json::from_value(json!({
-            "apiVersion": ar.api_version, "kind": "DeviceTaintRule",
-            "metadata": {"name": name, "labels": self.labels()},
-            "spec": spec
-        }))
-        .expect("rule");
-        Api::<DynamicObject>::all_with(self.client.clone(), &ar)
-            .create(&PostParams::default(), &obj)
-            .await
-            .expect("create rule")
+    /// Creates a DeviceTaintRule (at the preferred version) with the given `spec`.
+    pub async fn create_rule_with(&self, name: &str, spec: Value) -> DynamicObject {
+        let ar = self.rule_resource().await;
+        create_rule_object(&self.client, &ar, name, self.labels(), spec).await
     }
 
     /// `timeAdded` (epoch seconds) of a rule's taint.
     pub async fn rule_time_added(&self, name: &str) -> i64 {
-        let ar = device_taint_eviction::k8s::device_taint_rule_resource("v1");
+        let ar = self.rule_resource().await;
         let obj = Api::<DynamicObject>::all_with(self.client.clone(), &ar)
             .get(name)
             .await
@@ -232,7 +257,7 @@ impl TestEnv {
 
     /// The `EvictionInProgress` condition of a rule: (reason, message).
     pub async fn rule_condition(&self, name: &str) -> Option<(String, String)> {
-        let ar = device_taint_eviction::k8s::device_taint_rule_resource("v1");
+        let ar = self.rule_resource().await;
         let obj = Api::<DynamicObject>::all_with(self.client.clone(), &ar)
             .get(name)
             .await
@@ -392,6 +417,25 @@ impl TestEnv {
             .filter_map(|e| e.note)
             .collect()
     }
+}
+
+async fn create_rule_object(
+    client: &kube::Client,
+    ar: &ApiResource,
+    name: &str,
+    labels: BTreeMap<String, String>,
+    spec: Value,
+) -> DynamicObject {
+    let obj: DynamicObject = serde_json::from_value(json!({
+        "apiVersion": ar.api_version, "kind": "DeviceTaintRule",
+        "metadata": {"name": name, "labels": labels},
+        "spec": spec
+    }))
+    .expect("rule");
+    Api::<DynamicObject>::all_with(client.clone(), ar)
+        .create(&PostParams::default(), &obj)
+        .await
+        .unwrap_or_else(|e| panic!("creating DeviceTaintRule {name} at {}: {e}", ar.api_version))
 }
 
 /// Labels as a selector string.
