@@ -1,7 +1,7 @@
 # Every target is what CI runs (see .ci/run); nothing here needs a manual install step.
 CARGO ?= cargo
 
-.PHONY: test lint fmt chart-check ci demo
+.PHONY: test lint fmt chart-check image-check ci demo
 
 ## test: the whole test suite (unit, property and integration tests against a local control plane).
 ## The control plane binaries are built (or found in the cache) first; see tests/controlplane/README.md.
@@ -23,8 +23,13 @@ fmt:
 chart-check:
 	bash tests/chart/check.sh
 
+## image-check: build the binary as the Dockerfile does (static, musl) and run it as the image does
+## (user 65532, nothing else in a read-only root) against a local control plane. Needs root.
+image-check:
+	bash tests/image/check.sh
+
 ## ci: everything CI checks.
-ci: lint chart-check test
+ci: lint chart-check test image-check
 
 ## demo: start a local control plane, taint a device, watch the pod go, clean up.
 demo:

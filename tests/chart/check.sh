@@ -15,7 +15,7 @@
 #      the version each serves)
 #   8. tests/kind/cluster-*.yaml: the feature gates, runtime config and kube-controller-manager
 #      patch each Kubernetes version needs; a pinned node image for each in tests/kind/e2e.sh
-#   9. shellcheck on the chart and kind scripts, hadolint on the Dockerfile
+#   9. shellcheck on every script of the project, hadolint on the Dockerfile
 #
 # Tools (helm, kubernetes-validate, check-jsonschema, shellcheck, hadolint) are installed on first use into
 # ${XDG_CACHE_HOME:-$HOME/.cache}/device-taint-eviction/tools and reused (see lib.sh).
@@ -439,7 +439,8 @@ pass "kind configs for 1.35, 1.36, 1.37: gates, runtime config, in-tree controll
 
 log "9. scripts and Dockerfile"
 shopt -s nullglob
-scripts=("$root"/tests/chart/*.sh "$root"/tests/kind/*.sh "$root"/.ci/run)
+scripts=("$root"/tests/chart/*.sh "$root"/tests/kind/*.sh "$root"/tests/image/*.sh "$root"/tests/controlplane/*.sh
+	"$root"/tests/demo.sh "$root"/.ci/run)
 shopt -u nullglob
 (cd "$root" && "$SHELLCHECK" --external-sources "${scripts[@]#"$root"/}") || die "shellcheck found problems"
 pass "shellcheck: ${scripts[*]#"$root"/}"
