@@ -60,7 +60,16 @@ async fn main() -> Result<()> {
         return Ok(());
     }
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let status = Command::new("cargo")
+    // `cargo bench` sets CARGO_* variables for this process; passed on, they change build-script
+    // fingerprints and the inner build would recompile every dependency on every run.
+    let mut build = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
+    for (name, _) in std::env::vars_os() {
+        let name = name.to_string_lossy();
+        if name.starts_with("CARGO_") && !matches!(name.as_ref(), "CARGO_HOME" | "CARGO_TARGET_DIR") {
+            build.env_remove(name.as_ref());
+        }
+    }
+    let status = build
         .args(["build", "--release", "--quiet", "--locked"])
         .current_dir(root)
         .status()?;

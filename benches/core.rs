@@ -99,3 +99,91 @@ fn rule_matching_one_device(bencher: divan::Bencher) {
         state.take_changes()
     });
 }
+
+/// A pod as the API server sends it in a watch event: a typical workload (two containers, probes,
+/// volumes, labels, annotations) with two claims and the managedFields of three writers.
+fn watch_event_pod_json() -> Vec<u8> {
+    let fields = |manager: &str| {
+        serde_json::json!({
+            "manager": manager, "operation": "Update", "apiVersion": "v1", "time": "2026-11-23T10:00:00Z",
+            "fieldsType": "FieldsV1",
+            "fieldsV1": {"f:metadata": {"f:labels": {".": {}, "f:app": {}, "f:tier": {}}},
+                         "f:spec": {"f:containers": {"k:{\"name\":\"app\"}": {".": {}, "f:image": {}, "f:name": {},
+                                    "f:resources": {"f:claims": {}}}}, "f:resourceClaims": {}},
+                         "f:status": {"f:conditions": {"k:{\"type\":\"Ready\"}": {".": {}, "f:status": {}}}}}
+        })
+    };
+    let container = |name: &str| {
+        serde_json::json!({
+            "name": name, "image": "registry.example.com/team/trainer:2.14.1",
+            "command": ["/bin/trainer", "--epochs=100", "--checkpoint-dir=/data/ckpt"],
+            "env": [{"name": "NCCL_DEBUG", "value": "INFO"}, {"name": "POD_NAME",
+                     "valueFrom": {"fieldRef": {"apiVersion": "v1", "fieldPath": "metadata.name"}}}],
+            "resources": {"limits": {"cpu": "8", "memory": "64Gi"}, "requests": {"cpu": "8", "memory": "64Gi"},
+                          "claims": [{"name": "gpu"}]},
+            "volumeMounts": [{"name": "data", "mountPath": "/data"},
+                             {"name": "kube-api-access-abcde", "mountPath": "/var/run/secrets/kubernetes.io/serviceaccount", "readOnly": true}],
+            "livenessProbe": {"httpGet": {"path": "/healthz", "port": 8080}, "periodSeconds": 10},
+            "terminationMessagePath": "/dev/termination-log", "terminationMessagePolicy": "File",
+            "imagePullPolicy": "IfNotPresent"
+        })
+    };
+    serde_json::to_vec(&serde_json::json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {
+            "name": "trainer-7f9c8d-x2k4p", "namespace": "ml-team", "uid": "8c3e5a2b-1f4d-4e6a-9b7c-2d1e0f3a4b5c",
+            "resourceVersion": "123456789", "creationTimestamp": "2026-11-23T10:00:00Z",
+            "labels": {"app": "trainer", "tier": "gpu", "pod-template-hash": "7f9c8d"},
+            "annotations": {"kubectl.kubernetes.io/restartedAt": "2026-11-23T09:59:00Z",
+                            "prometheus.io/scrape": "true", "prometheus.io/port": "9090"},
+            "ownerReferences": [{"apiVersion": "apps/v1", "kind": "ReplicaSet", "name": "trainer-7f9c8d",
+                                 "uid": "1a2b3c4d-0000-4000-8000-000000000001", "controller": true, "blockOwnerDeletion": true}],
+            "managedFields": [fields("kube-controller-manager"), fields("kube-scheduler"), fields("kubelet")]
+        },
+        "spec": {
+            "nodeName": "gpu-node-17", "serviceAccountName": "trainer", "restartPolicy": "Always",
+            "containers": [container("app"), container("sidecar")],
+            "resourceClaims": [{"name": "gpu", "resourceClaimTemplateName": "gpu"},
+                               {"name": "nic", "resourceClaimName": "shared-nic"}],
+            "volumes": [{"name": "data", "persistentVolumeClaim": {"claimName": "trainer-data"}},
+                        {"name": "kube-api-access-abcde", "projected": {"sources": [
+                            {"serviceAccountToken": {"expirationSeconds": 3607, "path": "token"}},
+                            {"configMap": {"name": "kube-root-ca.crt", "items": [{"key": "ca.crt", "path": "ca.crt"}]}}]}}],
+            "tolerations": [{"key": "node.kubernetes.io/not-ready", "operator": "Exists", "effect": "NoExecute", "tolerationSeconds": 300}]
+        },
+        "status": {
+            "phase": "Running", "podIP": "10.244.17.23", "hostIP": "172.18.0.17", "qosClass": "Guaranteed",
+            "startTime": "2026-11-23T10:00:05Z",
+            "conditions": [{"type": "Ready", "status": "True", "lastTransitionTime": "2026-11-23T10:00:20Z"},
+                           {"type": "PodScheduled", "status": "True", "lastTransitionTime": "2026-11-23T10:00:01Z"}],
+            "resourceClaimStatuses": [{"name": "gpu", "resourceClaimName": "trainer-7f9c8d-x2k4p-gpu-q8w7e"}],
+            "containerStatuses": [{"name": "app", "ready": true, "restartCount": 0, "image": "registry.example.com/team/trainer:2.14.1",
+                                   "imageID": "registry.example.com/team/trainer@sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef",
+                                   "containerID": "containerd://0123456789abcdef", "started": true,
+                                   "state": {"running": {"startedAt": "2026-11-23T10:00:10Z"}}}]
+        }
+    }))
+    .expect("pod JSON")
+}
+
+/// Decoding one watched pod as the full k8s-openapi `Pod` (what a watch of `Pod` does).
+#[divan::bench(sample_count = 100, sample_size = 100)]
+fn decode_pod_full(bencher: divan::Bencher) {
+    let json = watch_event_pod_json();
+    bencher.bench(|| {
+        let pod: device_taint_eviction::k8s::Pod =
+            serde_json::from_slice(divan::black_box(&json)).expect("pod");
+        pod
+    });
+}
+
+/// Decoding the same pod as the controller's `WatchedPod`, plus projecting it to its view.
+#[divan::bench(sample_count = 100, sample_size = 100)]
+fn decode_pod_watched(bencher: divan::Bencher) {
+    let json = watch_event_pod_json();
+    bencher.bench(|| {
+        let pod: device_taint_eviction::k8s::WatchedPod =
+            serde_json::from_slice(divan::black_box(&json)).expect("pod");
+        device_taint_eviction::view::PodView::from_api(&pod).expect("valid pod")
+    });
+}

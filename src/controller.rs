@@ -31,7 +31,7 @@ use crate::{
     cli::ControllerArgs,
     client,
     index::{Change, Due, Finished, RuleStatusWork, State},
-    k8s::{self, DeviceTaintRule, Pod, ResourceClaim, ResourceSlice, Timestamp},
+    k8s::{self, DeviceTaintRule, ResourceClaim, ResourceSlice, Timestamp, WatchedPod},
     leader::{LeaderConfig, Leadership},
     metrics::Metrics,
     queue::{Backoff, Completion, WorkQueue, deadline_after},
@@ -297,7 +297,7 @@ fn object_name(meta: &k8s::ObjectMeta) -> ObjectName {
 /// A pod projected for the index: its name, UID and view (`None` when it uses no claim).
 type PodEntry = (ObjectName, String, Option<PodView>);
 
-fn project_pod(pod: &Pod) -> Result<PodEntry, Invalid> {
+fn project_pod(pod: &WatchedPod) -> Result<PodEntry, Invalid> {
     let view = PodView::from_api(pod)?;
     Ok((
         object_name(&pod.metadata),
@@ -315,7 +315,7 @@ fn spawn_watches(
 ) {
     tasks.spawn(watch_kind(
         (shared.clone(), readiness.clone(), "pods"),
-        Api::<Pod>::all(client.clone()),
+        Api::<WatchedPod>::all(client.clone()),
         project_pod,
         |state, (name, _, view), _| state.apply_pod(&name, view),
         |state, pod| {

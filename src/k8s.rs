@@ -9,7 +9,7 @@ use std::borrow::Cow;
 
 pub use k8s_openapi::{
     api::{
-        core::v1::Pod,
+        core::v1::{Pod, PodExtendedResourceClaimStatus, PodResourceClaim, PodResourceClaimStatus},
         resource::v1::{
             DeviceTaint as ApiDeviceTaint, DeviceToleration as ApiDeviceToleration, ResourceClaim,
             ResourceSlice,
@@ -19,10 +19,10 @@ pub use k8s_openapi::{
     jiff::{SignedDuration, Timestamp},
 };
 use kube::{
-    core::{ApiResource, DynamicResourceScope, GroupVersionKind},
+    core::{ApiResource, DynamicResourceScope, GroupVersionKind, NamespaceResourceScope},
     discovery,
 };
-use serde::{Deserialize, Serialize};
+use serde::{Deserialize, Deserializer, Serialize};
 
 /// The API group of every DRA object this controller reads.
 pub const RESOURCE_GROUP: &str = "resource.k8s.io";
@@ -132,6 +132,112 @@ impl kube::Resource for DeviceTaintRule {
     }
 }
 
+/// A pod as the controller watches and lists it: only what the eviction decision reads.
+///
+/// Everything else in a pod's JSON (containers, volumes, labels, annotations, managedFields, ...)
+/// is skipped by the parser without being built, which is most of the work of following every pod
+/// of a cluster. Writes never start from this type: the actuator reads the live [`Pod`].
+#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
+pub struct WatchedPod {
+    /// Namespace, name, UID, resourceVersion and deletionTimestamp; nothing else is kept.
+    #[serde(default, deserialize_with = "watched_metadata")]
+    pub metadata: ObjectMeta,
+    /// `spec.nodeName` and `spec.resourceClaims`.
+    #[serde(default)]
+    pub spec: Option<WatchedPodSpec>,
+    /// `status.phase`, `status.resourceClaimStatuses` and `status.extendedResourceClaimStatus`.
+    #[serde(default)]
+    pub status: Option<WatchedPodStatus>,
+}
+
+/// The parts of `spec` of a [`WatchedPod`].
+#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct WatchedPodSpec {
+    /// Set once the pod is scheduled.
+    #[serde(default)]
+    pub node_name: Option<String>,
+    /// The claims the pod references, directly or through a template.
+    #[serde(default)]
+    pub resource_claims: Option<Vec<PodResourceClaim>>,
+}
+
+/// The parts of `status` of a [`WatchedPod`].
+#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct WatchedPodStatus {
+    /// `Pending`, `Running`, `Succeeded`, `Failed` or `Unknown`.
+    #[serde(default)]
+    pub phase: Option<String>,
+    /// Names of the claims generated from templates.
+    #[serde(default)]
+    pub resource_claim_statuses: Option<Vec<PodResourceClaimStatus>>,
+    /// The claim generated for DRA-backed extended resources.
+    #[serde(default)]
+    pub extended_resource_claim_status: Option<PodExtendedResourceClaimStatus>,
+}
+
+/// The metadata fields a [`WatchedPod`] keeps (the watcher needs `resourceVersion`).
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct WatchedMetadata {
+    #[serde(default)]
+    name: Option<String>,
+    #[serde(default)]
+    namespace: Option<String>,
+    #[serde(default)]
+    uid: Option<String>,
+    #[serde(default)]
+    resource_version: Option<String>,
+    #[serde(default)]
+    deletion_timestamp: Option<Time>,
+}
+
+fn watched_metadata<'de, D: Deserializer<'de>>(deserializer: D) -> Result<ObjectMeta, D::Error> {
+    let meta = WatchedMetadata::deserialize(deserializer)?;
+    Ok(ObjectMeta {
+        name: meta.name,
+        namespace: meta.namespace,
+        uid: meta.uid,
+        resource_version: meta.resource_version,
+        deletion_timestamp: meta.deletion_timestamp,
+        ..ObjectMeta::default()
+    })
+}
+
+impl kube::Resource for WatchedPod {
+    type DynamicType = ();
+    type Scope = NamespaceResourceScope;
+
+    fn kind((): &()) -> Cow<'_, str> {
+        Cow::Borrowed("Pod")
+    }
+
+    fn group((): &()) -> Cow<'_, str> {
+        Cow::Borrowed("")
+    }
+
+    fn version((): &()) -> Cow<'_, str> {
+        Cow::Borrowed("v1")
+    }
+
+    fn api_version((): &()) -> Cow<'_, str> {
+        Cow::Borrowed("v1")
+    }
+
+    fn plural((): &()) -> Cow<'_, str> {
+        Cow::Borrowed("pods")
+    }
+
+    fn meta(&self) -> &ObjectMeta {
+        &self.metadata
+    }
+
+    fn meta_mut(&mut self) -> &mut ObjectMeta {
+        &mut self.metadata
+    }
+}
+
 /// The [`ApiResource`] of DeviceTaintRule at `version`.
 #[must_use]
 pub fn device_taint_rule_resource(version: &str) -> ApiResource {
@@ -182,6 +288,60 @@ pub async fn discover_device_taint_rule(client: &kube::Client) -> Result<Option<
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A `WatchedPod` keeps exactly what the view and the watcher read, from a pod with much more.
+    #[test]
+    fn watched_pod_keeps_what_the_controller_reads() {
+        let json = serde_json::json!({
+            "apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": "p", "namespace": "ns", "uid": "u", "resourceVersion": "42",
+                         "deletionTimestamp": "2026-11-23T10:00:00Z", "labels": {"a": "b"},
+                         "managedFields": [{"manager": "m", "fieldsV1": {"f:spec": {}}}]},
+            "spec": {"nodeName": "n", "containers": [{"name": "c", "image": "i"}],
+                     "resourceClaims": [{"name": "gpu", "resourceClaimTemplateName": "t"}]},
+            "status": {"phase": "Running", "conditions": [{"type": "Ready", "status": "True"}],
+                       "resourceClaimStatuses": [{"name": "gpu", "resourceClaimName": "p-gpu"}],
+                       "extendedResourceClaimStatus": {"resourceClaimName": "p-ext", "requestMappings": []}}
+        });
+        let pod: WatchedPod = serde_json::from_value(json.clone()).unwrap();
+        let full: Pod = serde_json::from_value(json).unwrap();
+        assert_eq!(pod.metadata.name, full.metadata.name);
+        assert_eq!(pod.metadata.namespace, full.metadata.namespace);
+        assert_eq!(pod.metadata.uid, full.metadata.uid);
+        assert_eq!(pod.metadata.resource_version.as_deref(), Some("42"));
+        assert_eq!(pod.metadata.deletion_timestamp, full.metadata.deletion_timestamp);
+        assert_eq!(pod.metadata.labels, None, "labels are not kept");
+        assert_eq!(pod.metadata.managed_fields, None, "managedFields are not kept");
+        let spec = pod.spec.unwrap();
+        let full_spec = full.spec.unwrap();
+        assert_eq!(spec.node_name, full_spec.node_name);
+        assert_eq!(spec.resource_claims, full_spec.resource_claims);
+        let status = pod.status.unwrap();
+        let full_status = full.status.unwrap();
+        assert_eq!(status.phase, full_status.phase);
+        assert_eq!(
+            status.resource_claim_statuses,
+            full_status.resource_claim_statuses
+        );
+        assert_eq!(
+            status.extended_resource_claim_status,
+            full_status.extended_resource_claim_status
+        );
+    }
+
+    /// Missing and null parts decode as absent, as in k8s-openapi's `Pod`.
+    #[test]
+    fn watched_pod_tolerates_missing_parts() {
+        let pod: WatchedPod = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "p"}, "spec": null
+        }))
+        .unwrap();
+        assert_eq!(pod.metadata.name.as_deref(), Some("p"));
+        assert_eq!(pod.spec, None);
+        assert_eq!(pod.status, None);
+        let empty: WatchedPod = serde_json::from_value(serde_json::json!({})).unwrap();
+        assert_eq!(empty, WatchedPod::default());
+    }
 
     #[test]
     fn parses_rule_at_every_version() {

@@ -961,7 +961,7 @@ fn no_evict_no_taint_update() {
     );
 }
 
-fn api_pod(status: &serde_json::Value) -> crate::k8s::Pod {
+fn api_pod(status: &serde_json::Value) -> crate::k8s::WatchedPod {
     serde_json::from_value(serde_json::json!({
         "metadata": {"namespace": NS, "name": "my-pod", "uid": "uid-my-pod"},
         "spec": {"nodeName": "node", "containers": [], "resourceClaims": [{"name": "my-claim", "resourceClaimTemplateName": "tmpl"}]},
@@ -1365,7 +1365,7 @@ fn d4_only_our_deletions_count() {
 
 #[test]
 fn d6_extended_resource_claims_are_evicted() {
-    let api: crate::k8s::Pod = serde_json::from_value(serde_json::json!({
+    let api: crate::k8s::WatchedPod = serde_json::from_value(serde_json::json!({
         "metadata": {"namespace": NS, "name": "my-pod", "uid": "uid-my-pod"},
         "spec": {"nodeName": "node", "containers": []},
         "status": {"extendedResourceClaimStatus": {"resourceClaimName": "my-pod-extended", "requestMappings": []}}

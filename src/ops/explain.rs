@@ -13,7 +13,7 @@ use crate::{
     cli::{ExplainArgs, OutputFormat},
     eviction::{TaintSource, taint_deadline},
     index::State,
-    k8s::{self, DeviceTaintRule, Pod, ResourceClaim, ResourceSlice},
+    k8s::{self, DeviceTaintRule, ResourceClaim, ResourceSlice, WatchedPod},
     view::{
         AllocatedDevice, ClaimView, DeviceId, ObjectName, Operator, PodView, RuleView, SliceView, Taint,
         Time, Toleration,
@@ -304,7 +304,7 @@ pub async fn explain_cluster(
         }
     };
     let claims = list_all(&Api::<ResourceClaim>::all(client.clone()), "resourceclaims").await?;
-    let pods = list_all(&Api::<Pod>::all(client.clone()), "pods").await?;
+    let pods = list_all(&Api::<WatchedPod>::all(client.clone()), "pods").await?;
 
     let now = Time::now();
     let mut state = State::new();

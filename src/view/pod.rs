@@ -1,7 +1,7 @@
 //! The pod view: what decides whether and when a pod is evicted.
 
 use super::{Invalid, ObjectName, PodRef};
-use crate::k8s::Pod;
+use crate::k8s::WatchedPod;
 
 /// A claim a pod uses, with its name already resolved.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
@@ -39,7 +39,7 @@ impl PodView {
     ///
     /// # Errors
     /// A pod without namespace, name or UID is invalid.
-    pub fn from_api(pod: &Pod) -> Result<Option<Self>, Invalid> {
+    pub fn from_api(pod: &WatchedPod) -> Result<Option<Self>, Invalid> {
         let spec_claims = pod.spec.as_ref().and_then(|s| s.resource_claims.as_ref());
         let status = pod.status.as_ref();
         let extended = status.and_then(|s| s.extended_resource_claim_status.as_ref());
@@ -113,7 +113,7 @@ impl PodView {
 mod tests {
     use super::*;
 
-    fn pod(json: serde_json::Value) -> Pod {
+    fn pod(json: serde_json::Value) -> WatchedPod {
         serde_json::from_value(json).unwrap()
     }
 
