@@ -2,6 +2,12 @@
 //! Events, and DeviceTaintRule status. Every write builds a fresh object or patch; nothing
 //! received from a watch is modified.
 
+use std::sync::{
+    Arc,
+    atomic::{AtomicUsize, Ordering},
+};
+use std::time::Duration;
+
 use k8s_openapi::api::core::v1::ObjectReference;
 use kube::{
     Api, Client,
@@ -10,6 +16,7 @@ use kube::{
     runtime::events::{Event, EventType, Recorder, Reporter},
 };
 use serde_json::json;
+use tokio::sync::{Notify, mpsc};
 use tracing::{debug, info, warn};
 
 use crate::{
@@ -109,11 +116,48 @@ pub enum Outcome {
 #[derive(Clone)]
 pub struct Actuator {
     client: Client,
-    recorder: Recorder,
+    events: mpsc::Sender<(Event, ObjectReference)>,
+    backlog: Arc<Backlog>,
     mode: EvictionMode,
     dry_run: bool,
     rule_resource: Option<ApiResource>,
     metrics: Metrics,
+}
+
+/// Events waiting for publication. They are written one at a time, in order, by one task (as
+/// upstream's event broadcaster does): a burst of evictions then does not compete with its own
+/// Events for the API server, nor open a connection per Event.
+const EVENT_QUEUE: usize = 1000;
+
+async fn publish_events(
+    recorder: Recorder,
+    mut queue: mpsc::Receiver<(Event, ObjectReference)>,
+    backlog: Arc<Backlog>,
+    metrics: Metrics,
+) {
+    while let Some((event, reference)) = queue.recv().await {
+        if let Err(error) = recorder.publish(&event, &reference).await {
+            metrics.api_error("create_event");
+            warn!(%error, object = ?reference.name, namespace = ?reference.namespace, reason = %event.reason,
+                  "failed to publish event");
+        }
+        backlog.done();
+    }
+}
+
+/// Events queued or being published, so that shutdown can wait for them.
+#[derive(Default)]
+struct Backlog {
+    pending: AtomicUsize,
+    idle: Notify,
+}
+
+impl Backlog {
+    fn done(&self) {
+        if self.pending.fetch_sub(1, Ordering::SeqCst) == 1 {
+            self.idle.notify_waiters();
+        }
+    }
 }
 
 fn is_gone(e: &kube::Error) -> bool {
@@ -148,9 +192,18 @@ impl Actuator {
             controller: CONTROLLER_NAME.into(),
             instance: Some(identity.to_owned()),
         };
+        let (events, queue) = mpsc::channel(EVENT_QUEUE);
+        let backlog = Arc::new(Backlog::default());
+        tokio::spawn(publish_events(
+            Recorder::new(client.clone(), reporter),
+            queue,
+            backlog.clone(),
+            metrics.clone(),
+        ));
         Self {
-            recorder: Recorder::new(client.clone(), reporter),
             client,
+            events,
+            backlog,
             mode,
             dry_run,
             rule_resource,
@@ -158,7 +211,8 @@ impl Actuator {
         }
     }
 
-    /// Publishes an Event without delaying the caller; a failure is logged and counted.
+    /// Queues an Event for publication without delaying the caller. When the queue is full the
+    /// Event is dropped, logged and counted (`skipped_objects_total{kind="events"}`).
     fn publish(
         &self,
         reference: ObjectReference,
@@ -167,8 +221,6 @@ impl Actuator {
         action: &str,
         note: String,
     ) {
-        let recorder = self.recorder.clone();
-        let metrics = self.metrics.clone();
         let event = Event {
             type_,
             reason: reason.into(),
@@ -176,12 +228,33 @@ impl Actuator {
             action: action.into(),
             secondary: None,
         };
-        tokio::spawn(async move {
-            if let Err(error) = recorder.publish(&event, &reference).await {
-                metrics.api_error("create_event");
-                warn!(%error, object = ?reference.name, reason = %event.reason, "failed to publish event");
+        self.backlog.pending.fetch_add(1, Ordering::SeqCst);
+        if let Err(error) = self.events.try_send((event, reference)) {
+            self.backlog.done();
+            let (event, reference) = match error {
+                mpsc::error::TrySendError::Full(item) | mpsc::error::TrySendError::Closed(item) => item,
+            };
+            self.metrics.skipped("events", "event_queue_full");
+            warn!(
+                object = ?reference.name, namespace = ?reference.namespace, reason = %event.reason,
+                "event queue full; dropping event"
+            );
+        }
+    }
+
+    /// Waits until every queued Event is published (or failed), at most `timeout`. Returns false
+    /// when some are still pending then.
+    pub async fn flush_events(&self, timeout: Duration) -> bool {
+        let wait = async {
+            loop {
+                let idle = self.backlog.idle.notified();
+                if self.backlog.pending.load(Ordering::SeqCst) == 0 {
+                    return;
+                }
+                idle.await;
             }
-        });
+        };
+        tokio::time::timeout(timeout, wait).await.is_ok()
     }
 
     /// Tells a pod that its pending eviction was cancelled (upstream `Cancelling deletion`).

@@ -517,6 +517,9 @@ pub async fn run_until(args: ControllerArgs, shutdown: impl Future<Output = ()>)
     {
         warn!("in-flight work did not finish within 30s");
     }
+    if !shared.actuator.flush_events(Duration::from_secs(5)).await {
+        warn!("some Events were not published within 5s");
+    }
     watches.abort_all();
     if result.is_ok()
         && let Err(error) = leadership.release().await
