@@ -454,3 +454,34 @@ fn has_disruption_condition(pod: &Pod) -> bool {
             })
         })
 }
+
+#[cfg(test)]
+mod tests {
+    use prometheus_client::registry::Registry;
+
+    use super::*;
+    use crate::{metrics, view::PodRef};
+
+    /// Queued Events are all attempted before `flush_events` returns; each failed publication is
+    /// counted. The API server here is a closed port, so every attempt fails at once.
+    #[tokio::test]
+    async fn flush_waits_for_every_queued_event() {
+        let config = kube::Config::new("http://127.0.0.1:1".parse().unwrap());
+        let client = Client::try_from(config).unwrap();
+        let mut registry = Registry::default();
+        let metrics = Metrics::register(&mut registry);
+        let actuator = Actuator::new(client, "test", EvictionMode::Delete, false, None, metrics);
+        for i in 0..5 {
+            actuator.pod_eviction_cancelled(&PodRef::new("ns", format!("pod-{i}"), "uid"));
+        }
+        assert!(actuator.flush_events(Duration::from_secs(30)).await);
+        assert_eq!(actuator.backlog.pending.load(Ordering::SeqCst), 0);
+        let text = metrics::encode(&registry);
+        assert!(
+            text.contains("api_errors_total{verb=\"create_event\"} 5"),
+            "{text}"
+        );
+        // Nothing queued: returns at once.
+        assert!(actuator.flush_events(Duration::from_millis(1)).await);
+    }
+}
