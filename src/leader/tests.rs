@@ -457,28 +457,3 @@ fn observer_only_trusts_our_lease() {
         .observe(&serde_json::to_vec(&lease(Some("you"), Some(Timestamp::now()), Some(15))).expect("json"));
     assert!(rx.borrow().is_none(), "another holder ends our confirmation");
 }
-
-#[test]
-fn config_from_flags() {
-    use clap::Parser as _;
-    let cli = crate::cli::Cli::try_parse_from([
-        "device-taint-eviction",
-        "controller",
-        "--leader-elect-namespace=ops",
-        "--leader-elect-identity=replica-1",
-        "--leader-elect-lease-duration=20",
-    ])
-    .expect("valid flags");
-    let crate::cli::Command::Controller(args) = cli.command else {
-        panic!("expected controller");
-    };
-    assert_eq!(
-        LeaderConfig::from_args(&args),
-        LeaderConfig {
-            namespace: "ops".to_owned(),
-            lease_name: "device-taint-eviction-controller".to_owned(),
-            identity: "replica-1".to_owned(),
-            duration_secs: 20,
-        }
-    );
-}
