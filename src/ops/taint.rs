@@ -15,7 +15,7 @@ use super::{
     ApiError, CONTROLLER_REPORT_TIMEOUT, Error, FIELD_MANAGER, is_not_found, rule_api, rule_permission,
     write_line,
 };
-use crate::{k8s::DeviceTaintRule, view::RuleView};
+use crate::{k8s::DeviceTaintRule, watch::Kind as _};
 
 /// Longest Kubernetes object name (DNS-1123 subdomain).
 pub const MAX_NAME_LEN: usize = 253;
@@ -425,7 +425,7 @@ async fn check_rule(
             name: name.to_owned(),
         })?;
     // A condition computed for an older generation says nothing about the current spec.
-    let current = RuleView::from_api(&rule).ok().and_then(|view| {
+    let current = rule.project().ok().and_then(|view| {
         view.condition
             .filter(|c| c.observed_generation == Some(view.generation))
     });
