@@ -21,8 +21,10 @@ pub use taint::{
     derive_rule_name, is_dns_subdomain, parse_progress, rule_manifest, taint, untaint, wait_until_done,
 };
 
-pub use crate::client::ApiError;
-use crate::k8s::{self, DeviceTaintRule};
+use crate::{
+    client::ApiError,
+    k8s::{self, DeviceTaintRule},
+};
 
 /// Field manager of every write the command-line tool makes.
 pub const FIELD_MANAGER: &str = "device-taint-eviction-cli";
