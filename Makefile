@@ -1,7 +1,15 @@
 # Every target is what CI runs (see .ci/run); nothing here needs a manual install step.
 CARGO ?= cargo
 
-.PHONY: test lint fmt chart-check image-check ci demo
+.PHONY: unit test lint fmt chart-check image-check ci demo
+
+## unit: the tests that need nothing but cargo (no control plane, no cluster): the library's unit
+## and property tests, the actuator against a scripted API, doc tests, and one pass of each
+## decision-core benchmark.
+unit:
+	$(CARGO) test --locked --lib
+	$(CARGO) test --locked --doc
+	$(CARGO) bench --locked --bench core -- --test
 
 ## test: the whole test suite (unit, property and integration tests against a local control plane).
 ## The control plane binaries are built (or found in the cache) first; see tests/controlplane/README.md.

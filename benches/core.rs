@@ -1,11 +1,15 @@
 //! Decision-core benchmarks: what the controller's hot paths cost without any API server.
 //!
 //! The cluster: 1000 ResourceSlices of 10 devices (10 000 devices), 10 000 allocated claims
-//! (one device each), 100 000 pods of which 10 000 use a claim. Run with `cargo bench --bench core`.
+//! (one device each), 100 000 pods of which 10 000 use a claim; and the timed work queue with one
+//! million keys. Run with `cargo bench --bench core`.
+
+use std::time::Duration;
 
 use device_taint_eviction::{
     fixtures::{claim, pod, rule, slice, t, taint},
     index::State,
+    queue::{Backoff, Cancelled, Completion, Finished, Scheduled, WorkQueue},
     view::{ObjectName, SliceView},
 };
 
@@ -186,4 +190,40 @@ fn decode_pod_watched(bencher: divan::Bencher) {
             serde_json::from_slice(divan::black_box(&json)).expect("pod");
         device_taint_eviction::view::PodView::from_api(&pod).expect("valid pod")
     });
+}
+
+/// The timed queue with one million keys: insert them with scrambled deadlines, move every tenth
+/// one earlier, cancel every hundredth, then take and finish the 1000 that are due.
+#[divan::bench(sample_count = 3, sample_size = 1)]
+fn queue_one_million_keys() {
+    const N: u32 = 1_000_000;
+    // Tokio's clock, paused: deadlines are compared with a time that does not move on its own.
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .start_paused(true)
+        .build()
+        .expect("tokio runtime");
+    let _context = runtime.enter();
+    let q = WorkQueue::new(Backoff::default());
+    let base = tokio::time::Instant::now();
+    // Deadlines in a scrambled order (7919 is prime, so `i * 7919 % N` is a permutation of 0..N).
+    let deadline = |i: u32| base + Duration::from_millis(u64::from(i) * 7919 % u64::from(N));
+    for i in 0..N {
+        assert_eq!(q.schedule(i, deadline(i)), Scheduled::Inserted);
+    }
+    assert_eq!(q.len(), N as usize);
+    for i in (0..N).step_by(10) {
+        q.schedule_no_later(i, base);
+    }
+    for i in (5..N).step_by(100) {
+        assert_eq!(q.cancel(&i), Cancelled::Removed);
+    }
+    // Due at `base`: the moved keys (key 0 among them).
+    let due: Vec<_> = std::iter::from_fn(|| q.try_next()).take(1000).collect();
+    assert_eq!(due.len(), 1000);
+    assert!(due.iter().all(|(k, _)| k % 10 == 0));
+    for (key, ticket) in due {
+        assert_eq!(q.done(&key, ticket, Completion::Forget), Finished::Forgotten);
+    }
+    assert_eq!(q.len(), (N - N / 100 - 1000) as usize);
 }

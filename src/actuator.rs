@@ -11,7 +11,7 @@ use std::time::Duration;
 use k8s_openapi::api::core::v1::ObjectReference;
 use kube::{
     Api, Client,
-    api::{DeleteParams, EvictParams, Patch, PatchParams, PostParams, Preconditions},
+    api::{DeleteParams, Patch, PatchParams, PostParams, Preconditions},
     core::ApiResource,
     runtime::events::{Event, EventType, Recorder, Reporter},
 };
@@ -406,20 +406,7 @@ impl Actuator {
                 }
             }
         }
-        let delete = DeleteParams::default().preconditions(Preconditions {
-            uid: Some(pod.uid.clone()),
-            resource_version: None,
-        });
-        let result = match self.mode {
-            EvictionMode::Delete => api.delete(&pod.name, &delete).await.map(|_| ()),
-            EvictionMode::Evict => {
-                let params = EvictParams {
-                    delete_options: Some(delete),
-                    post_options: PostParams::default(),
-                };
-                api.evict(&pod.name, &params).await.map(|_| ())
-            }
-        };
+        let result = self.delete_or_evict(&api, pod).await;
         match result {
             Ok(()) => {
                 info!(pod = %pod, reasons = ?reasons, "evicted pod");
@@ -440,6 +427,35 @@ impl Actuator {
                     source,
                 },
             }),
+        }
+    }
+
+    /// DELETE with the pod's UID as precondition, or the same through the Eviction API.
+    async fn delete_or_evict(&self, api: &Api<Pod>, pod: &PodRef) -> Result<(), kube::Error> {
+        let delete = DeleteParams::default().preconditions(Preconditions {
+            uid: Some(pod.uid.clone()),
+            resource_version: None,
+        });
+        match self.mode {
+            EvictionMode::Delete => api.delete(&pod.name, &delete).await.map(|_| ()),
+            EvictionMode::Evict => {
+                // Not `Api::evict`: it sends the delete options as `delete_options`, a field the
+                // API server ignores, which would drop the UID precondition.
+                let eviction = json!({
+                    "apiVersion": "policy/v1",
+                    "kind": "Eviction",
+                    "metadata": {"name": pod.name, "namespace": pod.namespace},
+                    "deleteOptions": delete,
+                });
+                api.create_subresource::<_, serde_json::Value>(
+                    "eviction",
+                    &pod.name,
+                    &PostParams::default(),
+                    &eviction,
+                )
+                .await
+                .map(|_| ())
+            }
         }
     }
 
@@ -488,32 +504,4 @@ fn has_disruption_condition(pod: &Pod) -> bool {
 }
 
 #[cfg(test)]
-mod tests {
-    use prometheus_client::registry::Registry;
-
-    use super::*;
-    use crate::{metrics, view::PodRef};
-
-    /// Queued Events are all attempted before `flush_events` returns; each failed publication is
-    /// counted. The API server here is a closed port, so every attempt fails at once.
-    #[tokio::test]
-    async fn flush_waits_for_every_queued_event() {
-        let config = kube::Config::new("http://127.0.0.1:1".parse().unwrap());
-        let client = Client::try_from(config).unwrap();
-        let mut registry = Registry::default();
-        let metrics = Metrics::register(&mut registry);
-        let actuator = Actuator::new(client, "test", EvictionMode::Delete, false, None, metrics);
-        for i in 0..5 {
-            actuator.pod_eviction_cancelled(&PodRef::new("ns", format!("pod-{i}"), "uid"));
-        }
-        assert!(actuator.flush_events(Duration::from_secs(30)).await);
-        assert_eq!(actuator.backlog.pending.load(Ordering::SeqCst), 0);
-        let text = metrics::encode(&registry);
-        assert!(
-            text.contains("api_errors_total{verb=\"create_event\"} 5"),
-            "{text}"
-        );
-        // Nothing queued: returns at once.
-        assert!(actuator.flush_events(Duration::from_millis(1)).await);
-    }
-}
+mod tests;

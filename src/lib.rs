@@ -24,6 +24,7 @@ pub mod cli;
 pub mod client;
 pub mod controller;
 pub mod eviction;
+#[cfg(any(test, feature = "testing"))]
 #[doc(hidden)]
 pub mod fixtures;
 pub mod index;

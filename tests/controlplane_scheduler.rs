@@ -1,6 +1,6 @@
 //! The test control plane with kube-scheduler (`up.sh --with-scheduler`): a pod whose
 //! `ResourceClaim` asks for a device gets it allocated and reserved by the real scheduler.
-//! Skipped against an external cluster (`KUBECONFIG`), which has real nodes of its own.
+//! Skipped against an external cluster (`DTE_TEST_KUBECONFIG`), which has real nodes of its own.
 
 mod support;
 

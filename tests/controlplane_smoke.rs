@@ -1,6 +1,6 @@
 //! Smoke tests of the test control plane (tests/controlplane, tests/support): the API server
 //! serves every DRA object the controller reads or writes, with the fields it relies on.
-//! With `KUBECONFIG` set they run against that cluster instead.
+//! With `DTE_TEST_KUBECONFIG` set they run against that cluster instead (`KUBECONFIG` is ignored).
 
 mod support;
 
@@ -241,4 +241,43 @@ async fn non_admin_identities_are_denied_without_rbac() {
             .expect_err("denied");
         assert_eq!(request_error(&err), Some(403), "{err}");
     }
+}
+
+/// A shell's `KUBECONFIG` (say, a production context) never becomes the tests' cluster: this test
+/// binary, run again with `KUBECONFIG` naming another cluster and without `DTE_TEST_KUBECONFIG`,
+/// finds no existing cluster to use, so it would start its own control plane.
+#[test]
+fn a_shell_kubeconfig_is_never_the_test_cluster() {
+    let kubeconfig = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("shell-context.kubeconfig");
+    std::fs::write(
+        &kubeconfig,
+        "apiVersion: v1\nkind: Config\ncurrent-context: production\n\
+         clusters: [{name: production, cluster: {server: 'https://127.0.0.1:1'}}]\n\
+         users: [{name: admin, user: {token: not-a-token}}]\n\
+         contexts: [{name: production, context: {cluster: production, user: admin}}]\n",
+    )
+    .expect("writing the kubeconfig");
+    let output = std::process::Command::new(std::env::current_exe().expect("test binary"))
+        .args(["--ignored", "--exact", "shell_kubeconfig_child"])
+        .env("KUBECONFIG", &kubeconfig)
+        .env_remove(support::TEST_KUBECONFIG_VAR)
+        .output()
+        .expect("running the test binary");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success() && stdout.contains("1 passed"),
+        "{}\n{stdout}{}",
+        output.status,
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+#[test]
+#[ignore = "run by a_shell_kubeconfig_is_never_the_test_cluster, with KUBECONFIG set"]
+fn shell_kubeconfig_child() {
+    assert!(
+        std::env::var_os("KUBECONFIG").is_some(),
+        "run with KUBECONFIG set"
+    );
+    assert_eq!(support::existing_cluster_kubeconfig(), None);
 }

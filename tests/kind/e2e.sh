@@ -137,11 +137,13 @@ done
 info "leader: $holder"
 
 log "running the integration suite against $cluster"
-# The suite uses the cluster KUBECONFIG names instead of starting its own control plane. The
-# DTE_E2E_* variables tell it that the chart's controller is already running there.
+# DTE_TEST_KUBECONFIG makes the suite use this cluster instead of starting its own control plane
+# (the suite never reads KUBECONFIG for that). The DTE_E2E_* variables tell it that the chart's
+# controller is already running there.
 (
 	cd "$root"
-	DTE_E2E_KUBERNETES_VERSION="$version" \
+	DTE_TEST_KUBECONFIG="$KUBECONFIG" \
+		DTE_E2E_KUBERNETES_VERSION="$version" \
 		DTE_E2E_CONTROLLER_NAMESPACE="$namespace" \
 		DTE_E2E_CONTROLLER_RELEASE="$release" \
 		cargo test --locked --test '*'

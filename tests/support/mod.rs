@@ -8,11 +8,12 @@
 //! ```
 //!
 //! Which cluster:
-//! - `KUBECONFIG` set: that cluster (e.g. kind), used as it is; nothing is started or stopped.
-//! - otherwise: one control plane per test binary, started lazily on first use by
-//!   `tests/controlplane/up.sh` in a directory under `CARGO_TARGET_TMPDIR`, and stopped by a
-//!   detached reaper process when the test process exits, whatever the way (success, panic, abort,
-//!   SIGKILL). The reaper also deletes the directory unless `DTE_KEEP_CONTROLPLANE` is set (then
+//! - `DTE_TEST_KUBECONFIG` set (`tests/kind/e2e.sh` does): the cluster of that kubeconfig file
+//!   (e.g. kind), used as it is; nothing is started or stopped.
+//! - otherwise, whatever `KUBECONFIG` says (a shell's exported context is never used): one control
+//!   plane per test binary, started lazily on first use by `tests/controlplane/up.sh` in a
+//!   directory under `CARGO_TARGET_TMPDIR`, and stopped by a detached reaper process when the test
+//!   process exits, whatever the way (success, panic, abort, SIGKILL). The reaper also deletes the directory unless `DTE_KEEP_CONTROLPLANE` is set (then
 //!   the logs stay in `<dir>/logs` for a look after a failure).
 //!
 //! Each [`TestEnv`] owns a namespace labelled `device-taint-eviction.test=true`; dropping the
@@ -56,9 +57,9 @@ pub struct Cluster {
     /// Admin client configuration. Build a [`Client`] per test: a client is bound to the tokio
     /// runtime it was created in, and every `#[tokio::test]` has its own.
     pub config: Config,
-    /// The control plane directory when this process started it, `None` for `KUBECONFIG`.
+    /// The control plane directory when this process started it, `None` for `DTE_TEST_KUBECONFIG`.
     pub dir: Option<PathBuf>,
-    /// The `up.sh` flags it was started with (empty for `KUBECONFIG`).
+    /// The `up.sh` flags it was started with (empty for `DTE_TEST_KUBECONFIG`).
     pub up_flags: Vec<String>,
 }
 
@@ -79,7 +80,7 @@ pub async fn cluster() -> &'static Cluster {
 
 /// Like [`cluster`], with `up.sh` flags for a self-started control plane, e.g.
 /// `["--with-scheduler", "--controllers=resourceclaim-controller"]`. Every test of one binary
-/// must ask for the same flags (the control plane is shared). Ignored with `KUBECONFIG`: that
+/// must ask for the same flags (the control plane is shared). Ignored with `DTE_TEST_KUBECONFIG`: that
 /// cluster must already run what the tests need.
 pub async fn cluster_with(up_flags: &[&str]) -> &'static Cluster {
     let up_flags: Vec<String> = up_flags.iter().map(|&f| f.to_owned()).collect();
@@ -96,12 +97,25 @@ pub async fn cluster_with(up_flags: &[&str]) -> &'static Cluster {
     cluster
 }
 
+/// Names the kubeconfig of an existing cluster for the tests. `KUBECONFIG` is deliberately not
+/// read: a shell with a production context exported must not get test Nodes and evictions.
+pub const TEST_KUBECONFIG_VAR: &str = "DTE_TEST_KUBECONFIG";
+
+/// The kubeconfig of an existing cluster to test against: [`TEST_KUBECONFIG_VAR`], never
+/// `KUBECONFIG`. `None`: the tests start their own control plane.
+pub fn existing_cluster_kubeconfig() -> Option<PathBuf> {
+    std::env::var_os(TEST_KUBECONFIG_VAR)
+        .filter(|p| !p.is_empty())
+        .map(PathBuf::from)
+}
+
 async fn connect(up_flags: Vec<String>) -> Result<Cluster, String> {
-    if let Some(path) = std::env::var_os("KUBECONFIG").filter(|p| !p.is_empty()) {
-        let kubeconfig = Kubeconfig::read().map_err(|e| format!("reading KUBECONFIG: {e}"))?;
+    if let Some(path) = existing_cluster_kubeconfig() {
+        let kubeconfig = Kubeconfig::read_from(&path)
+            .map_err(|e| format!("reading {TEST_KUBECONFIG_VAR}={}: {e}", path.display()))?;
         let config = config_from(kubeconfig).await?;
         return Ok(Cluster {
-            kubeconfig: PathBuf::from(path),
+            kubeconfig: path,
             config,
             dir: None,
             up_flags: Vec::new(),
@@ -137,7 +151,10 @@ fn start_control_plane(up_flags: &[String]) -> Result<PathBuf, String> {
     std::fs::create_dir_all(&dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
 
     // up.sh's progress (and a cold build's) goes to stderr; its stdout is only an export line.
+    // Every kubectl and component of up.sh gets its kubeconfig explicitly; removing the shell's
+    // `KUBECONFIG` makes sure nothing there can fall back to it.
     let mut up = Command::new(scripts.join("up.sh"))
+        .env_remove("KUBECONFIG")
         .args(up_flags)
         .arg(&dir)
         .stdin(Stdio::null())
@@ -156,6 +173,7 @@ fn start_control_plane(up_flags: &[String]) -> Result<PathBuf, String> {
     "#;
     std::os::unix::process::CommandExt::process_group(
         Command::new("sh")
+            .env_remove("KUBECONFIG")
             .arg("-c")
             .arg(reaper)
             .arg(std::process::id().to_string())

@@ -1,0 +1,568 @@
+//! The actuator against a scripted API server: a `tower` service that records every request and
+//! answers the pod and rule requests from a script, in order. Each test asserts the exact requests
+//! sent (method, path, query, the body parts that matter) and the outcome.
+
+use std::{
+    collections::VecDeque,
+    convert::Infallible,
+    sync::{Arc, Mutex},
+};
+
+use http::{Request, Response};
+use http_body_util::BodyExt as _;
+use prometheus_client::registry::Registry;
+use serde_json::{Value, json};
+
+use super::*;
+// The controller's name and the eviction mode, wherever they are defined.
+use crate::cli::{CONTROLLER_NAME, EvictionMode};
+use crate::{
+    eviction::TaintSource,
+    k8s::device_taint_rule_resource,
+    metrics,
+    view::{PodRef, RuleRef},
+};
+
+const NS: &str = "team-a";
+const POD: &str = "trainer-0";
+const UID: &str = "uid-trainer-0";
+const RULE: &str = "gpu-broken";
+const RULE_UID: &str = "uid-gpu-broken";
+
+/// One request as the API server received it.
+#[derive(Debug, Clone, PartialEq)]
+struct Sent {
+    method: String,
+    /// Path and query, e.g. `/api/v1/namespaces/ns/pods/p?dryRun=All`.
+    uri: String,
+    content_type: Option<String>,
+    /// The JSON body, `Null` when there is none.
+    body: Value,
+}
+
+/// What the API server answers.
+struct Reply {
+    status: u16,
+    body: Value,
+}
+
+impl Reply {
+    fn ok(body: Value) -> Self {
+        Self { status: 200, body }
+    }
+
+    /// A `Status` failure as the API server sends it.
+    fn error(code: u16, reason: &str) -> Self {
+        Self {
+            status: code,
+            body: json!({
+                "kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+                "message": format!("scripted {reason}"), "reason": reason, "code": code,
+            }),
+        }
+    }
+
+    fn success_status() -> Self {
+        Self::ok(json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success"}))
+    }
+}
+
+/// The scripted API server. Event writes (`events.k8s.io`) are published by a background task in
+/// their own order, so they are answered `201` and recorded apart; everything else takes the next
+/// scripted reply (`500` once the script is exhausted, so an unexpected request fails the test's
+/// outcome check as well as its request check).
+#[derive(Default)]
+struct Script {
+    replies: Mutex<VecDeque<Reply>>,
+    sent: Mutex<Vec<Sent>>,
+    events: Mutex<Vec<Sent>>,
+}
+
+impl Script {
+    fn new(replies: impl IntoIterator<Item = Reply>) -> Arc<Self> {
+        Arc::new(Self {
+            replies: Mutex::new(replies.into_iter().collect()),
+            ..Self::default()
+        })
+    }
+
+    fn client(self: &Arc<Self>) -> Client {
+        let script = self.clone();
+        let service = tower::service_fn(move |request: Request<kube::client::Body>| {
+            let script = script.clone();
+            async move { Ok::<_, Infallible>(script.answer(request).await) }
+        });
+        Client::new(service, "default")
+    }
+
+    async fn answer(&self, request: Request<kube::client::Body>) -> Response<kube::client::Body> {
+        let (parts, body) = request.into_parts();
+        let bytes = body.collect().await.expect("request body").to_bytes();
+        let sent = Sent {
+            method: parts.method.to_string(),
+            uri: parts.uri.to_string(),
+            content_type: parts
+                .headers
+                .get(http::header::CONTENT_TYPE)
+                .map(|v| v.to_str().expect("ASCII content type").to_owned()),
+            body: if bytes.is_empty() {
+                Value::Null
+            } else {
+                serde_json::from_slice(&bytes).expect("JSON request body")
+            },
+        };
+        let reply = if sent.uri.starts_with("/apis/events.k8s.io/") {
+            let created = sent.body.clone();
+            self.events.lock().expect("events").push(sent);
+            Reply {
+                status: 201,
+                body: created,
+            }
+        } else {
+            self.sent.lock().expect("sent").push(sent);
+            self.replies
+                .lock()
+                .expect("replies")
+                .pop_front()
+                .unwrap_or_else(|| Reply::error(500, "InternalError"))
+        };
+        Response::builder()
+            .status(reply.status)
+            .header(http::header::CONTENT_TYPE, "application/json")
+            .body(kube::client::Body::from(
+                serde_json::to_vec(&reply.body).expect("reply JSON"),
+            ))
+            .expect("response")
+    }
+
+    fn sent(&self) -> Vec<Sent> {
+        self.sent.lock().expect("sent").clone()
+    }
+
+    fn events(&self) -> Vec<Sent> {
+        self.events.lock().expect("events").clone()
+    }
+}
+
+fn actuator(script: &Arc<Script>, mode: EvictionMode, dry_run: bool) -> Actuator {
+    let metrics = Metrics::register(&mut Registry::default());
+    Actuator::new(
+        script.client(),
+        "replica-1",
+        mode,
+        dry_run,
+        Some(device_taint_rule_resource("v1")),
+        metrics,
+    )
+}
+
+fn pod_ref() -> PodRef {
+    PodRef::new(NS, POD, UID)
+}
+
+fn eviction() -> Eviction {
+    Eviction {
+        at: crate::fixtures::t(100),
+        reasons: vec![TaintSource::Rule(RuleRef::new(RULE, RULE_UID))],
+    }
+}
+
+/// The live pod as a GET returns it.
+fn live_pod(uid: &str) -> Value {
+    json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": POD, "namespace": NS, "uid": uid, "resourceVersion": "7"},
+        "spec": {"containers": [{"name": "app", "image": "app"}]},
+        "status": {"phase": "Running"},
+    })
+}
+
+fn get_pod() -> Sent {
+    Sent {
+        method: "GET".into(),
+        uri: format!("/api/v1/namespaces/{NS}/pods/{POD}"),
+        content_type: None,
+        body: Value::Null,
+    }
+}
+
+/// Checks the `DisruptionTarget` status patch: strategic merge, the pod's UID (so a replacement
+/// pod of the same name is never patched), the upstream condition.
+fn assert_condition_patch(sent: &Sent) {
+    assert_eq!(sent.method, "PATCH");
+    assert_eq!(sent.uri, format!("/api/v1/namespaces/{NS}/pods/{POD}/status?"));
+    assert_eq!(
+        sent.content_type.as_deref(),
+        Some("application/strategic-merge-patch+json")
+    );
+    assert_eq!(sent.body["metadata"], json!({"uid": UID}));
+    let conditions = sent.body["status"]["conditions"].as_array().expect("conditions");
+    assert_eq!(conditions.len(), 1, "{conditions:?}");
+    let condition = &conditions[0];
+    assert_eq!(condition["type"], "DisruptionTarget");
+    assert_eq!(condition["status"], "True");
+    assert_eq!(condition["reason"], DISRUPTION_REASON);
+    assert_eq!(condition["message"], DISRUPTION_MESSAGE);
+    assert!(condition["lastTransitionTime"].is_string(), "{condition}");
+}
+
+/// The DELETE: no dry run, the UID precondition in the body.
+fn delete_pod() -> Sent {
+    Sent {
+        method: "DELETE".into(),
+        uri: format!("/api/v1/namespaces/{NS}/pods/{POD}?"),
+        content_type: Some("application/json".into()),
+        body: json!({"preconditions": {"uid": UID}}),
+    }
+}
+
+/// The Eviction API call: the eviction names the pod and carries the UID precondition.
+fn evict_pod() -> Sent {
+    Sent {
+        method: "POST".into(),
+        uri: format!("/api/v1/namespaces/{NS}/pods/{POD}/eviction?"),
+        content_type: Some("application/json".into()),
+        body: json!({
+            "apiVersion": "policy/v1", "kind": "Eviction",
+            "metadata": {"name": POD, "namespace": NS},
+            "deleteOptions": {"preconditions": {"uid": UID}},
+        }),
+    }
+}
+
+/// Waits until every queued Event is published and checks there is exactly one, for the pod,
+/// with this note and action.
+async fn assert_one_pod_event(actuator: &Actuator, script: &Script, action: &str, note: &str) {
+    assert!(actuator.flush_events(Duration::from_secs(10)).await);
+    let events = script.events();
+    assert_eq!(events.len(), 1, "{events:#?}");
+    let event = &events[0];
+    assert_eq!(event.method, "POST");
+    assert_eq!(
+        event.uri,
+        format!("/apis/events.k8s.io/v1/namespaces/{NS}/events?")
+    );
+    assert_eq!(event.body["type"], "Normal");
+    assert_eq!(event.body["reason"], EVICTION_REASON);
+    assert_eq!(event.body["action"], action);
+    assert_eq!(event.body["note"], note);
+    assert_eq!(event.body["reportingController"], CONTROLLER_NAME);
+    assert_eq!(event.body["reportingInstance"], "replica-1");
+    assert_eq!(
+        event.body["regarding"],
+        json!({"apiVersion": "v1", "kind": "Pod", "namespace": NS, "name": POD, "uid": UID})
+    );
+}
+
+async fn assert_no_event(actuator: &Actuator, script: &Script) {
+    assert!(actuator.flush_events(Duration::from_secs(10)).await);
+    assert_eq!(script.events(), Vec::new());
+}
+
+#[tokio::test]
+async fn delete_mode_success_sends_get_condition_delete_and_one_event() {
+    let script = Script::new([
+        Reply::ok(live_pod(UID)),
+        Reply::ok(live_pod(UID)),
+        Reply::ok(live_pod(UID)),
+    ]);
+    let actuator = actuator(&script, EvictionMode::Delete, false);
+    let outcome = actuator.evict(&pod_ref(), &eviction()).await.expect("evicted");
+    assert_eq!(outcome, Outcome::Evicted);
+    let sent = script.sent();
+    assert_eq!(sent.len(), 3, "{sent:#?}");
+    assert_eq!(sent[0], get_pod());
+    assert_condition_patch(&sent[1]);
+    assert_eq!(sent[2], delete_pod());
+    assert_one_pod_event(&actuator, &script, "Evict", "Marking for deletion").await;
+}
+
+#[tokio::test]
+async fn evict_mode_success_posts_an_eviction_with_the_uid_precondition() {
+    let script = Script::new([
+        Reply::ok(live_pod(UID)),
+        Reply::ok(live_pod(UID)),
+        Reply::success_status(),
+    ]);
+    let actuator = actuator(&script, EvictionMode::Evict, false);
+    let outcome = actuator.evict(&pod_ref(), &eviction()).await.expect("evicted");
+    assert_eq!(outcome, Outcome::Evicted);
+    let sent = script.sent();
+    assert_eq!(sent.len(), 3, "{sent:#?}");
+    assert_eq!(sent[0], get_pod());
+    assert_condition_patch(&sent[1]);
+    assert_eq!(sent[2], evict_pod());
+    assert_one_pod_event(&actuator, &script, "Evict", "Marking for deletion").await;
+}
+
+#[tokio::test]
+async fn pod_not_found_needs_nothing_and_writes_nothing() {
+    let script = Script::new([Reply::error(404, "NotFound")]);
+    let actuator = actuator(&script, EvictionMode::Delete, false);
+    let outcome = actuator.evict(&pod_ref(), &eviction()).await.expect("not needed");
+    assert_eq!(outcome, Outcome::NotNeeded);
+    assert_eq!(script.sent(), [get_pod()]);
+    assert_no_event(&actuator, &script).await;
+}
+
+#[tokio::test]
+async fn a_pod_of_the_same_name_with_another_uid_is_left_alone() {
+    let script = Script::new([Reply::ok(live_pod("uid-replacement"))]);
+    let actuator = actuator(&script, EvictionMode::Delete, false);
+    let outcome = actuator.evict(&pod_ref(), &eviction()).await.expect("not needed");
+    assert_eq!(outcome, Outcome::NotNeeded);
+    assert_eq!(script.sent(), [get_pod()]);
+    assert_no_event(&actuator, &script).await;
+}
+
+#[tokio::test]
+async fn a_terminating_pod_is_left_alone() {
+    let mut pod = live_pod(UID);
+    pod["metadata"]["deletionTimestamp"] = json!("2026-11-23T10:00:00Z");
+    let script = Script::new([Reply::ok(pod)]);
+    let actuator = actuator(&script, EvictionMode::Delete, false);
+    let outcome = actuator.evict(&pod_ref(), &eviction()).await.expect("not needed");
+    assert_eq!(outcome, Outcome::NotNeeded);
+    assert_eq!(script.sent(), [get_pod()]);
+    assert_no_event(&actuator, &script).await;
+}
+
+/// The UID precondition failed (409): the name now belongs to another pod, which is not touched.
+#[tokio::test]
+async fn uid_conflict_on_delete_means_the_pod_was_replaced() {
+    let script = Script::new([
+        Reply::ok(live_pod(UID)),
+        Reply::ok(live_pod(UID)),
+        Reply::error(409, "Conflict"),
+    ]);
+    let actuator = actuator(&script, EvictionMode::Delete, false);
+    let outcome = actuator.evict(&pod_ref(), &eviction()).await.expect("not needed");
+    assert_eq!(outcome, Outcome::NotNeeded);
+    let sent = script.sent();
+    assert_eq!(sent.len(), 3, "{sent:#?}");
+    assert_eq!(sent[2], delete_pod());
+}
+
+/// The pod was deleted between the GET and the status patch: nothing more is sent.
+#[tokio::test]
+async fn pod_gone_before_the_condition_patch_stops_there() {
+    let script = Script::new([Reply::ok(live_pod(UID)), Reply::error(404, "NotFound")]);
+    let actuator = actuator(&script, EvictionMode::Delete, false);
+    let outcome = actuator.evict(&pod_ref(), &eviction()).await.expect("not needed");
+    assert_eq!(outcome, Outcome::NotNeeded);
+    let sent = script.sent();
+    assert_eq!(sent.len(), 2, "{sent:#?}");
+    assert_condition_patch(&sent[1]);
+}
+
+/// A PodDisruptionBudget refusal (429) of the Eviction API is "blocked, try later", not an error.
+#[tokio::test]
+async fn eviction_refused_with_429_is_blocked() {
+    let script = Script::new([
+        Reply::ok(live_pod(UID)),
+        Reply::ok(live_pod(UID)),
+        Reply::error(429, "TooManyRequests"),
+    ]);
+    let actuator = actuator(&script, EvictionMode::Evict, false);
+    let outcome = actuator.evict(&pod_ref(), &eviction()).await.expect("blocked");
+    assert_eq!(outcome, Outcome::Blocked);
+    let sent = script.sent();
+    assert_eq!(sent.len(), 3, "{sent:#?}");
+    assert_eq!(sent[2], evict_pod());
+}
+
+/// In delete mode a 429 (API server overload) is an error like any other: retried with backoff.
+#[tokio::test]
+async fn delete_refused_with_429_is_an_error() {
+    let script = Script::new([
+        Reply::ok(live_pod(UID)),
+        Reply::ok(live_pod(UID)),
+        Reply::error(429, "TooManyRequests"),
+    ]);
+    let actuator = actuator(&script, EvictionMode::Delete, false);
+    let error = actuator.evict(&pod_ref(), &eviction()).await.expect_err("error");
+    assert!(matches!(error, Error::DeletePod { .. }), "{error:?}");
+    assert_eq!(error.verb(), "delete");
+    assert_eq!(script.sent()[2], delete_pod());
+}
+
+#[tokio::test]
+async fn server_errors_are_returned_for_the_step_that_failed() {
+    // GET fails: nothing else is sent, no Event.
+    let script = Script::new([Reply::error(500, "InternalError")]);
+    let actuator1 = actuator(&script, EvictionMode::Delete, false);
+    let error = actuator1.evict(&pod_ref(), &eviction()).await.expect_err("error");
+    assert!(matches!(error, Error::GetPod { .. }), "{error:?}");
+    assert_eq!(script.sent(), [get_pod()]);
+    assert_no_event(&actuator1, &script).await;
+
+    // The condition patch fails: no DELETE.
+    let script = Script::new([Reply::ok(live_pod(UID)), Reply::error(503, "ServiceUnavailable")]);
+    let actuator2 = actuator(&script, EvictionMode::Delete, false);
+    let error = actuator2.evict(&pod_ref(), &eviction()).await.expect_err("error");
+    assert!(matches!(error, Error::PatchPodCondition { .. }), "{error:?}");
+    assert_eq!(error.verb(), "patch");
+    assert_eq!(script.sent().len(), 2);
+
+    // The Eviction API fails with 500.
+    let script = Script::new([
+        Reply::ok(live_pod(UID)),
+        Reply::ok(live_pod(UID)),
+        Reply::error(500, "InternalError"),
+    ]);
+    let actuator3 = actuator(&script, EvictionMode::Evict, false);
+    let error = actuator3.evict(&pod_ref(), &eviction()).await.expect_err("error");
+    assert!(matches!(error, Error::EvictPod { .. }), "{error:?}");
+    assert_eq!(error.verb(), "evict");
+    assert_eq!(script.sent()[2], evict_pod());
+}
+
+/// A pod that already carries the condition (an earlier attempt failed after the patch) is not
+/// patched again.
+#[tokio::test]
+async fn an_existing_disruption_condition_is_not_patched_again() {
+    let mut pod = live_pod(UID);
+    pod["status"]["conditions"] = json!([{
+        "type": "DisruptionTarget", "status": "True", "reason": DISRUPTION_REASON,
+        "message": DISRUPTION_MESSAGE, "lastTransitionTime": "2026-11-23T10:00:00Z",
+    }]);
+    let script = Script::new([Reply::ok(pod), Reply::ok(live_pod(UID))]);
+    let actuator = actuator(&script, EvictionMode::Delete, false);
+    let outcome = actuator.evict(&pod_ref(), &eviction()).await.expect("evicted");
+    assert_eq!(outcome, Outcome::Evicted);
+    assert_eq!(script.sent(), [get_pod(), delete_pod()]);
+}
+
+/// Dry run reads the pod and says what it would do; it writes nothing but the Event.
+#[tokio::test]
+async fn dry_run_only_reads_and_publishes_a_would_evict_event() {
+    let script = Script::new([Reply::ok(live_pod(UID))]);
+    let actuator = actuator(&script, EvictionMode::Delete, true);
+    let outcome = actuator.evict(&pod_ref(), &eviction()).await.expect("dry run");
+    assert_eq!(outcome, Outcome::DryRun);
+    assert_eq!(script.sent(), [get_pod()]);
+    assert_one_pod_event(
+        &actuator,
+        &script,
+        "Evict",
+        "Would mark for deletion (dry run: the pod is not touched)",
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn cancelled_eviction_publishes_an_event() {
+    let script = Script::new([]);
+    let actuator = actuator(&script, EvictionMode::Delete, false);
+    actuator.pod_eviction_cancelled(&pod_ref());
+    assert_one_pod_event(&actuator, &script, "CancelEviction", "Cancelling deletion").await;
+    assert_eq!(script.sent(), []);
+}
+
+/// The rule status: server-side apply of the status subresource, forced, as the controller's
+/// field manager, with the rule's UID (a re-created rule of the same name is not written).
+#[tokio::test]
+async fn rule_status_is_applied_with_the_rules_uid() {
+    let script = Script::new([Reply::ok(json!({
+        "apiVersion": "resource.k8s.io/v1", "kind": "DeviceTaintRule",
+        "metadata": {"name": RULE, "uid": RULE_UID},
+        "spec": {"taint": {"key": "k", "effect": "NoExecute"}},
+    }))]);
+    let actuator = actuator(&script, EvictionMode::Delete, false);
+    let condition = RuleStatusCondition {
+        status: "True",
+        reason: "PodsPendingEviction",
+        message: "1 pod needs to be evicted in 1 namespace.".into(),
+    };
+    let now = crate::fixtures::t(1_000_000);
+    let applied = actuator
+        .apply_rule_status(&RuleRef::new(RULE, RULE_UID), 3, &condition, now)
+        .await
+        .expect("applied");
+    assert!(applied);
+    let sent = script.sent();
+    assert_eq!(sent.len(), 1, "{sent:#?}");
+    assert_eq!(sent[0].method, "PATCH");
+    assert_eq!(
+        sent[0].uri,
+        format!(
+            "/apis/resource.k8s.io/v1/devicetaintrules/{RULE}/status?&force=true&fieldManager={CONTROLLER_NAME}"
+        )
+    );
+    assert_eq!(
+        sent[0].content_type.as_deref(),
+        Some("application/apply-patch+yaml")
+    );
+    assert_eq!(
+        sent[0].body,
+        json!({
+            "apiVersion": "resource.k8s.io/v1", "kind": "DeviceTaintRule",
+            "metadata": {"name": RULE, "uid": RULE_UID},
+            "status": {"conditions": [{
+                "type": EVICTION_IN_PROGRESS, "status": "True", "reason": "PodsPendingEviction",
+                "message": "1 pod needs to be evicted in 1 namespace.",
+                "lastTransitionTime": now.to_string(), "observedGeneration": 3,
+            }]},
+        })
+    );
+}
+
+/// A rule deleted (404) or replaced (409, UID mismatch) meanwhile: `false`, no error.
+#[tokio::test]
+async fn rule_status_of_a_gone_or_replaced_rule_is_not_an_error() {
+    let condition = RuleStatusCondition {
+        status: "False",
+        reason: "NoEffect",
+        message: String::new(),
+    };
+    for code in [(404, "NotFound"), (409, "Conflict")] {
+        let script = Script::new([Reply::error(code.0, code.1)]);
+        let actuator = actuator(&script, EvictionMode::Delete, false);
+        let applied = actuator
+            .apply_rule_status(
+                &RuleRef::new(RULE, RULE_UID),
+                1,
+                &condition,
+                crate::fixtures::t(0),
+            )
+            .await
+            .expect("not an error");
+        assert!(!applied, "{code:?}");
+        assert_eq!(script.sent().len(), 1);
+    }
+    let script = Script::new([Reply::error(500, "InternalError")]);
+    let actuator = actuator(&script, EvictionMode::Delete, false);
+    let error = actuator
+        .apply_rule_status(
+            &RuleRef::new(RULE, RULE_UID),
+            1,
+            &condition,
+            crate::fixtures::t(0),
+        )
+        .await
+        .expect_err("error");
+    assert!(matches!(error, Error::ApplyRuleStatus { .. }), "{error:?}");
+}
+
+/// Queued Events are all attempted before `flush_events` returns; each failed publication is
+/// counted. The API server here is a closed port, so every attempt fails at once.
+#[tokio::test]
+async fn flush_waits_for_every_queued_event() {
+    let config = kube::Config::new("http://127.0.0.1:1".parse().unwrap());
+    let client = Client::try_from(config).unwrap();
+    let mut registry = Registry::default();
+    let metrics = Metrics::register(&mut registry);
+    let actuator = Actuator::new(client, "test", EvictionMode::Delete, false, None, metrics);
+    for i in 0..5 {
+        actuator.pod_eviction_cancelled(&PodRef::new("ns", format!("pod-{i}"), "uid"));
+    }
+    assert!(actuator.flush_events(Duration::from_secs(30)).await);
+    assert_eq!(actuator.backlog.pending.load(Ordering::SeqCst), 0);
+    let text = metrics::encode(&registry);
+    assert!(
+        text.contains("api_errors_total{verb=\"create_event\"} 5"),
+        "{text}"
+    );
+    // Nothing queued: returns at once.
+    assert!(actuator.flush_events(Duration::from_millis(1)).await);
+}
