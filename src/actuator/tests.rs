@@ -15,7 +15,7 @@ use serde_json::{Value, json};
 
 use super::*;
 // The controller's name and the eviction mode, wherever they are defined.
-use crate::cli::{CONTROLLER_NAME, EvictionMode};
+use crate::{CONTROLLER_NAME, actuator::EvictionMode, view::EVICTION_IN_PROGRESS};
 use crate::{
     eviction::TaintSource,
     k8s::device_taint_rule_resource,
