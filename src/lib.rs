@@ -27,6 +27,10 @@ pub mod eviction;
 #[cfg(any(test, feature = "testing"))]
 #[doc(hidden)]
 pub mod fixtures;
+/// Checks behind the fuzz targets in `fuzz/`; compiled for tests and `--features fuzzing` only.
+#[cfg(any(test, feature = "fuzzing"))]
+#[doc(hidden)]
+pub mod fuzz_targets;
 pub mod index;
 pub mod k8s;
 pub mod leader;
