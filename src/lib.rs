@@ -27,8 +27,8 @@ pub mod eviction;
 #[cfg(any(test, feature = "testing"))]
 #[doc(hidden)]
 pub mod fixtures;
-/// Checks behind the fuzz targets in `fuzz/`; compiled for tests and `--features fuzzing` only.
-#[cfg(any(test, feature = "fuzzing"))]
+/// Checks behind the fuzz targets in `fuzz/`; compiled for tests and `--features testing` only.
+#[cfg(any(test, feature = "testing"))]
 #[doc(hidden)]
 pub mod fuzz_targets;
 pub mod index;
