@@ -125,6 +125,16 @@ pub fn rule(data: &[u8]) {
     drop(state.take_changes());
 }
 
+/// A sequence of pod, claim, slice and rule events, re-lists and worker completions, read from
+/// the bytes: after every event the incremental index must hold exactly the pending evictions a
+/// from-scratch evaluation finds (`index::model`, the property test's reference).
+///
+/// # Panics
+/// When the index and the reference disagree.
+pub fn index_events(data: &[u8]) {
+    crate::index::model::check_sequence(crate::index::model::ops_from_bytes(data));
+}
+
 #[cfg(test)]
 mod tests {
     use std::path::Path;
@@ -159,6 +169,11 @@ mod tests {
     #[test]
     fn slice_corpus() {
         replay("slice", super::slice);
+    }
+
+    #[test]
+    fn index_events_corpus() {
+        replay("index_events", super::index_events);
     }
 
     #[test]

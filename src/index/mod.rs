@@ -668,6 +668,10 @@ fn unindex_devices(
     }
 }
 
+/// The naive reference the property test and the `index_events` fuzz target compare against.
+#[cfg(any(test, feature = "testing"))]
+#[doc(hidden)]
+pub mod model;
 #[cfg(test)]
 mod proptests;
 #[cfg(test)]
