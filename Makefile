@@ -1,7 +1,7 @@
 # Every target is what CI runs (see .ci/run); nothing here needs a manual install step.
 CARGO ?= cargo
 
-.PHONY: unit test lint fmt chart-check image-check ci demo
+.PHONY: unit test lint fmt chart-check image-check ci demo soak fuzz
 
 ## unit: the tests that need nothing but cargo (no control plane, no cluster): the library's unit
 ## and property tests, the actuator against a scripted API, doc tests, and one pass of each
@@ -42,3 +42,14 @@ ci: lint chart-check test image-check
 ## demo: start a local control plane, taint a device, watch the pod go, clean up.
 demo:
 	bash tests/demo.sh
+
+## soak: the scenario, fault, leader, restart, re-list, mode and scale tests SOAK_RUNS times (default
+## 200) on one local control plane; SOAK_CPU_LOAD=1 keeps a core busy meanwhile. Writes
+## target/soak/report.md (runs and failures per test) and keeps each failed run's log.
+soak:
+	bash tests/soak.sh
+
+## fuzz: each fuzz target of fuzz/ for FUZZ_SECONDS (default 600) with libFuzzer (nightly). The
+## checked-in corpus is replayed on stable by `make unit` and `make test`.
+fuzz:
+	bash tests/fuzz.sh
