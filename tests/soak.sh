@@ -33,18 +33,22 @@ targets=()
 for t in $tests; do targets+=(--test "$t"); done
 declare -A exe
 while IFS=$'\t' read -r name path; do exe[$name]=$path; done < <(
-	cargo test --locked --no-run --message-format=json "${targets[@]}" 2>/dev/null |
+	cargo test --locked --no-run --message-format=json "${targets[@]}" 2>"$out/build.log" |
 		python3 -c '
 import json, sys
 for line in sys.stdin:
-    m = json.loads(line)
+    try:
+        m = json.loads(line)
+    except ValueError:
+        continue
     if m.get("reason") == "compiler-artifact" and m.get("executable") and "test" in m["target"]["kind"]:
         print(m["target"]["name"], m["executable"], sep="\t")
 '
 )
 for t in $tests; do
 	[[ -n ${exe[$t]:-} ]] || {
-		echo "soak: no test binary '$t' (see tests/*.rs)" >&2
+		echo "soak: no test binary '$t' (see tests/*.rs); the build said:" >&2
+		tail -20 "$out/build.log" >&2
 		exit 2
 	}
 done
@@ -73,13 +77,15 @@ for ((run = 1; run <= runs; run++)); do
 		t0=$(date +%s.%N)
 		if timeout --kill-after=10 "$run_timeout" "${exe[$t]}" >"$log" 2>&1; then
 			result=pass
-			rm -f "$log"
 		else
 			result=fail
 		fi
+		# How many tests ran, so that a binary that silently ran none shows up in the table.
+		ran=$(sed -n 's/^test result: .* \([0-9]*\) passed; \([0-9]*\) failed.*/\1 \2/p' "$log" | awk '{s+=$1+$2} END {print s+0}')
+		[[ $result == fail ]] || rm -f "$log"
 		secs=$(python3 -c "import sys; print(f'{float(sys.argv[2]) - float(sys.argv[1]):.1f}')" "$t0" "$(date +%s.%N)")
 		failed_tests=$(grep -oE '^test [^ ]+ \.\.\. FAILED' "$log" 2>/dev/null | awk '{print $2}' | paste -sd, - || true)
-		printf '%s\t%s\t%s\t%s\t%s\n' "$run" "$t" "$result" "$secs" "${failed_tests:--}" >>"$out/results.tsv"
+		printf '%s\t%s\t%s\t%s\t%s\t%s\n' "$run" "$t" "$result" "$secs" "${failed_tests:--}" "$ran" >>"$out/results.tsv"
 	done
 	elapsed=$(($(date +%s) - start))
 	fails=$(awk -F'\t' '$3 == "fail"' "$out/results.tsv" | wc -l)
@@ -91,9 +97,10 @@ import collections, json, pathlib, sys
 out, runs, load = pathlib.Path(sys.argv[1]), int(sys.argv[2]), sys.argv[3] == "1"
 rows = [l.split("\t") for l in (out / "results.tsv").read_text().splitlines()]
 per = collections.OrderedDict()
-for run, test, result, secs, failed in rows:
-    p = per.setdefault(test, {"runs": 0, "failures": 0, "seconds": [], "failed_tests": collections.Counter(), "logs": []})
+for run, test, result, secs, failed, ran in rows:
+    p = per.setdefault(test, {"runs": 0, "failures": 0, "tests_run": 0, "seconds": [], "failed_tests": collections.Counter(), "logs": []})
     p["runs"] += 1
+    p["tests_run"] += int(ran)
     p["seconds"].append(float(secs))
     if result == "fail":
         p["failures"] += 1
@@ -102,11 +109,11 @@ for run, test, result, secs, failed in rows:
             if name != "-":
                 p["failed_tests"][name] += 1
 lines = [f"# Soak: {runs} rounds{' under CPU load' if load else ''}", "",
-         "| test binary | runs | failures | median s | max s | failed tests |", "|---|---|---|---|---|---|"]
+         "| test binary | runs | failures | tests run | median s | max s | failed tests |", "|---|---|---|---|---|---|---|"]
 for test, p in per.items():
     s = sorted(p["seconds"])
     failed = ", ".join(f"{n} x{c}" for n, c in p["failed_tests"].items()) or "-"
-    lines.append(f"| {test} | {p['runs']} | {p['failures']} | {s[len(s)//2]:.1f} | {s[-1]:.1f} | {failed} |")
+    lines.append(f"| {test} | {p['runs']} | {p['failures']} | {p['tests_run']} | {s[len(s)//2]:.1f} | {s[-1]:.1f} | {failed} |")
 total = sum(p["failures"] for p in per.values())
 lines += ["", f"{total} failed binary runs; logs of each failure: " + (", ".join(l for p in per.values() for l in p["logs"]) or "none")]
 (out / "report.md").write_text("\n".join(lines) + "\n")
