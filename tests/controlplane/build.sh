@@ -127,7 +127,7 @@ total_start=$SECONDS
 log "one-time build of the test control plane: $names"
 log "  Kubernetes $k8s_version and etcd $etcd_version, compiled from their Go modules into $dest"
 log "  on an empty Go cache this downloads about 600 MB of modules and takes 12-15 minutes on 2 idle"
-log "  cores (a minute with a warm Go build cache); later runs reuse the binaries at once"
+log "  cores (2-3 minutes with a warm Go build cache); later runs reuse the binaries at once"
 
 # 1. Module download and package list, shared by every binary.
 log "[1/2] resolving the packages (downloading missing Go modules)..."

@@ -22,6 +22,7 @@
 #![allow(dead_code)] // each test binary uses a different part of this module
 
 pub mod controller;
+pub mod kwok;
 pub mod objects;
 pub mod proxy;
 
