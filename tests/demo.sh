@@ -58,7 +58,7 @@ say "node-1 is $(k get node node-1 -o jsonpath='{range .status.conditions[?(@.ty
 
 # follow_pod: prints each change of the pod's state (phase, Terminating, gone) until it is gone.
 follow_pod() {
-	local last= state seen=false
+	local last='' state seen=false
 	while :; do
 		if state=$(k -n "$ns" get pod gpu-workload -o jsonpath='{.status.phase}{"|"}{.spec.nodeName}{"|"}{.metadata.deletionTimestamp}' 2>/dev/null); then
 			seen=true

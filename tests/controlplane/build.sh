@@ -32,7 +32,7 @@ if [[ -z $k8s_version || -z $etcd_version ]]; then
 fi
 if [[ -n $minor_wanted && $k8s_version != "v$minor_wanted".* ]]; then
 	echo "build.sh: no go.mod for Kubernetes $minor_wanted (CONTROLPLANE_K8S_VERSION); supported:" \
-		"$(cd "$here/versions" && ls -d 1.* 2>/dev/null | tr '\n' ' ')and ${k8s_version#v} (go.mod)" >&2
+		"$(cd "$here/versions" && printf '%s ' 1.*)and ${k8s_version#v} (go.mod)" >&2
 	exit 1
 fi
 

@@ -12,6 +12,8 @@
 #                   Creates N such nodes, node-1 ... node-N (0: none, only KWOK).
 #
 # Environment:
+#   CONTROLPLANE_K8S_VERSION    Kubernetes minor to run (build.sh): the newest (default) or an older
+#                               one of versions/, with the gates and runtime config it needs
 #   CONTROLPLANE_TIMEOUT        seconds to wait for each component to become ready (default 120)
 #   CONTROLPLANE_FEATURE_GATES  extra feature gates (k=v,...) for every component
 #   CONTROLPLANE_RUNTIME_CONFIG extra kube-apiserver --runtime-config entries (k=v,...)
