@@ -18,7 +18,7 @@ for minor in "${minors[@]}"; do
 	echo "=== Kubernetes $minor: building (or reusing) the control plane" >&2
 	CONTROLPLANE_K8S_VERSION=$minor "$root/tests/controlplane/build.sh" >/dev/null
 	echo "=== Kubernetes $minor: integration tests" >&2
-	if (cd "$root" && CONTROLPLANE_K8S_VERSION=$minor cargo test --locked --test '*' -- --test-threads="${COMPAT_TEST_THREADS:-4}"); then
+	if (cd "$root" && CONTROLPLANE_K8S_VERSION=$minor cargo test --locked --no-fail-fast --test '*' -- --test-threads="${COMPAT_TEST_THREADS:-4}"); then
 		result[$minor]=passed
 	else
 		result[$minor]=FAILED
