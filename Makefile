@@ -4,9 +4,11 @@ CARGO ?= cargo
 .PHONY: test test-compat lint fmt chart-check image image-check ci demo
 
 ## test: the whole test suite (unit, property and integration tests against a local control plane).
-## The control plane binaries are built (or found in the cache) first; see tests/controlplane/README.md.
+## The control plane binaries and KWOK are built (or found in the cache) first, with their progress
+## shown; see tests/controlplane/README.md.
 test:
 	tests/controlplane/build.sh >/dev/null
+	tests/controlplane/build-kwok.sh >/dev/null
 	$(CARGO) test --locked --all-targets
 
 ## test-compat: the integration suite on real 1.35, 1.36 and 1.37 control planes, each with the gates
