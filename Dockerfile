@@ -1,9 +1,12 @@
 # syntax=docker/dockerfile:1
-# Container image of the device-taint-eviction controller: one static (musl) binary on distroless,
-# running as the non-root user 65532 with nothing else in the image.
+# Container image of the device-taint-eviction controller: one static (musl) binary, the CA bundle and
+# a passwd entry for the non-root user 65532 it runs as, on an empty base (FROM scratch).
 #
 #   docker build -t device-taint-eviction:dev .
 #   docker run --rm device-taint-eviction:dev --help
+#
+# Without a Docker engine or registry access, `make image` builds the binary on the host and
+# packages it with this file's runtime stage (podman/buildah); see tests/image/build.sh.
 #
 # The chart (charts/device-taint-eviction) runs it as `device-taint-eviction controller ...`.
 
@@ -36,18 +39,23 @@ RUN mkdir src \
 COPY . .
 RUN touch src/main.rs src/lib.rs \
     && cargo build --release --locked --target "${TARGET}" --bin device-taint-eviction \
-    && cp "target/${TARGET}/release/device-taint-eviction" /device-taint-eviction \
-    && /device-taint-eviction --help > /dev/null
+    && "target/${TARGET}/release/device-taint-eviction" --help > /dev/null \
+    && mkdir -p /rootfs/etc/ssl/certs \
+    && cp "target/${TARGET}/release/device-taint-eviction" /rootfs/device-taint-eviction \
+    && cp /etc/ssl/certs/ca-certificates.crt /rootfs/etc/ssl/certs/ca-certificates.crt \
+    && printf 'root:x:0:0:root:/root:/sbin/nologin\nnonroot:x:65532:65532:nonroot:/home/nonroot:/sbin/nologin\n' \
+        > /rootfs/etc/passwd \
+    && printf 'root:x:0:\nnonroot:x:65532:\n' > /rootfs/etc/group
 
-# distroless/static: CA certificates, /etc/passwd with the nonroot user, tzdata; no shell.
-FROM gcr.io/distroless/static-debian12:nonroot
+# The runtime stage: nothing but /rootfs of the builder, so that no base image has to be pulled.
+# tests/image/build.sh uses this stage as it is, with its one COPY taking a host-built /rootfs.
+FROM scratch AS runtime
 ARG VERSION=0.1.0
 LABEL org.opencontainers.image.title="device-taint-eviction" \
       org.opencontainers.image.description="Evicts pods whose DRA devices carry a NoExecute taint (standalone device-taint-eviction-controller, KEP-5055)" \
       org.opencontainers.image.version="${VERSION}" \
-      org.opencontainers.image.licenses="Apache-2.0" \
-      org.opencontainers.image.base.name="gcr.io/distroless/static-debian12:nonroot"
-COPY --from=builder /device-taint-eviction /device-taint-eviction
+      org.opencontainers.image.licenses="Apache-2.0"
+COPY --from=builder /rootfs/ /
 USER 65532:65532
 # /healthz, /readyz and /metrics (--http-addr).
 EXPOSE 8080

@@ -1,7 +1,7 @@
 # Every target is what CI runs (see .ci/run); nothing here needs a manual install step.
 CARGO ?= cargo
 
-.PHONY: unit test lint fmt chart-check image-check ci demo soak fuzz
+.PHONY: unit test test-compat lint fmt chart-check image image-check ci demo soak fuzz
 
 ## unit: the tests that need nothing but cargo (no control plane, no cluster): the library's unit
 ## and property tests, the actuator against a scripted API, doc tests, and one pass of each
@@ -12,10 +12,18 @@ unit:
 	$(CARGO) bench --locked --bench core -- --test
 
 ## test: the whole test suite (unit, property and integration tests against a local control plane).
-## The control plane binaries are built (or found in the cache) first; see tests/controlplane/README.md.
+## The control plane binaries and KWOK are built (or found in the cache) first, with their progress
+## shown; see tests/controlplane/README.md.
 test:
 	tests/controlplane/build.sh >/dev/null
+	tests/controlplane/build-kwok.sh >/dev/null
 	$(CARGO) test --locked --all-targets
+
+## test-compat: the integration suite on real 1.35, 1.36 and 1.37 control planes, each with the gates
+## and runtime config README's compatibility table names (not in CI: each older control plane is a
+## one-time build of several minutes). One minor: bash tests/compat.sh 1.36.
+test-compat:
+	bash tests/compat.sh
 
 ## lint: formatting and clippy, warnings are errors.
 lint:
@@ -31,8 +39,14 @@ fmt:
 chart-check:
 	bash tests/chart/check.sh
 
-## image-check: build the binary as the Dockerfile does (static, musl) and run it as the image does
-## (user 65532, nothing else in a read-only root) against a local control plane. Needs root.
+## image: the container image without a Docker engine: the static binary built on the host, packaged
+## with the Dockerfile's runtime stage by podman, saved as an OCI archive at
+## target/image/device-taint-eviction.tar (`kind load image-archive` takes it).
+image:
+	bash tests/image/build.sh >/dev/null
+
+## image-check: build the image and run it with podman against a local control plane: non-root,
+## read-only root filesystem, ready, evicts a pod, exits 0 on SIGTERM. Needs root.
 image-check:
 	bash tests/image/check.sh
 

@@ -1,4 +1,10 @@
 //! `device-taint-eviction` binary: parses the command line, sets up logging and runs a subcommand.
+//!
+//! An error ends the process with exit code 1 after printing it the way kubectl does: `error: ` and
+//! the message, then one line per cause. Nothing else, whatever the environment says: a backtrace
+//! (`RUST_BACKTRACE`) is for bugs, and only a panic prints one.
+
+use std::process::ExitCode;
 
 use anyhow::Context as _;
 use clap::Parser as _;
@@ -6,8 +12,18 @@ use device_taint_eviction::cli::{Cli, Command, KubeArgs};
 use device_taint_eviction::{client, controller, ops, telemetry};
 
 #[tokio::main]
-async fn main() -> anyhow::Result<()> {
+async fn main() -> ExitCode {
     let cli = Cli::parse();
+    match run(cli).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprint!("{}", error_report(&err));
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
     telemetry::init(&cli.command.log_args().settings()).context("failed to set up logging")?;
     let mut out = std::io::stdout();
     match cli.command {
@@ -36,4 +52,28 @@ async fn connect(args: &KubeArgs) -> anyhow::Result<kube::Client> {
     client::client(&args.settings())
         .await
         .context("failed to connect to the Kubernetes API server")
+}
+
+/// `error: <message>` and a `caused by: <cause>` line per cause, outermost first; never a
+/// backtrace.
+fn error_report(err: &anyhow::Error) -> String {
+    std::iter::once(format!("error: {err}\n"))
+        .chain(err.chain().skip(1).map(|cause| format!("caused by: {cause}\n")))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::error_report;
+
+    #[test]
+    fn report_lists_the_causes_without_a_backtrace() {
+        let err = anyhow::anyhow!("it does not exist")
+            .context("failed to delete DeviceTaintRule r")
+            .context("untaint failed");
+        assert_eq!(
+            error_report(&err),
+            "error: untaint failed\ncaused by: failed to delete DeviceTaintRule r\ncaused by: it does not exist\n"
+        );
+    }
 }

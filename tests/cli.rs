@@ -37,10 +37,22 @@ impl std::fmt::Display for Run {
 /// Runs `device-taint-eviction ARGS` with `KUBECONFIG=kubeconfig` to completion (stdout and stderr
 /// are pipes, so the progress shows as lines, as in a CI log), giving up after `timeout`.
 async fn cli(kubeconfig: &Path, args: &[&str], timeout: std::time::Duration) -> Run {
+    cli_env(kubeconfig, args, &[], timeout).await
+}
+
+/// [`cli`] with `env` added to the environment.
+async fn cli_env(
+    kubeconfig: &Path,
+    args: &[&str],
+    env: &[(&str, &str)],
+    timeout: std::time::Duration,
+) -> Run {
     let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_device-taint-eviction"))
         .args(args)
-        .env("KUBECONFIG", kubeconfig)
         .env_remove("RUST_BACKTRACE")
+        .env_remove("RUST_LIB_BACKTRACE")
+        .envs(env.iter().copied())
+        .env("KUBECONFIG", kubeconfig)
         .env_remove("RUST_LOG")
         .env_remove("DTE_LOG_LEVEL")
         .stdin(Stdio::null())
@@ -235,6 +247,117 @@ async fn untaint_of_a_missing_rule_fails_and_names_it() {
             "failed to delete DeviceTaintRule {name}: it does not exist"
         )),
         "{run}"
+    );
+}
+
+/// Expected errors print as kubectl prints them, `error: ` and the causes, and nothing else: no
+/// backtrace even with `RUST_BACKTRACE=1` (only a panic may show one).
+const BACKTRACE_ON: [(&str, &str); 2] = [("RUST_BACKTRACE", "1"), ("RUST_LIB_BACKTRACE", "1")];
+
+#[tokio::test]
+async fn untaint_of_a_missing_rule_prints_only_the_error() {
+    let env = TestEnv::new().await;
+    let run = cli_env(
+        env.kubeconfig(),
+        &["untaint", "--name", "does-not-exist"],
+        &BACKTRACE_ON,
+        TIMEOUT,
+    )
+    .await;
+    assert_eq!(run.code, Some(1), "{run}");
+    assert_eq!(run.stdout, "", "{run}");
+    assert_eq!(
+        run.stderr, "error: failed to delete DeviceTaintRule does-not-exist: it does not exist\n",
+        "{run}"
+    );
+}
+
+/// What the API server says about the key `not a key!` (Kubernetes' qualified-name rule).
+const INVALID_KEY_CAUSE: &str = "spec.taint.key: Invalid value: \"not a key!\": name part must consist of \
+     alphanumeric characters, '-', '_' or '.', and must start and end with an alphanumeric character (e.g. \
+     'MyName',  or 'my.name',  or '123-abc', regex used for validation is \
+     '([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9]')";
+
+/// A key the API server rejects: the server's reason, nothing else.
+#[tokio::test]
+async fn taint_with_an_invalid_key_prints_only_the_error() {
+    let env = TestEnv::new().await;
+    let name = env.unique_name("cli-bad-key");
+    let run = cli_env(
+        env.kubeconfig(),
+        &[
+            "taint",
+            "--name",
+            &name,
+            "--driver",
+            DRIVER,
+            "--pool",
+            "pool-x",
+            "--key",
+            "not a key!",
+        ],
+        &BACKTRACE_ON,
+        TIMEOUT,
+    )
+    .await;
+    assert_eq!(run.code, Some(1), "{run}");
+    assert_eq!(run.stdout, "", "{run}");
+    assert_eq!(
+        run.stderr,
+        format!(
+            "error: failed to apply DeviceTaintRule {name}\n\
+             caused by: the API server rejected it as invalid: DeviceTaintRule.resource.k8s.io \
+             \"{name}\" is invalid: {INVALID_KEY_CAUSE}\n"
+        ),
+        "{run}"
+    );
+    assert!(env.rule_condition(&name).await.is_none(), "a rule was created");
+}
+
+/// `taint --wait --timeout 10s` on a device whose pod tolerates the taint for 300s gives up after
+/// 10s and says how many pods are still pending.
+#[tokio::test]
+async fn taint_wait_timing_out_prints_only_the_error() {
+    let env = setup(&["gpu-0"]).await;
+    env.pod_with_claim(
+        "patient",
+        "patient-claim",
+        "gpu-0",
+        vec![toleration(KEY, Some(300))],
+    )
+    .await;
+    let name = env.unique_name("cli-timeout");
+    let pool = env.pool();
+    let taint = [
+        "taint", "--name", &name, "--driver", DRIVER, "--pool", &pool, "--device", "gpu-0", "--key", KEY,
+    ];
+    let run = cli(env.kubeconfig(), &taint, TIMEOUT).await;
+    assert_eq!(run.code, Some(0), "{run}");
+    // The controller has counted the pending pod before the timed wait starts, so the message
+    // names it.
+    wait_for("the rule to report the pending pod", TIMEOUT, || async {
+        let (reason, _) = env.rule_condition(&name).await?;
+        (reason == "PodsPendingEviction").then_some(())
+    })
+    .await;
+    let wait: Vec<&str> = taint
+        .iter()
+        .chain(&["--wait", "--timeout", "10s"])
+        .copied()
+        .collect();
+    let run = cli_env(env.kubeconfig(), &wait, &BACKTRACE_ON, TIMEOUT).await;
+    assert_eq!(run.code, Some(1), "{run}");
+    assert_eq!(
+        run.stderr,
+        format!(
+            "error: failed to wait for DeviceTaintRule {name}: gave up after 10s with 1 pod still \
+             pending eviction\n"
+        ),
+        "{run}"
+    );
+    assert!(
+        !env.pod_deleted("patient").await,
+        "the tolerating pod was evicted"
     );
 }
 

@@ -64,7 +64,7 @@ async fn device_taint_rule_at_every_served_version() {
     let env = TestEnv::new().await;
     let pool = env.unique_name("pool");
     let versions = env.served_rule_versions().await;
-    if env.cluster.dir.is_some() {
+    if support::serves_every_rule_version(env.cluster) {
         assert_eq!(
             versions,
             ["v1", "v1beta2", "v1alpha3"],

@@ -2,9 +2,13 @@
 # `make demo`: a device fails, the controller evicts the pod that uses it.
 #
 # Starts a local control plane (etcd, kube-apiserver, kube-scheduler and the upstream
-# resource-claim controller, built from the Kubernetes Go modules), runs device-taint-eviction
-# against it, creates a device, a claim template and a pod from examples/, taints the device and
-# prints a timeline. Everything is removed at the end.
+# resource-claim controller, built from the Kubernetes Go modules) with one node, node-1, whose
+# kubelet KWOK simulates; runs device-taint-eviction against it, creates a device, a claim template
+# and a pod from examples/, taints the device and prints a timeline: the pod Running on node-1,
+# Terminating once evicted, then gone. Everything is removed at the end.
+#
+# The first run on a machine builds the control plane and KWOK from source (see
+# tests/controlplane/README.md); their progress is shown.
 set -euo pipefail
 
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -12,9 +16,11 @@ dir=$(mktemp -d "${TMPDIR:-/tmp}/dte-demo.XXXXXX")
 ns=demo
 start=$(date +%s.%N)
 controller_pid=
+follower_pid=
 
 say() { printf '[%6.2fs] %s\n' "$(awk -v a="$(date +%s.%N)" -v b="$start" 'BEGIN { print a - b }')" "$*"; }
 cleanup() {
+	[[ -z $follower_pid ]] || kill "$follower_pid" 2>/dev/null || true
 	[[ -n $controller_pid ]] && kill "$controller_pid" 2>/dev/null && wait "$controller_pid" 2>/dev/null
 	"$root/tests/controlplane/down.sh" "$dir" >/dev/null 2>&1 || true
 	rm -rf "$dir"
@@ -38,14 +44,43 @@ await() {
 
 say "building device-taint-eviction"
 cargo build --quiet --locked --manifest-path "$root/Cargo.toml"
-say "starting etcd, kube-apiserver, kube-scheduler and the resource-claim controller"
-"$root/tests/controlplane/up.sh" --with-scheduler --controllers=resource-claim-controller "$dir" >"$dir.up.log" 2>&1 ||
-	{ cat "$dir.up.log" >&2; exit 1; }
+# A first run builds the binaries here, with its progress on the terminal (a one-time build).
+"$root/tests/controlplane/build.sh" >/dev/null
+"$root/tests/controlplane/build-kwok.sh" >/dev/null
+say "starting etcd, kube-apiserver, kube-scheduler, the resource-claim controller and KWOK with node node-1"
+"$root/tests/controlplane/up.sh" --with-scheduler --controllers=resource-claim-controller --kwok-nodes=1 "$dir" \
+	>"$dir.up.log" 2>&1 || { cat "$dir.up.log" >&2; exit 1; }
 rm -f "$dir.up.log"
 export KUBECONFIG=$dir/kubeconfig
 kubectl=$("$root/tests/controlplane/build.sh" --print-dir)/kubectl
 k() { "$kubectl" "$@"; }
-"$root/tests/controlplane/make-node.sh" "$KUBECONFIG" node-1 >/dev/null
+say "node-1 is $(k get node node-1 -o jsonpath='{range .status.conditions[?(@.type=="Ready")]}Ready={.status} ({.reason}){end}'), its kubelet simulated by KWOK"
+
+# follow_pod: prints each change of the pod's state (phase, Terminating, gone) until it is gone.
+follow_pod() {
+	local last='' state seen=false
+	while :; do
+		if state=$(k -n "$ns" get pod gpu-workload -o jsonpath='{.status.phase}{"|"}{.spec.nodeName}{"|"}{.metadata.deletionTimestamp}' 2>/dev/null); then
+			seen=true
+			IFS='|' read -r phase node deleting <<<"$state"
+			if [[ -n $deleting ]]; then
+				state="Terminating (deletionTimestamp $deleting)"
+			elif [[ -n $node ]]; then
+				state="$phase on $node"
+			else
+				state="$phase, not scheduled yet"
+			fi
+		elif $seen; then
+			say "pod $ns/gpu-workload: gone"
+			return
+		else
+			state=
+		fi
+		[[ $state == "$last" || -z $state ]] || say "pod $ns/gpu-workload: $state"
+		last=$state
+		sleep 0.2
+	done
+}
 
 say "starting the controller (log: controller.log)"
 "$root/target/debug/device-taint-eviction" controller --http-addr 127.0.0.1:0 --leader-elect=false \
@@ -58,10 +93,14 @@ k create namespace "$ns" >/dev/null
 k -n "$ns" create serviceaccount default >/dev/null
 k apply -f "$root/examples/deviceclass.yaml" -f "$root/examples/resourceslice.yaml" >/dev/null
 k -n "$ns" apply -f "$root/examples/claim-template.yaml" -f "$root/examples/pod.yaml" >/dev/null
+follow_pod &
+follower_pid=$!
 reserved() { [[ -n $(k -n "$ns" get resourceclaims -o jsonpath='{.items[0].status.reservedFor[0].uid}') ]]; }
 await "the scheduler to allocate a device" 60 reserved
 device=$(k -n "$ns" get resourceclaims -o jsonpath='{.items[0].status.allocation.devices.results[0].device}')
-say "pod $ns/gpu-workload scheduled on $(k -n "$ns" get pod gpu-workload -o jsonpath='{.spec.nodeName}'), using device $device"
+running() { [[ $(k -n "$ns" get pod gpu-workload -o jsonpath='{.status.phase}') == Running ]]; }
+await "the pod to run" 60 running
+say "pod $ns/gpu-workload runs on $(k -n "$ns" get pod gpu-workload -o jsonpath='{.spec.nodeName}'), using device $device"
 
 say "device gpu-0 fails: applying examples/devicetaintrule-noexecute.yaml (key gpu.example.com/unhealthy, effect NoExecute)"
 k apply -f "$root/examples/devicetaintrule-noexecute.yaml" >/dev/null
@@ -71,6 +110,11 @@ say "eviction scheduled for $at (no toleration: at once)"
 deleting() { [[ -n $(k -n "$ns" get pod gpu-workload -o jsonpath='{.metadata.deletionTimestamp}' 2>/dev/null) ]] || ! k -n "$ns" get pod gpu-workload; }
 await "the pod to be evicted" 30 deleting
 say "pod evicted: $(k -n "$ns" get pod gpu-workload -o jsonpath='{range .status.conditions[?(@.type=="DisruptionTarget")]}condition {.type}={.status} ({.reason}: {.message}){end}' 2>/dev/null)"
+# KWOK ends the pod's graceful termination (within its 30s grace period) and the pod is removed.
+gone() { ! k -n "$ns" get pod gpu-workload; }
+await "the pod to be gone" 60 gone
+wait "$follower_pid"
+follower_pid=
 say "events: $(k -n "$ns" get events --field-selector involvedObject.name=gpu-workload -o jsonpath='{range .items[?(@.reason=="DeviceTaintManagerEviction")]}{.reason}: {.message}{end}')"
 completed() { [[ $(k get devicetaintrule gpu-0-unhealthy -o jsonpath='{.status.conditions[0].reason}') == Completed ]]; }
 await "the rule status to report completion" 30 completed

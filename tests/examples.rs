@@ -118,11 +118,11 @@ async fn resource_of(env: &TestEnv, manifest: &Value) -> (ApiResource, Scope) {
     (resource, capabilities.scope)
 }
 
-/// A node for the example slice: a fresh fake one on the self-started control plane, else the
-/// first node that takes pods (kind's worker).
+/// A node for the example slice: a fresh KWOK node on the self-started control plane (its pods
+/// run and, once evicted, go), else the first node that takes pods (kind's worker).
 async fn node_for_the_slice(env: &TestEnv) -> String {
     if env.cluster.dir.is_some() {
-        return env.create_ready_node("node-1").await;
+        return env.create_kwok_node("node-1").await;
     }
     let nodes = Api::<Node>::all(env.client.clone())
         .list(&ListParams::default())
@@ -218,6 +218,7 @@ async fn step_1_a_pod_using_a_gpu(env: &TestEnv) {
         "gpu-0",
         "the README says a fresh pool hands out gpu-0 first"
     );
+    env.wait_pod_running("gpu-workload").await;
 }
 
 /// Step 2: what would happen? Effect None: a report, no eviction.
@@ -247,6 +248,7 @@ async fn step_3_a_noexecute_rule_evicts(env: &TestEnv) {
         env.pod_deleted("gpu-workload").await.then_some(())
     })
     .await;
+    // Read before the pod is gone (when it still exists).
     if let Some((status, reason, _)) = env.disruption_target("gpu-workload").await {
         assert_eq!(
             (status.as_str(), reason.as_str()),
@@ -260,8 +262,12 @@ async fn step_3_a_noexecute_rule_evicts(env: &TestEnv) {
     assert_eq!(status, "False");
     assert_readme_quotes(&format!("message: {done}"));
     delete(env, &rule).await;
-    // No kubelet runs on the local control plane to finish the deletion; kind's does.
-    env.delete_pod_now("gpu-workload").await;
+    // KWOK, playing the node's kubelet, ends the pod's graceful termination: it is gone. On kind,
+    // the pod (which step 4 creates again) is not left to finish its grace period.
+    env.wait_evicted("gpu-workload").await;
+    if !env.kwok() {
+        env.delete_pod_now("gpu-workload").await;
+    }
 }
 
 /// Step 4: tolerations of 60 seconds and forever. The whole pool is tainted (the README drops the
@@ -296,10 +302,7 @@ async fn step_4_tolerations(env: &TestEnv) {
     let applied = apply(env, parse("devicetaintrule-noexecute.yaml", &pool_rule_text)).await;
     let time_added = support::objects::seconds(&applied.data["spec"]["taint"]["timeAdded"]);
 
-    wait_for("gpu-workload to be evicted", TIMEOUT, || async {
-        env.pod_deleted("gpu-workload").await.then_some(())
-    })
-    .await;
+    env.wait_evicted("gpu-workload").await;
     let pending = format!("{PENDING} 1 pod evicted since starting the controller.");
     wait_for_condition(env, RULE, "PodsPendingEviction", &pending).await;
     assert_readme_quotes(PENDING);
@@ -311,6 +314,7 @@ async fn step_4_tolerations(env: &TestEnv) {
         || async { env.pod_deleted("gpu-workload-tolerating-60s").await.then_some(()) },
     )
     .await;
+    env.wait_evicted("gpu-workload-tolerating-60s").await;
     let marked_at = marking_time(env, "gpu-workload-tolerating-60s").await;
     assert!(
         (time_added + 60..=time_added + 70).contains(&marked_at),
@@ -331,7 +335,12 @@ async fn step_4_tolerations(env: &TestEnv) {
 
 #[tokio::test]
 async fn the_examples_walkthrough_holds() {
-    let env = TestEnv::with_up_flags(&["--with-scheduler", "--controllers=resourceclaim-controller"]).await;
+    let env = TestEnv::with_up_flags(&[
+        "--with-scheduler",
+        "--controllers=resourceclaim-controller",
+        "--kwok-nodes=0",
+    ])
+    .await;
     support::shared_controller(&["--leader-elect=false"]).await;
 
     step_1_a_pod_using_a_gpu(&env).await;

@@ -18,6 +18,12 @@ use support::{
     shared_controller, wait_for,
 };
 
+/// The test's environment on a control plane whose node-1, where the scenarios' pods run, is a
+/// KWOK node: pods run, and an evicted pod is really removed unless a finalizer holds it.
+async fn scenario_env() -> TestEnv {
+    TestEnv::with_up_flags(&["--kwok-nodes=1"]).await
+}
+
 /// The controller shared by these tests (no leader election: it is alone); None on a cluster
 /// with a deployed controller.
 async fn controller() -> Option<&'static Controller> {
@@ -28,7 +34,7 @@ async fn controller() -> Option<&'static Controller> {
 /// an Event, the DisruptionTarget condition and the deletion follow.
 #[tokio::test]
 async fn evict_pod_resourceclaim() {
-    let env = TestEnv::new().await;
+    let env = scenario_env().await;
     controller().await;
     env.apply_slice(&env.unique_name("slice"), 1, &[("gpu-0", vec![])])
         .await;
@@ -39,10 +45,7 @@ async fn evict_pod_resourceclaim() {
         &[("gpu-0", vec![taint("example.com/broken", "NoExecute")])],
     )
     .await;
-    wait_for("the pod to be evicted", TIMEOUT, || async {
-        env.pod_deleted("my-pod").await.then_some(())
-    })
-    .await;
+    env.wait_evicted("my-pod").await;
     let events = wait_for("the eviction event", TIMEOUT, || async {
         let e = env.eviction_events("my-pod").await;
         (!e.is_empty()).then_some(e)
@@ -77,10 +80,7 @@ async fn wait_scheduled(ctrl: Option<&Controller>, env: &TestEnv, pod: &str) {
 }
 
 async fn wait_deleted(env: &TestEnv, pod: &str) {
-    wait_for(&format!("pod {pod} to be evicted"), TIMEOUT, || async {
-        env.pod_deleted(pod).await.then_some(())
-    })
-    .await;
+    env.wait_evicted(pod).await;
 }
 
 /// Waits for the rule's `EvictionInProgress` condition to have `reason`; returns its message.
@@ -109,7 +109,7 @@ async fn wait_event(env: &TestEnv, pod: &str, note: &str) {
 /// status ends `Completed`.
 #[tokio::test]
 async fn evict_pod_rule() {
-    let env = TestEnv::new().await;
+    let env = scenario_env().await;
     let ctrl = controller().await;
     env.apply_slice(&env.unique_name("slice"), 1, &[("gpu-0", vec![])])
         .await;
@@ -179,7 +179,7 @@ async fn assert_evicted_at(
 /// Upstream case 12, `evict-pod-rule-later`: the claim tolerates the rule's taint for 5 s.
 #[tokio::test]
 async fn evict_pod_rule_later() {
-    let env = TestEnv::new().await;
+    let env = scenario_env().await;
     let ctrl = controller().await;
     env.apply_slice(&env.unique_name("slice"), 1, &[("gpu-0", vec![])])
         .await;
@@ -200,7 +200,7 @@ async fn evict_pod_rule_later() {
 /// Upstream case 13, `evict-many-pods-many-namespaces`: the pending message counts namespaces.
 #[tokio::test]
 async fn evict_many_pods_many_namespaces() {
-    let env = TestEnv::new().await;
+    let env = scenario_env().await;
     controller().await;
     let others = [env.sibling(1).await, env.sibling(2).await];
     env.apply_slice(
@@ -229,10 +229,7 @@ async fn evict_many_pods_many_namespaces() {
         "3 pods need to be evicted in 3 different namespaces."
     );
     for e in std::iter::once(&env).chain(&others) {
-        wait_for("the pod to be evicted", STATUS_TIMEOUT, || async {
-            e.pod_deleted("my-pod").await.then_some(())
-        })
-        .await;
+        e.wait_evicted("my-pod").await;
     }
     assert_eq!(
         wait_condition(&env, &rule, "Completed").await,
@@ -244,7 +241,7 @@ async fn evict_many_pods_many_namespaces() {
 /// NoExecute would do.
 #[tokio::test]
 async fn none_pod_rule() {
-    let env = TestEnv::new().await;
+    let env = scenario_env().await;
     controller().await;
     let slice = env.unique_name("slice");
     env.apply_slice(&slice, 1, &[("gpu-0", vec![]), ("w", vec![])])
@@ -274,7 +271,7 @@ async fn none_pod_rule() {
 /// UID) and the claim reserved for it is evicted again.
 #[tokio::test]
 async fn evict_pod_resourceclaim_again() {
-    let env = TestEnv::new().await;
+    let env = scenario_env().await;
     controller().await;
     let slice = env.unique_name("slice");
     env.apply_slice(&slice, 1, &[("gpu-0", vec![])]).await;
@@ -297,7 +294,7 @@ async fn evict_pod_resourceclaim_again() {
 /// to a node it is.
 #[tokio::test]
 async fn evict_pod_after_scheduling() {
-    let env = TestEnv::new().await;
+    let env = scenario_env().await;
     controller().await;
     let slice = env.unique_name("slice");
     env.apply_slice(&slice, 1, &[("gpu-0", vec![]), ("w", vec![])])
@@ -318,7 +315,7 @@ async fn evict_pod_after_scheduling() {
 /// (owned by the pod, named in the pod's status) is followed too.
 #[tokio::test]
 async fn evict_pod_resourceclaimtemplate() {
-    let env = TestEnv::new().await;
+    let env = scenario_env().await;
     controller().await;
     let slice = env.unique_name("slice");
     env.apply_slice(&slice, 1, &[("gpu-0", vec![])]).await;
@@ -350,7 +347,7 @@ async fn evict_pod_resourceclaimtemplate() {
 /// Upstream case 26, `evict-pod-later`: the claim tolerates the slice taint for 8 s.
 #[tokio::test]
 async fn evict_pod_later() {
-    let env = TestEnv::new().await;
+    let env = scenario_env().await;
     let ctrl = controller().await;
     let slice = env.unique_name("slice");
     env.apply_slice(&slice, 1, &[("gpu-0", vec![])]).await;
@@ -367,7 +364,7 @@ async fn evict_pod_later() {
 /// pod, also after the witness was evicted and the rule status refreshed.
 #[tokio::test]
 async fn no_evict_pod_toleration_forever() {
-    let env = TestEnv::new().await;
+    let env = scenario_env().await;
     controller().await;
     env.apply_slice(&env.unique_name("slice"), 1, &[("gpu-0", vec![]), ("w", vec![])])
         .await;
@@ -389,7 +386,7 @@ async fn no_evict_pod_toleration_forever() {
 /// other not: evicted.
 #[tokio::test]
 async fn evict_pod_partial_toleration() {
-    let env = TestEnv::new().await;
+    let env = scenario_env().await;
     controller().await;
     let slice = env.unique_name("slice");
     env.apply_slice(&slice, 1, &[("gpu-0", vec![])]).await;
@@ -410,7 +407,7 @@ async fn evict_pod_partial_toleration() {
 /// Upstream case 33, `no-evict-pod-not-scheduled`: a pod without nodeName is not evicted.
 #[tokio::test]
 async fn no_evict_pod_not_scheduled() {
-    let env = TestEnv::new().await;
+    let env = scenario_env().await;
     controller().await;
     let slice = env.unique_name("slice");
     env.apply_slice(&slice, 1, &[("gpu-0", vec![]), ("w", vec![])])
@@ -428,7 +425,7 @@ async fn no_evict_pod_not_scheduled() {
 /// Upstream case 39, `no-evict-wrong-pod`: the claim is reserved for another pod UID.
 #[tokio::test]
 async fn no_evict_wrong_pod() {
-    let env = TestEnv::new().await;
+    let env = scenario_env().await;
     controller().await;
     let slice = env.unique_name("slice");
     env.apply_slice(&slice, 1, &[("gpu-0", vec![]), ("w", vec![])])
@@ -469,7 +466,7 @@ async fn pending_eviction(ctrl: Option<&Controller>, env: &TestEnv, slice: &str)
 /// Upstream case 41, `cancel-eviction-remove-taint`: the taint is removed during the countdown.
 #[tokio::test]
 async fn cancel_eviction_remove_taint() {
-    let env = TestEnv::new().await;
+    let env = scenario_env().await;
     let ctrl = controller().await;
     let slice = env.unique_name("slice");
     pending_eviction(ctrl, &env, &slice).await;
@@ -482,7 +479,7 @@ async fn cancel_eviction_remove_taint() {
 /// Upstream case 42, `cancel-eviction-reduce-taint`: the effect changes to NoSchedule.
 #[tokio::test]
 async fn cancel_eviction_reduce_taint() {
-    let env = TestEnv::new().await;
+    let env = scenario_env().await;
     let ctrl = controller().await;
     let slice = env.unique_name("slice");
     pending_eviction(ctrl, &env, &slice).await;
@@ -500,7 +497,7 @@ async fn cancel_eviction_reduce_taint() {
 /// without the taint replaces the tainted one.
 #[tokio::test]
 async fn cancel_eviction_remove_taint_in_new_slice() {
-    let env = TestEnv::new().await;
+    let env = scenario_env().await;
     let ctrl = controller().await;
     pending_eviction(ctrl, &env, &env.unique_name("slice")).await;
     env.apply_slice(
@@ -516,7 +513,7 @@ async fn cancel_eviction_remove_taint_in_new_slice() {
 /// Upstream case 47, `cancel-eviction-remove-slice`: the tainted slice is deleted.
 #[tokio::test]
 async fn cancel_eviction_remove_slice() {
-    let env = TestEnv::new().await;
+    let env = scenario_env().await;
     let ctrl = controller().await;
     let slice = env.unique_name("slice");
     pending_eviction(ctrl, &env, &slice).await;
@@ -532,7 +529,7 @@ async fn cancel_eviction_remove_slice() {
 /// the controller neither deletes nor reports it.
 #[tokio::test]
 async fn cancel_eviction_pod_deletion() {
-    let env = TestEnv::new().await;
+    let env = scenario_env().await;
     let ctrl = controller().await;
     pending_eviction(ctrl, &env, &env.unique_name("slice")).await;
     env.delete_pod_now("my-pod").await;
@@ -546,7 +543,7 @@ async fn cancel_eviction_pod_deletion() {
 /// controller should a later server accept unknown effects.
 #[tokio::test]
 async fn ignore_unknown_effect() {
-    let env = TestEnv::new().await;
+    let env = scenario_env().await;
     controller().await;
     let slice = env.unique_name("slice");
     env.apply_slice(&slice, 1, &[("gpu-0", vec![]), ("w", vec![])])
@@ -582,7 +579,7 @@ async fn ignore_unknown_effect() {
 /// Upstream case 51, `no-evict-resourceclaim-deallocated`.
 #[tokio::test]
 async fn no_evict_resourceclaim_deallocated() {
-    let env = TestEnv::new().await;
+    let env = scenario_env().await;
     controller().await;
     let slice = env.unique_name("slice");
     env.apply_slice(&slice, 1, &[("gpu-0", vec![]), ("w", vec![])])
@@ -599,7 +596,7 @@ async fn no_evict_resourceclaim_deallocated() {
 /// Upstream case 52, `no-evict-resourceclaim-deleted`.
 #[tokio::test]
 async fn no_evict_resourceclaim_deleted() {
-    let env = TestEnv::new().await;
+    let env = scenario_env().await;
     controller().await;
     let slice = env.unique_name("slice");
     env.apply_slice(&slice, 1, &[("gpu-0", vec![]), ("w", vec![])])
@@ -616,14 +613,14 @@ async fn no_evict_resourceclaim_deleted() {
     env.assert_spared("my-pod").await;
 }
 
-/// Rules at every served version (v1alpha3, v1beta2, v1: all three on the local control plane)
-/// evict.
+/// Rules at every served version (v1alpha3, v1beta2, v1: all three on the local 1.37 control
+/// plane) evict.
 #[tokio::test]
 async fn evict_pod_rule_every_version() {
-    let env = TestEnv::new().await;
+    let env = scenario_env().await;
     controller().await;
     let versions = env.served_rule_versions().await;
-    if env.cluster.dir.is_some() {
+    if support::serves_every_rule_version(env.cluster) {
         assert_eq!(versions, ["v1", "v1beta2", "v1alpha3"]);
     }
     let devices: Vec<String> = (0..versions.len()).map(|i| format!("gpu-{i}")).collect();
@@ -655,7 +652,7 @@ async fn evict_pod_rule_every_version() {
 /// recreated with a toleration forever) is not evicted when the old deadline passes.
 #[tokio::test]
 async fn recreated_pod_not_evicted_by_old_deadline() {
-    let env = TestEnv::new().await;
+    let env = scenario_env().await;
     let ctrl = controller().await;
     pending_eviction(ctrl, &env, &env.unique_name("slice")).await;
     env.delete_pod_now("my-pod").await;
@@ -681,7 +678,7 @@ async fn recreated_pod_not_evicted_by_old_deadline() {
 /// Event. Effect None only: NoExecute would evict the pods of every other test.
 #[tokio::test]
 async fn empty_selector_warns() {
-    let env = TestEnv::new().await;
+    let env = scenario_env().await;
     controller().await;
     let rule = env.unique_name("rule");
     env.create_rule_with(&rule, json!({"deviceSelector": {}, "taint": taint(KEY, "None")}))
@@ -697,7 +694,7 @@ async fn empty_selector_warns() {
 /// Upstream case 14, `evict-many-pods-same-namespace`: "1 namespace" wording with two pods.
 #[tokio::test]
 async fn evict_many_pods_same_namespace() {
-    let env = TestEnv::new().await;
+    let env = scenario_env().await;
     controller().await;
     env.apply_slice(
         &env.unique_name("slice"),
@@ -716,10 +713,7 @@ async fn evict_many_pods_same_namespace() {
         "2 pods need to be evicted in 1 namespace."
     );
     for pod in ["pod-0", "pod-1"] {
-        wait_for("the pod to be evicted", STATUS_TIMEOUT, || async {
-            env.pod_deleted(pod).await.then_some(())
-        })
-        .await;
+        env.wait_evicted(pod).await;
     }
     assert_eq!(
         wait_condition(&env, &rule, "Completed").await,
@@ -731,7 +725,7 @@ async fn evict_many_pods_same_namespace() {
 /// help: immediate eviction.
 #[tokio::test]
 async fn evict_pod_toleration_mismatch() {
-    let env = TestEnv::new().await;
+    let env = scenario_env().await;
     controller().await;
     let slice = env.unique_name("slice");
     env.apply_slice(&slice, 1, &[("gpu-0", vec![])]).await;
@@ -750,7 +744,7 @@ async fn evict_pod_toleration_mismatch() {
 /// Upstream case 38, `no-evict-other-device`: the taint is on a device the pod does not use.
 #[tokio::test]
 async fn no_evict_other_device() {
-    let env = TestEnv::new().await;
+    let env = scenario_env().await;
     controller().await;
     let slice = env.unique_name("slice");
     let devices =
@@ -766,7 +760,7 @@ async fn no_evict_other_device() {
 /// Upstream case 43, `ignore-none-effect`: a None taint in a slice evicts nothing.
 #[tokio::test]
 async fn ignore_none_effect() {
-    let env = TestEnv::new().await;
+    let env = scenario_env().await;
     controller().await;
     let slice = env.unique_name("slice");
     env.apply_slice(&slice, 1, &[("gpu-0", vec![]), ("w", vec![])])
@@ -789,7 +783,7 @@ async fn ignore_none_effect() {
 /// once reservedFor names the pod, it is evicted.
 #[tokio::test]
 async fn evict_wrong_pod_replaced() {
-    let env = TestEnv::new().await;
+    let env = scenario_env().await;
     controller().await;
     let slice = env.unique_name("slice");
     env.apply_slice(&slice, 1, &[("gpu-0", vec![]), ("w", vec![])])

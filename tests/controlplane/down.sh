@@ -66,6 +66,6 @@ stop() {
 }
 
 # Clients first, etcd last so the API server can shut down cleanly.
-stop kube-scheduler kube-controller-manager
+stop kwok kube-scheduler kube-controller-manager
 stop kube-apiserver
 stop etcd

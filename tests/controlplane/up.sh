@@ -4,25 +4,37 @@
 # under DIR. Exits 0 once the API server answers /readyz, leaving the processes running in their
 # own sessions; stop them with down.sh DIR. See README.md in this directory.
 #
-# Usage: up.sh [--with-scheduler] [--controllers=LIST] DIR
+# Usage: up.sh [--with-scheduler] [--controllers=LIST] [--kwok-nodes=N] DIR
+#
+#   --kwok-nodes=N  also run KWOK (build-kwok.sh), which plays the kubelet of every node annotated
+#                   kwok.x-k8s.io/node=fake: such a node turns Ready and keeps a fresh Lease, a pod
+#                   bound to it is Running, a deleted one is removed once its grace period is over.
+#                   Creates N such nodes, node-1 ... node-N (0: none, only KWOK).
 #
 # Environment:
+#   CONTROLPLANE_K8S_VERSION    Kubernetes minor to run (build.sh): the newest (default) or an older
+#                               one of versions/, with the gates and runtime config it needs
 #   CONTROLPLANE_TIMEOUT        seconds to wait for each component to become ready (default 120)
 #   CONTROLPLANE_FEATURE_GATES  extra feature gates (k=v,...) for every component
 #   CONTROLPLANE_RUNTIME_CONFIG extra kube-apiserver --runtime-config entries (k=v,...)
 set -euo pipefail
 
 usage() {
-	echo "usage: $0 [--with-scheduler] [--controllers=LIST] DIR" >&2
+	echo "usage: $0 [--with-scheduler] [--controllers=LIST] [--kwok-nodes=N] DIR" >&2
 	exit 2
 }
 
 with_scheduler=false
 controllers=
+kwok_nodes=
 dir=
 for arg in "$@"; do
 	case $arg in
 	--with-scheduler) with_scheduler=true ;;
+	--kwok-nodes=*)
+		kwok_nodes=${arg#--kwok-nodes=}
+		[[ $kwok_nodes =~ ^[0-9]+$ ]] || usage
+		;;
 	--controllers=*) controllers=${arg#--controllers=} ;;
 	-h | --help) usage ;;
 	-*) echo "up.sh: unknown flag $arg" >&2 && usage ;;
@@ -48,13 +60,15 @@ for tool in curl openssl flock setsid base64; do
 done
 
 bin=$("$here/build.sh")
+kwok_dir=
+[[ -z $kwok_nodes ]] || kwok_dir=$("$here/build-kwok.sh")
 
 mkdir -p "$dir"
 dir=$(cd "$dir" && pwd -P)
 mkdir -p "$dir/pki" "$dir/etcd" "$dir/logs" "$dir/run"
 chmod 700 "$dir/pki" "$dir/etcd"
 
-components=(etcd kube-apiserver kube-controller-manager kube-scheduler)
+components=(etcd kube-apiserver kube-controller-manager kube-scheduler kwok)
 
 # alive PID: the process exists and is not a zombie waiting for its parent to reap it.
 alive() {
@@ -248,14 +262,27 @@ EOF
 
 # The same gates for every component. DRADeviceTaints and DRADeviceTaintRules are GA in 1.37
 # (default on, not yet locked); naming them keeps the intent explicit. DynamicResourceAllocation is
-# GA and locked, so it must not be set.
+# GA and locked, so it must not be set. Every older API version is served too, so that the tests can
+# use DeviceTaintRules at each of them.
 feature_gates=DRADeviceTaints=true,DRADeviceTaintRules=true
-[[ -z ${CONTROLPLANE_FEATURE_GATES:-} ]] || feature_gates+=,$CONTROLPLANE_FEATURE_GATES
 runtime_config=resource.k8s.io/v1beta1=true,resource.k8s.io/v1beta2=true,resource.k8s.io/v1alpha3=true
+# An older minor (CONTROLPLANE_K8S_VERSION) runs with exactly what README's compatibility table says
+# it needs: 1.36 serves DeviceTaintRule at v1beta2 behind its gate, 1.35 at v1alpha3 behind both.
+case $(basename "$bin") in
+k8s-v1.36.*)
+	feature_gates=DRADeviceTaintRules=true
+	runtime_config=resource.k8s.io/v1beta2=true
+	;;
+k8s-v1.35.*)
+	feature_gates=DRADeviceTaints=true,DRADeviceTaintRules=true
+	runtime_config=resource.k8s.io/v1alpha3=true
+	;;
+esac
+[[ -z ${CONTROLPLANE_FEATURE_GATES:-} ]] || feature_gates+=,$CONTROLPLANE_FEATURE_GATES
 [[ -z ${CONTROLPLANE_RUNTIME_CONFIG:-} ]] || runtime_config+=,$CONTROLPLANE_RUNTIME_CONFIG
 started=$SECONDS
 # Set by pick_port in the ports_* functions; cmd and url too.
-etcd_port='' etcd_peer_port='' api_port='' scheduler_port='' kcm_port='' cmd=() url=''
+etcd_port='' etcd_peer_port='' api_port='' scheduler_port='' kcm_port='' kwok_port='' cmd=() url=''
 
 # --- etcd ----------------------------------------------------------------------------------------
 ports_etcd() {
@@ -361,6 +388,50 @@ if [[ -n $controllers ]]; then
 	launch kube-controller-manager --insecure
 fi
 
+# --- KWOK ----------------------------------------------------------------------------------------
+if [[ -n $kwok_nodes ]]; then
+	ports_kwok() {
+		pick_port kwok_port
+		cmd=(
+			"$kwok_dir/kwok"
+			--kubeconfig="$dir/kwok.kubeconfig"
+			--config="$kwok_dir/stages.yaml"
+			--manage-nodes-with-annotation-selector=kwok.x-k8s.io/node=fake
+			--node-lease-duration-seconds=40
+			--server-address="127.0.0.1:$kwok_port"
+		)
+		url=http://127.0.0.1:$kwok_port/healthz
+	}
+	# KWOK acts for the kubelets (node status, leases, pod status, removal of terminated pods); it
+	# runs as admin, since a kubelet's own credentials only cover its node.
+	write_kubeconfig "$dir/kwok.kubeconfig" admin "$(token_of admin)"
+	launch kwok
+	for i in $(seq "$kwok_nodes"); do
+		"$bin/kubectl" --kubeconfig="$dir/kubeconfig" apply -f - >/dev/null <<EOF
+apiVersion: v1
+kind: Node
+metadata:
+  name: node-$i
+  annotations:
+    kwok.x-k8s.io/node: fake
+  labels:
+    kubernetes.io/hostname: node-$i
+    kubernetes.io/os: linux
+    kubernetes.io/arch: amd64
+    type: kwok
+spec: {}
+EOF
+		# The TaintNodesByCondition admission plugin gives every new node the not-ready taint; the
+		# node lifecycle controller would remove it once the node is Ready. Do its part.
+		"$bin/kubectl" --kubeconfig="$dir/kubeconfig" patch node "node-$i" --type=merge \
+			-p '{"spec":{"taints":null}}' >/dev/null
+	done
+	if ((kwok_nodes > 0)); then
+		"$bin/kubectl" --kubeconfig="$dir/kubeconfig" wait --for=condition=Ready node -l type=kwok \
+			--timeout="${timeout}s" >/dev/null || fail kwok "the KWOK nodes did not become Ready"
+	fi
+fi
+
 # --- what callers need ---------------------------------------------------------------------------
 {
 	echo "# Written by up.sh; shell syntax, safe to source."
@@ -377,5 +448,5 @@ fi
 mv "$dir/cluster.env.tmp" "$dir/cluster.env"
 
 log "control plane ready in $((SECONDS - started))s: https://127.0.0.1:$api_port" \
-	"(scheduler: $with_scheduler, controllers: ${controllers:-none})"
+	"(scheduler: $with_scheduler, controllers: ${controllers:-none}, KWOK nodes: ${kwok_nodes:-none})"
 echo "export KUBECONFIG=$dir/kubeconfig"

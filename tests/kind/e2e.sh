@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # End-to-end run on a kind cluster: create the cluster for one Kubernetes version, build the
-# controller image, load it into the cluster, install the Helm chart, wait for the rollout, run the
+# controller image (`make image`: podman, OCI archive), load it into the cluster (kind load
+# image-archive), install the Helm chart, wait for the rollout, run the
 # Rust integration suite against the cluster, and delete the cluster again.
 #
 # Usage: tests/kind/e2e.sh [VERSION]
@@ -8,12 +9,14 @@
 #
 # Environment:
 #   KEEP_CLUSTER=1   do not delete the cluster at the end (its kubeconfig path is printed)
-#   SKIP_BUILD=1     do not run docker build; use the existing $IMAGE
-#   IMAGE            image name:tag to build and load (default device-taint-eviction:e2e)
+#   SKIP_BUILD=1     do not build the image; load the existing target/image/device-taint-eviction.tar,
+#                    which must hold $IMAGE
+#   IMAGE            image name:tag to build and load (default localhost/device-taint-eviction:e2e)
 #   CLUSTER_NAME     kind cluster name (default dte-e2e-<major>-<minor>)
 #   KIND_NODE_IMAGE  node image instead of the pinned one below
 #
-# Needs docker, kind (v0.32 or later; the images below are kind v0.33.0's), kubectl and cargo. helm
+# Needs docker (for kind), kind (v0.32 or later; the images below are kind v0.33.0's), kubectl, cargo
+# and podman (tests/image/build.sh installs it on Debian/Ubuntu when run as root). helm
 # is used from PATH if it is there, otherwise installed like tests/chart/check.sh does.
 # See tests/kind/README.md.
 set -euo pipefail
@@ -42,7 +45,7 @@ case "$version" in
 esac
 node_image=${KIND_NODE_IMAGE:-$node_image}
 cluster=${CLUSTER_NAME:-dte-e2e-${version/./-}}
-image=${IMAGE:-device-taint-eviction:e2e}
+image=${IMAGE:-localhost/device-taint-eviction:e2e}
 config="$here/cluster-$version.yaml"
 release=device-taint-eviction
 namespace=device-taint-eviction
@@ -56,7 +59,7 @@ if [[ ${KEEP_CLUSTER:-0} == 1 ]]; then
 	mkdir -p "$(dirname "$KUBECONFIG")"
 fi
 
-for tool in docker kind kubectl cargo; do
+for tool in docker kind kubectl cargo python3; do
 	command -v "$tool" >/dev/null || die "$tool is needed (see tests/kind/README.md)"
 done
 if command -v helm >/dev/null; then
@@ -113,12 +116,15 @@ grep -qx 'devicetaintrules.resource.k8s.io' <<<"$(kubectl api-resources --api-gr
 	die "the API server does not serve DeviceTaintRules (feature gates / runtimeConfig in $config)"
 info "DeviceTaintRule served at: $(kubectl api-versions | grep '^resource.k8s.io/' | tr '\n' ' ')"
 
+archive=$(cd "$root" && cargo metadata --format-version 1 --no-deps |
+	python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')/image/device-taint-eviction.tar
 if [[ ${SKIP_BUILD:-0} != 1 ]]; then
-	log "building $image"
-	docker build --tag "$image" --build-arg "VERSION=$(sed -n 's/^version = "\(.*\)"/\1/p' "$root/Cargo.toml" | head -1)" "$root"
+	log "building $image (make image)"
+	archive=$(IMAGE=$image "$root/tests/image/build.sh")
 fi
-log "loading $image into $cluster"
-kind load docker-image "$image" --name "$cluster"
+[[ -s $archive ]] || die "no image archive at $archive (run make image)"
+log "loading $image into $cluster from $archive"
+kind load image-archive "$archive" --name "$cluster"
 
 log "installing the chart (release $release, namespace $namespace)"
 "$HELM" install "$release" "$root/charts/device-taint-eviction" \

@@ -23,6 +23,7 @@
 #![allow(dead_code)] // each test binary uses a different part of this module
 
 pub mod controller;
+pub mod kwok;
 pub mod objects;
 pub mod proxy;
 
@@ -542,4 +543,12 @@ pub async fn shared_controller(args: &[&str]) -> Option<&'static controller::Con
         })
         .await
         .as_ref()
+}
+
+/// Whether the cluster is a self-started control plane of the newest minor, which serves
+/// DeviceTaintRules at every version (`v1`, `v1beta2`, `v1alpha3`); an older one
+/// (`CONTROLPLANE_K8S_VERSION`, `make test-compat`) serves only the version it needs.
+pub fn serves_every_rule_version(cluster: &Cluster) -> bool {
+    let older = std::env::var("CONTROLPLANE_K8S_VERSION").is_ok_and(|v| !v.is_empty() && v != "1.37");
+    cluster.dir.is_some() && !older
 }
