@@ -132,7 +132,7 @@ pub fn rule(data: &[u8]) {
 /// # Panics
 /// When the index and the reference disagree.
 pub fn index_events(data: &[u8]) {
-    crate::index::model::check_sequence(crate::index::model::ops_from_bytes(data));
+    crate::index::model::check_sequence(&crate::index::model::ops_from_bytes(data));
 }
 
 #[cfg(test)]

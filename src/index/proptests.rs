@@ -79,6 +79,6 @@ proptest! {
 
     #[test]
     fn incremental_state_matches_recomputation(ops in prop::collection::vec(op_strategy(), 1..60)) {
-        check_sequence(ops);
+        check_sequence(&ops);
     }
 }
