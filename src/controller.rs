@@ -122,14 +122,42 @@ struct Shared {
     evictions: TokenBucket,
 }
 
-/// The instant at which a wall-clock time arrives (now if it has passed).
-fn instant_at(at: Time) -> Instant {
-    let wait = at.duration_since(Timestamp::now());
+/// The instant at which a wall-clock time arrives (now if it has passed), `now` being the
+/// wall-clock time of the queue's `Instant::now()`.
+fn instant_at(at: Time, now: Time) -> Instant {
+    let wait = at.duration_since(now);
     if wait.is_negative() {
         Instant::now()
     } else {
         deadline_after(Instant::now(), wait.unsigned_abs())
     }
+}
+
+/// Turns the index's changes into queue operations; returns the changes that ask for an Event.
+///
+/// Order-safe: batches from concurrent [`Shared::update`] calls may reach the queue in any order,
+/// so the queue is only ever a superset of the pending evictions, each key due no later than its
+/// eviction. A pod key is scheduled no later than asked and never removed on `Cancel`; the
+/// worker re-checks the index when the key comes due ([`Due::Gone`] forgets it, [`Due::Later`]
+/// re-queues it at the index's time). Removing it on `Cancel` would lose a newer `Schedule`
+/// applied first, and moving it later would delay an earlier newer one.
+pub(crate) fn enqueue(queue: &WorkQueue<Work>, changes: Vec<Change>, now: Time) -> Vec<Change> {
+    let mut notices = Vec::new();
+    for change in changes {
+        match change {
+            Change::Schedule { pod, at } => {
+                queue.schedule_no_later(Work::Pod(pod), instant_at(at, now));
+            }
+            Change::RuleStatus { rule, after } => {
+                queue.schedule_no_later(Work::Rule(rule), deadline_after(Instant::now(), after));
+            }
+            Change::Cancel { notify: false, .. } => {}
+            notice @ (Change::Cancel { notify: true, .. } | Change::EmptySelector { .. }) => {
+                notices.push(notice);
+            }
+        }
+    }
+    notices
 }
 
 impl Shared {
@@ -148,26 +176,16 @@ impl Shared {
             update(&mut state);
             (state.take_changes(), state.sizes().pending)
         };
-        for change in changes {
-            match change {
-                Change::Schedule { pod, at } => {
-                    self.queue.schedule(Work::Pod(pod), instant_at(at));
-                }
-                Change::Cancel { pod, notify } => {
-                    self.queue.cancel(&Work::Pod(pod.clone()));
-                    if notify && self.is_leader() {
-                        self.actuator.pod_eviction_cancelled(&pod);
-                    }
-                }
-                Change::RuleStatus { rule, after } => {
-                    self.queue
-                        .schedule_no_later(Work::Rule(rule), deadline_after(Instant::now(), after));
-                }
+        for notice in enqueue(&self.queue, changes, Timestamp::now()) {
+            if !self.is_leader() {
+                continue;
+            }
+            match notice {
+                Change::Cancel { pod, .. } => self.actuator.pod_eviction_cancelled(&pod),
                 Change::EmptySelector { rule, devices } => {
-                    if self.is_leader() {
-                        self.actuator.rule_selects_everything(&rule, devices);
-                    }
+                    self.actuator.rule_selects_everything(&rule, devices);
                 }
+                Change::Schedule { .. } | Change::RuleStatus { .. } => {}
             }
         }
         self.metrics
