@@ -202,18 +202,31 @@ impl Shared {
         }
     }
 
-    async fn process_pod(&self, pod: &PodRef) -> Completion {
+    /// What to do with a pod key now: the pending eviction if it is due, else the completion.
+    fn due_now(&self, pod: &PodRef) -> Result<crate::eviction::Eviction, Completion> {
         let now = Timestamp::now();
-        let eviction = match self.lock().due(pod, now) {
-            Due::Gone => return Completion::Forget,
-            Due::Later(at) => return Completion::After(at.duration_since(now).unsigned_abs()),
-            Due::Now(eviction) => eviction,
+        match self.lock().due(pod, now) {
+            Due::Gone => Err(Completion::Forget),
+            Due::Later(at) => Err(Completion::After(at.duration_since(now).unsigned_abs())),
+            Due::Now(eviction) => Ok(eviction),
+        }
+    }
+
+    async fn process_pod(&self, pod: &PodRef) -> Completion {
+        let mut eviction = match self.due_now(pod) {
+            Ok(eviction) => eviction,
+            Err(completion) => return completion,
         };
         let wait = self.evictions.reserve();
         if !wait.is_zero() {
             self.metrics.eviction_rate_limited();
             debug!(pod = %pod, ?wait, "eviction paced by --max-evictions-per-second");
             tokio::time::sleep(wait).await;
+            // The index may have changed while this worker waited (taint removed, pod gone).
+            eviction = match self.due_now(pod) {
+                Ok(eviction) => eviction,
+                Err(completion) => return completion,
+            };
         }
         match self.actuator.evict(pod, &eviction).await {
             Ok(Outcome::Blocked) => {
@@ -513,5 +526,122 @@ async fn shutdown_signal() {
     tokio::select! {
         () = ctrl_c => {},
         () = term => {},
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::convert::Infallible;
+
+    use super::*;
+    use crate::fixtures::{claim, pod, slice, t, taint};
+
+    /// A client whose API server records each request and answers `500`.
+    fn recording_client(sent: &Arc<Mutex<Vec<String>>>) -> Client {
+        let sent = sent.clone();
+        let service = tower::service_fn(move |request: http::Request<kube::client::Body>| {
+            let sent = sent.clone();
+            async move {
+                sent.lock()
+                    .expect("sent")
+                    .push(format!("{} {}", request.method(), request.uri()));
+                Ok::<_, Infallible>(
+                    http::Response::builder()
+                        .status(500)
+                        .body(kube::client::Body::from(b"{}".to_vec()))
+                        .expect("response"),
+                )
+            }
+        });
+        Client::new(service, "default")
+    }
+
+    fn shared(client: Client, evictions: TokenBucket) -> Arc<Shared> {
+        let metrics = Metrics::register(&mut Registry::default());
+        let (_, leader) = channel::channel(true);
+        Arc::new(Shared {
+            state: Mutex::new(State::new()),
+            queue: WorkQueue::new(Backoff::default()),
+            actuator: Actuator::new(client, "test", EvictionMode::Delete, false, None, metrics.clone()),
+            metrics,
+            leader,
+            evictions,
+        })
+    }
+
+    /// A pod whose claim's device is tainted `NoExecute` (due now), or not.
+    fn set_taint(shared: &Shared, tainted: bool) {
+        let the_pod = pod("ns", "p").with_claim("c");
+        let the_claim = claim("ns", "c")
+            .with_device("d", "pool", "dev")
+            .reserved_for(&the_pod);
+        let mut the_slice = slice("s", "d", "pool").with_device("dev");
+        if tainted {
+            the_slice = the_slice.with_taint(taint("k", "v", "NoExecute", Some(t(0))));
+        }
+        shared.update(|state| {
+            state.apply_pod(&the_pod.object_name(), Some(the_pod.clone()));
+            state.apply_claim(the_claim);
+            state.apply_slice(the_slice, Timestamp::now());
+        });
+    }
+
+    /// A taint removed while the worker waits for `--max-evictions-per-second` stops the eviction.
+    #[tokio::test(start_paused = true)]
+    async fn paced_eviction_is_rechecked_after_the_wait() {
+        let sent = Arc::new(Mutex::new(Vec::new()));
+        let shared = shared(recording_client(&sent), TokenBucket::new(1.0, 1));
+        set_taint(&shared, true);
+        assert_eq!(
+            shared.evictions.reserve(),
+            Duration::ZERO,
+            "the burst is spent elsewhere"
+        );
+        let (work, ticket) = shared.queue.try_next().expect("the pod is due");
+        let Work::Pod(pod) = &work else {
+            panic!("expected a pod key, got {work:?}");
+        };
+        let worker = tokio::spawn({
+            let shared = shared.clone();
+            let pod = pod.clone();
+            async move { shared.process_pod(&pod).await }
+        });
+        tokio::task::yield_now().await;
+        assert!(!worker.is_finished(), "the worker waits for its token");
+        set_taint(&shared, false);
+        let completion = worker.await.expect("worker");
+        assert_eq!(completion, Completion::Forget);
+        let sent = sent.lock().expect("sent").clone();
+        assert!(
+            !sent.iter().any(|r| r.contains("/pods/")),
+            "no request for the pod: {sent:?}"
+        );
+        shared.queue.done(&work, ticket, completion);
+    }
+
+    /// Without the removal the same wait ends in an eviction attempt (the check above is real).
+    #[tokio::test(start_paused = true)]
+    async fn paced_eviction_proceeds_after_the_wait() {
+        let sent = Arc::new(Mutex::new(Vec::new()));
+        let shared = shared(recording_client(&sent), TokenBucket::new(1.0, 1));
+        set_taint(&shared, true);
+        assert_eq!(shared.evictions.reserve(), Duration::ZERO);
+        let (work, _ticket) = shared.queue.try_next().expect("the pod is due");
+        let Work::Pod(pod) = &work else {
+            panic!("expected a pod key, got {work:?}");
+        };
+        let start = Instant::now();
+        let completion = shared.process_pod(pod).await;
+        assert_eq!(completion, Completion::Retry, "the scripted API answers 500");
+        assert_eq!(
+            start.elapsed(),
+            Duration::from_secs(1),
+            "paced by one token at 1/s"
+        );
+        let sent = sent.lock().expect("sent").clone();
+        assert!(
+            sent.iter().any(|r| r.contains("/namespaces/ns/pods/p")),
+            "{sent:?}"
+        );
     }
 }
