@@ -152,7 +152,9 @@ pub(crate) fn enqueue(queue: &WorkQueue<Work>, changes: Vec<Change>, now: Time) 
                 queue.schedule_no_later(Work::Rule(rule), deadline_after(Instant::now(), after));
             }
             Change::Cancel { notify: false, .. } => {}
-            notice @ (Change::Cancel { notify: true, .. } | Change::EmptySelector { .. }) => {
+            notice @ (Change::Cancel { notify: true, .. }
+            | Change::EmptySelector { .. }
+            | Change::UnknownSelector { .. }) => {
                 notices.push(notice);
             }
         }
@@ -184,6 +186,9 @@ impl Shared {
                 Change::Cancel { pod, .. } => self.actuator.pod_eviction_cancelled(&pod),
                 Change::EmptySelector { rule, devices } => {
                     self.actuator.rule_selects_everything(&rule, devices);
+                }
+                Change::UnknownSelector { rule, fields } => {
+                    self.actuator.rule_selector_not_understood(&rule, &fields);
                 }
                 Change::Schedule { .. } | Change::RuleStatus { .. } => {}
             }

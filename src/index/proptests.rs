@@ -26,6 +26,7 @@ fn device_id(i: usize) -> DeviceId {
 }
 
 #[derive(Clone, Debug)]
+#[allow(clippy::large_enum_variant)] // test-only operations
 enum Op {
     Pod(PodView),
     DeletePod(usize, usize),
@@ -182,6 +183,7 @@ fn op_strategy() -> impl Strategy<Value = Op> {
                 }),
                 taint,
                 condition: None,
+                unknown_selector_fields: Vec::new(),
             })
         });
     prop_oneof![

@@ -1539,6 +1539,46 @@ fn d10_empty_selector_warns_with_device_count() {
     );
 }
 
+/// A selector with a field this controller does not know fails closed: the rule selects nothing
+/// (no eviction, although its known fields match the pod's device) and a warning says why.
+#[test]
+fn rule_with_unknown_selector_fields_selects_nothing() {
+    let json = serde_json::json!({
+        "apiVersion": "resource.k8s.io/v1alpha3",
+        "kind": "DeviceTaintRule",
+        "metadata": {"name": "future", "uid": "uid-future", "generation": 1},
+        "spec": {
+            "deviceSelector": {"driver": DRIVER, "deviceClassName": "gpu", "selectors": []},
+            "taint": {"key": "k", "value": "v", "effect": "NoExecute", "timeAdded": "2026-01-01T00:00:00Z"}
+        }
+    });
+    let api: crate::k8s::DeviceTaintRule = serde_json::from_value(json).expect("rule");
+    let view = RuleView::from_api(&api).expect("valid rule");
+    assert_eq!(view.selector, None);
+    assert_eq!(view.unknown_selector_fields, ["deviceClassName", "selectors"]);
+    assert!(!view.selects(&DeviceId::new(DRIVER, POOL, DEVICE)));
+
+    let mut h = Harness::new();
+    for ev in [
+        Ev::Pod(the_pod()),
+        Ev::Claim(the_claim()),
+        Ev::Slice(untainted_slice()),
+    ] {
+        h.apply(&ev);
+    }
+    h.state.apply_rule(view, t(0));
+    let changes = h.state.take_changes();
+    assert!(
+        changes.contains(&Change::UnknownSelector {
+            rule: RuleRef::new("future", "uid-future"),
+            fields: vec!["deviceClassName".into(), "selectors".into()],
+        }),
+        "{changes:?}"
+    );
+    assert!(h.pending().is_empty(), "{:?}", h.pending());
+    assert!(!changes.iter().any(|c| matches!(c, Change::EmptySelector { .. })));
+}
+
 #[test]
 fn x1_recreated_pod_is_not_evicted_by_old_deadline() {
     let mut h = Harness::new();
