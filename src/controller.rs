@@ -101,6 +101,9 @@ pub enum Error {
     /// This replica lost the lease: it stops so that it can never evict next to a new leader.
     #[error("lost the leader lease; stopping")]
     LostLeadership,
+    /// A long-lived task (a watch, the workers) ended while the controller was running.
+    #[error("the {0} task ended unexpectedly; stopping")]
+    TaskEnded(String),
 }
 
 /// A unit of work in the queue.
@@ -308,32 +311,38 @@ impl watch::Sink for Shared {
     }
 }
 
+/// Runs a watch; returns what to call it when it ends (it should not).
+async fn named_watch<K: watch::Kind>(shared: Arc<Shared>, readiness: Readiness, api: Api<K>) -> String {
+    watch::watch(shared, readiness, api).await;
+    format!("{} watch", K::PLURAL)
+}
+
 /// Starts one watch per kind; without a served DeviceTaintRule API, rules count as listed.
 fn spawn_watches(
-    tasks: &mut JoinSet<()>,
+    tasks: &mut JoinSet<String>,
     client: &Client,
     shared: &Arc<Shared>,
     readiness: &Readiness,
     rule_resource: Option<&ApiResource>,
 ) {
-    tasks.spawn(watch::watch(
+    tasks.spawn(named_watch(
         shared.clone(),
         readiness.clone(),
         Api::<WatchedPod>::all(client.clone()),
     ));
-    tasks.spawn(watch::watch(
+    tasks.spawn(named_watch(
         shared.clone(),
         readiness.clone(),
         Api::<ResourceClaim>::all(client.clone()),
     ));
-    tasks.spawn(watch::watch(
+    tasks.spawn(named_watch(
         shared.clone(),
         readiness.clone(),
         Api::<ResourceSlice>::all(client.clone()),
     ));
     match rule_resource {
         Some(ar) => {
-            tasks.spawn(watch::watch(
+            tasks.spawn(named_watch(
                 shared.clone(),
                 readiness.clone(),
                 Api::<DeviceTaintRule>::all_with(client.clone(), ar),
@@ -446,26 +455,33 @@ pub async fn run_until(config: Config, shutdown: impl Future<Output = ()>) -> Re
 
     // Workers start once every initial list is in (nothing is deleted before) and this replica leads.
     let mut workers = JoinSet::new();
-    let starter = {
+    {
         let shared = shared.clone();
         let readiness = readiness.clone();
         let mut leader = leader.clone();
         let count = config.workers;
-        tokio::spawn(async move {
-            if wait_until_active(&readiness, &mut leader).await {
-                info!("caches synced and leading: starting workers");
-                shared.metrics.set_leader(true);
-                let mut set = JoinSet::new();
-                for _ in 0..count {
-                    set.spawn(worker(shared.clone()));
-                }
-                while set.join_next().await.is_some() {}
+        workers.spawn(async move {
+            if !wait_until_active(&readiness, &mut leader).await {
+                return "worker start (leadership channel closed)".to_owned();
             }
-        })
-    };
-    workers.spawn(async move {
-        let _ = starter.await;
-    });
+            info!("caches synced and leading: starting workers");
+            shared.metrics.set_leader(true);
+            let mut set = JoinSet::new();
+            for _ in 0..count {
+                set.spawn(worker(shared.clone()));
+            }
+            // Workers only stop once the queue is shut down; one that ends before (a panic in a
+            // test build; release builds abort) ends the whole controller.
+            while let Some(joined) = set.join_next().await {
+                match joined {
+                    Ok(()) if shared.queue.is_shut_down() => {}
+                    Ok(()) => return "worker".to_owned(),
+                    Err(error) => return format!("worker ({error})"),
+                }
+            }
+            "worker".to_owned()
+        });
+    }
 
     let mut lost = leader.clone();
     let result = tokio::select! {
@@ -481,6 +497,7 @@ pub async fn run_until(config: Config, shutdown: impl Future<Output = ()>) -> Re
             liveness.set_failed("admin server stopped");
             Err(Error::Admin(e))
         }
+        error = supervise(&mut watches, &mut workers, &liveness) => Err(error),
     };
     // Stop taking work; in-flight calls finish (workers exit when next() returns None).
     shared.queue.shutdown();
@@ -503,6 +520,37 @@ pub async fn run_until(config: Config, shutdown: impl Future<Output = ()>) -> Re
     shared.metrics.set_leader(false);
     let _ = stop_admin.send(());
     result
+}
+
+/// Completes when any watch or the worker group ends (they should run until shutdown), with the
+/// error to stop on; `/healthz` fails from then on.
+async fn supervise(
+    watches: &mut JoinSet<String>,
+    workers: &mut JoinSet<String>,
+    liveness: &Liveness,
+) -> Error {
+    let (ended, group) = tokio::select! {
+        Some(ended) = watches.join_next() => (ended, "watch"),
+        Some(ended) = workers.join_next() => (ended, "worker"),
+        else => return std::future::pending().await,
+    };
+    task_ended(liveness, ended, group)
+}
+
+/// A supervised task ended before shutdown: logs which one and how, and fails liveness.
+fn task_ended(liveness: &Liveness, ended: Result<String, tokio::task::JoinError>, group: &str) -> Error {
+    let task = match ended {
+        Ok(task) => {
+            error!(task = %task, "long-lived task ended unexpectedly; stopping");
+            task
+        }
+        Err(join) => {
+            error!(group, error = %join, "long-lived task failed (panicked or cancelled); stopping");
+            format!("{group} ({join})")
+        }
+    };
+    liveness.set_failed("a long-lived task ended");
+    Error::TaskEnded(task)
 }
 
 /// Completes when a replica that was leading stops leading.
@@ -622,6 +670,50 @@ mod tests {
             "no request for the pod: {sent:?}"
         );
         shared.queue.done(&work, ticket, completion);
+    }
+
+    /// A watch that ends, or a worker group whose worker panicked, stops the controller by name.
+    #[tokio::test(start_paused = true)]
+    async fn supervision_stops_on_an_ended_task() {
+        let liveness = Liveness::new();
+        let mut watches = JoinSet::new();
+        let mut workers = JoinSet::new();
+        watches.spawn(std::future::pending::<String>());
+        workers.spawn(std::future::pending::<String>());
+        let quiet = tokio::time::timeout(
+            Duration::from_secs(3600),
+            supervise(&mut watches, &mut workers, &liveness),
+        );
+        assert!(quiet.await.is_err(), "nothing ended: supervision waits");
+        watches.spawn(async { "pods watch".to_owned() });
+        let error = tokio::time::timeout(
+            Duration::from_secs(1),
+            supervise(&mut watches, &mut workers, &liveness),
+        )
+        .await
+        .expect("an ended watch is noticed");
+        assert!(
+            matches!(&error, Error::TaskEnded(task) if task == "pods watch"),
+            "{error:?}"
+        );
+        assert!(!liveness.is_alive());
+
+        let liveness = Liveness::new();
+        let mut watches = JoinSet::new();
+        watches.spawn(std::future::pending::<String>());
+        let mut workers = JoinSet::new();
+        workers.spawn(async { panic!("worker bug") });
+        let error = tokio::time::timeout(
+            Duration::from_secs(1),
+            supervise(&mut watches, &mut workers, &liveness),
+        )
+        .await
+        .expect("a panicked worker group is noticed");
+        assert!(
+            matches!(&error, Error::TaskEnded(task) if task.starts_with("worker (") && task.contains("panicked")),
+            "{error:?}"
+        );
+        assert!(!liveness.is_alive());
     }
 
     /// Without the removal the same wait ends in an eviction attempt (the check above is real).
