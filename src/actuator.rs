@@ -336,6 +336,31 @@ impl Actuator {
         );
     }
 
+    /// Warns that a rule's selector has fields this controller does not understand, so that the
+    /// rule selects no device here (fail closed).
+    pub fn rule_selector_not_understood(&self, rule: &RuleRef, fields: &[String]) {
+        let Some(ar) = &self.rule_resource else { return };
+        let reference = ObjectReference {
+            api_version: Some(ar.api_version.clone()),
+            kind: Some("DeviceTaintRule".into()),
+            name: Some(rule.name.clone()),
+            uid: Some(rule.uid.clone()),
+            ..ObjectReference::default()
+        };
+        let note = format!(
+            "The device selector has fields this controller does not understand ({}); \
+             the rule selects no device and evicts no pod until the controller is upgraded.",
+            fields.join(", ")
+        );
+        self.publish(
+            reference,
+            EventType::Warning,
+            "UnknownDeviceSelectorFields",
+            "Select",
+            note,
+        );
+    }
+
     /// Evicts one pod (upstream `addConditionAndDeletePod`): GET it live, check the UID, skip
     /// a terminating pod, Event, `DisruptionTarget` condition, DELETE with UID precondition (or
     /// the Eviction API).

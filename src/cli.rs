@@ -58,7 +58,7 @@ pub struct KubeArgs {
 
     /// Sustained requests per second this process may send to the API server; 0 disables the
     /// client-side limit. Requests above the limit wait, they are never dropped.
-    #[arg(long, env = "DTE_KUBE_API_QPS", default_value_t = 100.0, value_parser = non_negative_f64)]
+    #[arg(long, env = "DTE_KUBE_API_QPS", default_value_t = 100.0, value_parser = rate)]
     pub kube_api_qps: f64,
 
     /// Requests that may be sent at once before --kube-api-qps pacing applies.
@@ -132,7 +132,7 @@ pub struct ControllerArgs {
     pub eviction_mode: EvictionMode,
 
     /// Upper bound on evictions per second across the controller; 0 means unlimited (as upstream).
-    #[arg(long, env = "DTE_MAX_EVICTIONS_PER_SECOND", default_value_t = 0.0, value_parser = non_negative_f64)]
+    #[arg(long, env = "DTE_MAX_EVICTIONS_PER_SECOND", default_value_t = 0.0, value_parser = rate)]
     pub max_evictions_per_second: f64,
 
     /// Evictions allowed at once before --max-evictions-per-second pacing applies.
@@ -451,10 +451,18 @@ fn positive_u32(value: &str) -> Result<u32, String> {
     }
 }
 
-fn non_negative_f64(value: &str) -> Result<f64, String> {
+/// Smallest positive rate accepted (one per 1000 s); smaller ones are mistakes.
+const MIN_RATE: f64 = 0.001;
+/// Largest rate accepted; larger ones cannot be told apart from unlimited.
+const MAX_RATE: f64 = 1_000_000.0;
+
+/// A per-second rate: 0 (unlimited) or a number from [`MIN_RATE`] to [`MAX_RATE`].
+fn rate(value: &str) -> Result<f64, String> {
     match value.trim().parse::<f64>() {
-        Ok(v) if v.is_finite() && v >= 0.0 => Ok(v),
-        Ok(_) => Err("must be a finite number, 0 or more".to_owned()),
+        Ok(v) if v == 0.0 || (MIN_RATE..=MAX_RATE).contains(&v) => Ok(v),
+        Ok(_) => Err(format!(
+            "must be 0 (unlimited) or a per-second rate from {MIN_RATE} to {MAX_RATE}"
+        )),
         Err(e) => Err(format!("not a number: {e}")),
     }
 }
@@ -703,6 +711,10 @@ mod tests {
             &["controller", "--max-evictions-per-second=-1"],
             &["controller", "--max-evictions-per-second=NaN"],
             &["controller", "--max-evictions-per-second=inf"],
+            &["controller", "--max-evictions-per-second=1e-300"],
+            &["controller", "--max-evictions-per-second=0.0009"],
+            &["controller", "--max-evictions-per-second=1e7"],
+            &["controller", "--kube-api-qps=1e-300"],
             &["controller", "--max-evictions-burst=0"],
             &["controller", "--kube-api-qps=-5"],
             &["controller", "--leader-elect-lease-duration=1"],
@@ -721,6 +733,24 @@ mod tests {
                 "{args:?}: {err}"
             );
         }
+    }
+
+    #[test]
+    fn rate_bounds() {
+        for (value, want) in [("0", 0.0), ("0.001", 0.001), ("2.5", 2.5), ("1000000", 1e6)] {
+            let a = controller(&[&format!("--max-evictions-per-second={value}")]);
+            assert!(
+                (a.max_evictions_per_second - want).abs() < f64::EPSILON,
+                "{value}"
+            );
+        }
+        let err = parse(&["controller", "--max-evictions-per-second=1e-9"])
+            .expect_err("a tiny rate must be rejected")
+            .to_string();
+        assert!(
+            err.contains("must be 0 (unlimited) or a per-second rate from 0.001 to 1000000"),
+            "{err}"
+        );
     }
 
     #[test]

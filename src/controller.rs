@@ -101,6 +101,9 @@ pub enum Error {
     /// This replica lost the lease: it stops so that it can never evict next to a new leader.
     #[error("lost the leader lease; stopping")]
     LostLeadership,
+    /// A long-lived task (a watch, the workers) ended while the controller was running.
+    #[error("the {0} task ended unexpectedly; stopping")]
+    TaskEnded(String),
 }
 
 /// A unit of work in the queue.
@@ -122,14 +125,44 @@ struct Shared {
     evictions: TokenBucket,
 }
 
-/// The instant at which a wall-clock time arrives (now if it has passed).
-fn instant_at(at: Time) -> Instant {
-    let wait = at.duration_since(Timestamp::now());
+/// The instant at which a wall-clock time arrives (now if it has passed), `now` being the
+/// wall-clock time of the queue's `Instant::now()`.
+fn instant_at(at: Time, now: Time) -> Instant {
+    let wait = at.duration_since(now);
     if wait.is_negative() {
         Instant::now()
     } else {
         deadline_after(Instant::now(), wait.unsigned_abs())
     }
+}
+
+/// Turns the index's changes into queue operations; returns the changes that ask for an Event.
+///
+/// Order-safe: batches from concurrent [`Shared::update`] calls may reach the queue in any order,
+/// so the queue is only ever a superset of the pending evictions, each key due no later than its
+/// eviction. A pod key is scheduled no later than asked and never removed on `Cancel`; the
+/// worker re-checks the index when the key comes due ([`Due::Gone`] forgets it, [`Due::Later`]
+/// re-queues it at the index's time). Removing it on `Cancel` would lose a newer `Schedule`
+/// applied first, and moving it later would delay an earlier newer one.
+pub(crate) fn enqueue(queue: &WorkQueue<Work>, changes: Vec<Change>, now: Time) -> Vec<Change> {
+    let mut notices = Vec::new();
+    for change in changes {
+        match change {
+            Change::Schedule { pod, at } => {
+                queue.schedule_no_later(Work::Pod(pod), instant_at(at, now));
+            }
+            Change::RuleStatus { rule, after } => {
+                queue.schedule_no_later(Work::Rule(rule), deadline_after(Instant::now(), after));
+            }
+            Change::Cancel { notify: false, .. } => {}
+            notice @ (Change::Cancel { notify: true, .. }
+            | Change::EmptySelector { .. }
+            | Change::UnknownSelector { .. }) => {
+                notices.push(notice);
+            }
+        }
+    }
+    notices
 }
 
 impl Shared {
@@ -148,26 +181,19 @@ impl Shared {
             update(&mut state);
             (state.take_changes(), state.sizes().pending)
         };
-        for change in changes {
-            match change {
-                Change::Schedule { pod, at } => {
-                    self.queue.schedule(Work::Pod(pod), instant_at(at));
-                }
-                Change::Cancel { pod, notify } => {
-                    self.queue.cancel(&Work::Pod(pod.clone()));
-                    if notify && self.is_leader() {
-                        self.actuator.pod_eviction_cancelled(&pod);
-                    }
-                }
-                Change::RuleStatus { rule, after } => {
-                    self.queue
-                        .schedule_no_later(Work::Rule(rule), deadline_after(Instant::now(), after));
-                }
+        for notice in enqueue(&self.queue, changes, Timestamp::now()) {
+            if !self.is_leader() {
+                continue;
+            }
+            match notice {
+                Change::Cancel { pod, .. } => self.actuator.pod_eviction_cancelled(&pod),
                 Change::EmptySelector { rule, devices } => {
-                    if self.is_leader() {
-                        self.actuator.rule_selects_everything(&rule, devices);
-                    }
+                    self.actuator.rule_selects_everything(&rule, devices);
                 }
+                Change::UnknownSelector { rule, fields } => {
+                    self.actuator.rule_selector_not_understood(&rule, &fields);
+                }
+                Change::Schedule { .. } | Change::RuleStatus { .. } => {}
             }
         }
         self.metrics
@@ -184,18 +210,31 @@ impl Shared {
         }
     }
 
-    async fn process_pod(&self, pod: &PodRef) -> Completion {
+    /// What to do with a pod key now: the pending eviction if it is due, else the completion.
+    fn due_now(&self, pod: &PodRef) -> Result<crate::eviction::Eviction, Completion> {
         let now = Timestamp::now();
-        let eviction = match self.lock().due(pod, now) {
-            Due::Gone => return Completion::Forget,
-            Due::Later(at) => return Completion::After(at.duration_since(now).unsigned_abs()),
-            Due::Now(eviction) => eviction,
+        match self.lock().due(pod, now) {
+            Due::Gone => Err(Completion::Forget),
+            Due::Later(at) => Err(Completion::After(at.duration_since(now).unsigned_abs())),
+            Due::Now(eviction) => Ok(eviction),
+        }
+    }
+
+    async fn process_pod(&self, pod: &PodRef) -> Completion {
+        let mut eviction = match self.due_now(pod) {
+            Ok(eviction) => eviction,
+            Err(completion) => return completion,
         };
         let wait = self.evictions.reserve();
         if !wait.is_zero() {
             self.metrics.eviction_rate_limited();
             debug!(pod = %pod, ?wait, "eviction paced by --max-evictions-per-second");
             tokio::time::sleep(wait).await;
+            // The index may have changed while this worker waited (taint removed, pod gone).
+            eviction = match self.due_now(pod) {
+                Ok(eviction) => eviction,
+                Err(completion) => return completion,
+            };
         }
         match self.actuator.evict(pod, &eviction).await {
             Ok(Outcome::Blocked) => {
@@ -272,32 +311,38 @@ impl watch::Sink for Shared {
     }
 }
 
+/// Runs a watch; returns what to call it when it ends (it should not).
+async fn named_watch<K: watch::Kind>(shared: Arc<Shared>, readiness: Readiness, api: Api<K>) -> String {
+    watch::watch(shared, readiness, api).await;
+    format!("{} watch", K::PLURAL)
+}
+
 /// Starts one watch per kind; without a served DeviceTaintRule API, rules count as listed.
 fn spawn_watches(
-    tasks: &mut JoinSet<()>,
+    tasks: &mut JoinSet<String>,
     client: &Client,
     shared: &Arc<Shared>,
     readiness: &Readiness,
     rule_resource: Option<&ApiResource>,
 ) {
-    tasks.spawn(watch::watch(
+    tasks.spawn(named_watch(
         shared.clone(),
         readiness.clone(),
         Api::<WatchedPod>::all(client.clone()),
     ));
-    tasks.spawn(watch::watch(
+    tasks.spawn(named_watch(
         shared.clone(),
         readiness.clone(),
         Api::<ResourceClaim>::all(client.clone()),
     ));
-    tasks.spawn(watch::watch(
+    tasks.spawn(named_watch(
         shared.clone(),
         readiness.clone(),
         Api::<ResourceSlice>::all(client.clone()),
     ));
     match rule_resource {
         Some(ar) => {
-            tasks.spawn(watch::watch(
+            tasks.spawn(named_watch(
                 shared.clone(),
                 readiness.clone(),
                 Api::<DeviceTaintRule>::all_with(client.clone(), ar),
@@ -410,26 +455,33 @@ pub async fn run_until(config: Config, shutdown: impl Future<Output = ()>) -> Re
 
     // Workers start once every initial list is in (nothing is deleted before) and this replica leads.
     let mut workers = JoinSet::new();
-    let starter = {
+    {
         let shared = shared.clone();
         let readiness = readiness.clone();
         let mut leader = leader.clone();
         let count = config.workers;
-        tokio::spawn(async move {
-            if wait_until_active(&readiness, &mut leader).await {
-                info!("caches synced and leading: starting workers");
-                shared.metrics.set_leader(true);
-                let mut set = JoinSet::new();
-                for _ in 0..count {
-                    set.spawn(worker(shared.clone()));
-                }
-                while set.join_next().await.is_some() {}
+        workers.spawn(async move {
+            if !wait_until_active(&readiness, &mut leader).await {
+                return "worker start (leadership channel closed)".to_owned();
             }
-        })
-    };
-    workers.spawn(async move {
-        let _ = starter.await;
-    });
+            info!("caches synced and leading: starting workers");
+            shared.metrics.set_leader(true);
+            let mut set = JoinSet::new();
+            for _ in 0..count {
+                set.spawn(worker(shared.clone()));
+            }
+            // Workers only stop once the queue is shut down; one that ends before (a panic in a
+            // test build; release builds abort) ends the whole controller.
+            while let Some(joined) = set.join_next().await {
+                match joined {
+                    Ok(()) if shared.queue.is_shut_down() => {}
+                    Ok(()) => return "worker".to_owned(),
+                    Err(error) => return format!("worker ({error})"),
+                }
+            }
+            "worker".to_owned()
+        });
+    }
 
     let mut lost = leader.clone();
     let result = tokio::select! {
@@ -445,6 +497,7 @@ pub async fn run_until(config: Config, shutdown: impl Future<Output = ()>) -> Re
             liveness.set_failed("admin server stopped");
             Err(Error::Admin(e))
         }
+        error = supervise(&mut watches, &mut workers, &liveness) => Err(error),
     };
     // Stop taking work; in-flight calls finish (workers exit when next() returns None).
     shared.queue.shutdown();
@@ -467,6 +520,37 @@ pub async fn run_until(config: Config, shutdown: impl Future<Output = ()>) -> Re
     shared.metrics.set_leader(false);
     let _ = stop_admin.send(());
     result
+}
+
+/// Completes when any watch or the worker group ends (they should run until shutdown), with the
+/// error to stop on; `/healthz` fails from then on.
+async fn supervise(
+    watches: &mut JoinSet<String>,
+    workers: &mut JoinSet<String>,
+    liveness: &Liveness,
+) -> Error {
+    let (ended, group) = tokio::select! {
+        Some(ended) = watches.join_next() => (ended, "watch"),
+        Some(ended) = workers.join_next() => (ended, "worker"),
+        else => return std::future::pending().await,
+    };
+    task_ended(liveness, ended, group)
+}
+
+/// A supervised task ended before shutdown: logs which one and how, and fails liveness.
+fn task_ended(liveness: &Liveness, ended: Result<String, tokio::task::JoinError>, group: &str) -> Error {
+    let task = match ended {
+        Ok(task) => {
+            error!(task = %task, "long-lived task ended unexpectedly; stopping");
+            task
+        }
+        Err(join) => {
+            error!(group, error = %join, "long-lived task failed (panicked or cancelled); stopping");
+            format!("{group} ({join})")
+        }
+    };
+    liveness.set_failed("a long-lived task ended");
+    Error::TaskEnded(task)
 }
 
 /// Completes when a replica that was leading stops leading.
@@ -495,5 +579,166 @@ async fn shutdown_signal() {
     tokio::select! {
         () = ctrl_c => {},
         () = term => {},
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::convert::Infallible;
+
+    use super::*;
+    use crate::fixtures::{claim, pod, slice, t, taint};
+
+    /// A client whose API server records each request and answers `500`.
+    fn recording_client(sent: &Arc<Mutex<Vec<String>>>) -> Client {
+        let sent = sent.clone();
+        let service = tower::service_fn(move |request: http::Request<kube::client::Body>| {
+            let sent = sent.clone();
+            async move {
+                sent.lock()
+                    .expect("sent")
+                    .push(format!("{} {}", request.method(), request.uri()));
+                Ok::<_, Infallible>(
+                    http::Response::builder()
+                        .status(500)
+                        .body(kube::client::Body::from(b"{}".to_vec()))
+                        .expect("response"),
+                )
+            }
+        });
+        Client::new(service, "default")
+    }
+
+    fn shared(client: Client, evictions: TokenBucket) -> Arc<Shared> {
+        let metrics = Metrics::register(&mut Registry::default());
+        let (_, leader) = channel::channel(true);
+        Arc::new(Shared {
+            state: Mutex::new(State::new()),
+            queue: WorkQueue::new(Backoff::default()),
+            actuator: Actuator::new(client, "test", EvictionMode::Delete, false, None, metrics.clone()),
+            metrics,
+            leader,
+            evictions,
+        })
+    }
+
+    /// A pod whose claim's device is tainted `NoExecute` (due now), or not.
+    fn set_taint(shared: &Shared, tainted: bool) {
+        let the_pod = pod("ns", "p").with_claim("c");
+        let the_claim = claim("ns", "c")
+            .with_device("d", "pool", "dev")
+            .reserved_for(&the_pod);
+        let mut the_slice = slice("s", "d", "pool").with_device("dev");
+        if tainted {
+            the_slice = the_slice.with_taint(taint("k", "v", "NoExecute", Some(t(0))));
+        }
+        shared.update(|state| {
+            state.apply_pod(&the_pod.object_name(), Some(the_pod.clone()));
+            state.apply_claim(the_claim);
+            state.apply_slice(the_slice, Timestamp::now());
+        });
+    }
+
+    /// A taint removed while the worker waits for `--max-evictions-per-second` stops the eviction.
+    #[tokio::test(start_paused = true)]
+    async fn paced_eviction_is_rechecked_after_the_wait() {
+        let sent = Arc::new(Mutex::new(Vec::new()));
+        let shared = shared(recording_client(&sent), TokenBucket::new(1.0, 1));
+        set_taint(&shared, true);
+        assert_eq!(
+            shared.evictions.reserve(),
+            Duration::ZERO,
+            "the burst is spent elsewhere"
+        );
+        let (work, ticket) = shared.queue.try_next().expect("the pod is due");
+        let Work::Pod(pod) = &work else {
+            panic!("expected a pod key, got {work:?}");
+        };
+        let worker = tokio::spawn({
+            let shared = shared.clone();
+            let pod = pod.clone();
+            async move { shared.process_pod(&pod).await }
+        });
+        tokio::task::yield_now().await;
+        assert!(!worker.is_finished(), "the worker waits for its token");
+        set_taint(&shared, false);
+        let completion = worker.await.expect("worker");
+        assert_eq!(completion, Completion::Forget);
+        let sent = sent.lock().expect("sent").clone();
+        assert!(
+            !sent.iter().any(|r| r.contains("/pods/")),
+            "no request for the pod: {sent:?}"
+        );
+        shared.queue.done(&work, ticket, completion);
+    }
+
+    /// A watch that ends, or a worker group whose worker panicked, stops the controller by name.
+    #[tokio::test(start_paused = true)]
+    async fn supervision_stops_on_an_ended_task() {
+        let liveness = Liveness::new();
+        let mut watches = JoinSet::new();
+        let mut workers = JoinSet::new();
+        watches.spawn(std::future::pending::<String>());
+        workers.spawn(std::future::pending::<String>());
+        let quiet = tokio::time::timeout(
+            Duration::from_secs(3600),
+            supervise(&mut watches, &mut workers, &liveness),
+        );
+        assert!(quiet.await.is_err(), "nothing ended: supervision waits");
+        watches.spawn(async { "pods watch".to_owned() });
+        let error = tokio::time::timeout(
+            Duration::from_secs(1),
+            supervise(&mut watches, &mut workers, &liveness),
+        )
+        .await
+        .expect("an ended watch is noticed");
+        assert!(
+            matches!(&error, Error::TaskEnded(task) if task == "pods watch"),
+            "{error:?}"
+        );
+        assert!(!liveness.is_alive());
+
+        let liveness = Liveness::new();
+        let mut watches = JoinSet::new();
+        watches.spawn(std::future::pending::<String>());
+        let mut workers = JoinSet::new();
+        workers.spawn(async { panic!("worker bug") });
+        let error = tokio::time::timeout(
+            Duration::from_secs(1),
+            supervise(&mut watches, &mut workers, &liveness),
+        )
+        .await
+        .expect("a panicked worker group is noticed");
+        assert!(
+            matches!(&error, Error::TaskEnded(task) if task.starts_with("worker (") && task.contains("panicked")),
+            "{error:?}"
+        );
+        assert!(!liveness.is_alive());
+    }
+
+    /// Without the removal the same wait ends in an eviction attempt (the check above is real).
+    #[tokio::test(start_paused = true)]
+    async fn paced_eviction_proceeds_after_the_wait() {
+        let sent = Arc::new(Mutex::new(Vec::new()));
+        let shared = shared(recording_client(&sent), TokenBucket::new(1.0, 1));
+        set_taint(&shared, true);
+        assert_eq!(shared.evictions.reserve(), Duration::ZERO);
+        let (work, _ticket) = shared.queue.try_next().expect("the pod is due");
+        let Work::Pod(pod) = &work else {
+            panic!("expected a pod key, got {work:?}");
+        };
+        let start = Instant::now();
+        let completion = shared.process_pod(pod).await;
+        assert_eq!(completion, Completion::Retry, "the scripted API answers 500");
+        assert_eq!(
+            start.elapsed(),
+            Duration::from_secs(1),
+            "paced by one token at 1/s"
+        );
+        let sent = sent.lock().expect("sent").clone();
+        assert!(
+            sent.iter().any(|r| r.contains("/namespaces/ns/pods/p")),
+            "{sent:?}"
+        );
     }
 }

@@ -220,6 +220,7 @@ pub fn rule(name: &str) -> RuleView {
         selector: None,
         taint: taint("k", "v", "NoExecute", Some(t(0))),
         condition: None,
+        unknown_selector_fields: Vec::new(),
     }
 }
 

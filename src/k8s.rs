@@ -71,6 +71,13 @@ pub struct DeviceTaintSelector {
     /// Device name.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub device: Option<String>,
+    /// Fields this controller does not know (a newer API): a rule with any selects nothing.
+    #[serde(
+        flatten,
+        default,
+        skip_serializing_if = "std::collections::BTreeMap::is_empty"
+    )]
+    pub other: std::collections::BTreeMap<String, serde_json::Value>,
 }
 
 /// A device taint as found in a DeviceTaintRule (same fields as in a ResourceSlice).

@@ -625,7 +625,6 @@ impl<K: Clone + Eq + Hash> WorkQueue<K> {
     }
 
     /// Whether [`shutdown`](Self::shutdown) has been called.
-    #[cfg(test)]
     #[must_use]
     pub fn is_shut_down(&self) -> bool {
         self.lock().shut_down

@@ -19,6 +19,9 @@ use std::time::Duration;
 use tokio::time::{Instant, Sleep};
 use tower::{Layer, Service};
 
+/// The longest wait [`TokenBucket::reserve`] returns (about 30 years, still a valid deadline).
+const MAX_WAIT: Duration = Duration::from_secs(1_000_000_000);
+
 /// A token bucket shared by clones: `qps` tokens per second, at most `burst` saved up.
 #[derive(Clone)]
 pub struct TokenBucket {
@@ -80,7 +83,8 @@ impl TokenBucket {
         if *tokens >= 0.0 {
             Duration::ZERO
         } else {
-            Duration::from_secs_f64(-*tokens / bucket.qps)
+            // A tiny `qps` makes the wait overflow a `Duration`: wait "for ever" instead.
+            Duration::try_from_secs_f64(-*tokens / bucket.qps).unwrap_or(MAX_WAIT)
         }
     }
 
@@ -215,6 +219,16 @@ mod tests {
             at.push(elapsed_ms(start));
         }
         assert_eq!(at, [0, 0, 0, 100, 200, 300]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn tiny_rate_waits_long_without_panicking() {
+        for qps in [f64::MIN_POSITIVE, 1e-300, 1e-12] {
+            let bucket = TokenBucket::new(qps, 1);
+            assert_eq!(bucket.reserve(), Duration::ZERO, "{qps}: burst");
+            let wait = bucket.reserve();
+            assert!(wait >= Duration::from_secs(1_000_000_000), "{qps}: {wait:?}");
+        }
     }
 
     #[tokio::test(start_paused = true)]

@@ -188,6 +188,18 @@ fn skip(metrics: &Metrics, kind: &str, invalid: &Invalid) {
     warn!(kind, object = %invalid.object, field = invalid.field, "skipping malformed object");
 }
 
+/// An object was added or changed. One that no longer projects is skipped and what the index held
+/// of it is removed: an old view must not stay in force (nor a new object's be guessed).
+fn apply<K: Kind, S: Sink>(sink: &S, obj: &K, now: Time) {
+    match obj.project() {
+        Ok(view) => sink.update(|state| K::apply(state, view, now)),
+        Err(invalid) => {
+            skip(sink.metrics(), K::PLURAL, &invalid);
+            sink.update(|state| obj.delete(state));
+        }
+    }
+}
+
 /// Watches every object of kind `K` through `api` and applies the events to the state; marks the
 /// kind synced in `readiness` after each initial list. Runs until the stream ends (never,
 /// normally); a failed watch is retried with kube's default backoff.
@@ -217,11 +229,65 @@ pub async fn watch<K: Kind, S: Sink>(sink: Arc<S>, readiness: Readiness, api: Ap
                 sink.update(|state| K::reset(state, views, now));
                 readiness.mark_synced(kind);
             }
-            watcher::Event::Apply(obj) => match obj.project() {
-                Ok(view) => sink.update(|state| K::apply(state, view, now)),
-                Err(invalid) => skip(sink.metrics(), kind, &invalid),
-            },
+            watcher::Event::Apply(obj) => apply(&*sink, &obj, now),
             watcher::Event::Delete(obj) => sink.update(|state| obj.delete(state)),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+
+    use prometheus_client::registry::Registry;
+
+    use super::*;
+    use crate::fixtures::t;
+
+    struct TestSink {
+        state: Mutex<State>,
+        metrics: Metrics,
+    }
+
+    impl Sink for TestSink {
+        fn update(&self, update: impl FnOnce(&mut State)) {
+            update(&mut self.state.lock().expect("state"));
+        }
+
+        fn metrics(&self) -> &Metrics {
+            &self.metrics
+        }
+    }
+
+    fn slice(driver: &str) -> ResourceSlice {
+        serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "s", "uid": "u"},
+            "spec": {
+                "driver": driver, "pool": {"name": "p", "generation": 1, "resourceSliceCount": 1},
+                "nodeName": "n",
+                "devices": [{"name": "dev", "taints": [{"key": "k", "effect": "NoExecute"}]}]
+            }
+        }))
+        .expect("slice")
+    }
+
+    /// An update that no longer projects removes the old view instead of keeping it in force.
+    #[test]
+    fn update_that_fails_to_project_removes_the_stale_view() {
+        let sink = TestSink {
+            state: Mutex::new(State::new()),
+            metrics: Metrics::register(&mut Registry::default()),
+        };
+        let device = crate::view::DeviceId::new("d", "p", "dev");
+        apply(&sink, &slice("d"), t(0));
+        assert_eq!(sink.state.lock().expect("state").device_taints(&device).len(), 1);
+        apply(&sink, &slice(""), t(1));
+        assert!(
+            sink.state
+                .lock()
+                .expect("state")
+                .device_taints(&device)
+                .is_empty()
+        );
     }
 }

@@ -54,6 +54,13 @@ pub enum Change {
         /// Delay.
         after: Duration,
     },
+    /// A rule's selector has fields this controller does not understand: it selects nothing.
+    UnknownSelector {
+        /// The rule.
+        rule: RuleRef,
+        /// The fields.
+        fields: Vec<String>,
+    },
     /// A NoExecute or None rule with an empty selector `{}` selects every device (SPEC D10).
     EmptySelector {
         /// The rule.
@@ -504,6 +511,14 @@ impl State {
             return;
         }
         let rule_ref = rule.rule_ref();
+        if !rule.unknown_selector_fields.is_empty() {
+            let fields = rule.unknown_selector_fields.clone();
+            warn!(rule = %rule_ref, ?fields, "DeviceTaintRule selector has fields this controller does not understand; it selects no device");
+            self.changes.push(Change::UnknownSelector {
+                rule: rule_ref.clone(),
+                fields,
+            });
+        }
         let selector = rule.selector.clone();
         let effect = rule.taint.effect.clone();
         let old = self.rules.insert(rule);

@@ -35,6 +35,7 @@ pub fn device_id(i: usize) -> DeviceId {
 
 /// One event of a sequence.
 #[derive(Clone, Debug)]
+#[allow(clippy::large_enum_variant)] // test and fuzz input, never stored in bulk
 pub enum Op {
     Pod(PodView),
     DeletePod(usize, usize),
@@ -172,6 +173,7 @@ pub fn rule_op(
         }),
         taint,
         condition: None,
+        unknown_selector_fields: Vec::new(),
     })
 }
 

@@ -4,9 +4,13 @@
 
 use std::collections::BTreeMap;
 
+use tokio::time::Instant;
+
 use super::*;
 use crate::{
+    controller::{Work, enqueue},
     fixtures::{claim, pod, rule, slice, t, taint, toleration},
+    queue::{Backoff, Completion, WorkQueue},
     rule_status::{self, RuleStatusWork},
     view::{ClaimView, PodView, RuleView, SliceView, Toleration},
 };
@@ -103,25 +107,60 @@ enum Step {
     Process(Vec<&'static str>),
 }
 
+/// The index with the controller's glue and a real [`WorkQueue`] on a paused tokio clock: the
+/// workers only see the keys the queue hands out, as in production.
 struct Harness {
     state: State,
     now: Time,
     /// Events as `pod: message`.
     emitted: Vec<String>,
     schedules: usize,
+    queue: WorkQueue<Work>,
+    /// Paused clock; `origin` on the wall clock is `base` on it.
+    rt: tokio::runtime::Runtime,
+    base: Instant,
 }
+
+/// Wall-clock origin of the harness' virtual clock (before any time a case uses).
+const ORIGIN_SECS: i64 = -100_000;
 
 impl Harness {
     fn new() -> Self {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .start_paused(true)
+            .build()
+            .expect("test runtime");
+        let base = rt.block_on(async { Instant::now() });
         Self {
             state: State::new(),
             now: t(0),
             emitted: Vec::new(),
             schedules: 0,
+            queue: WorkQueue::new(Backoff::default()),
+            rt,
+            base,
         }
     }
 
+    /// Moves the virtual clock to `self.now` (it never goes back).
+    fn sync_clock(&self) {
+        let offset = self.now.duration_since(t(ORIGIN_SECS)).unsigned_abs();
+        let target = self.base + offset;
+        self.rt.block_on(async {
+            let now = Instant::now();
+            if target > now {
+                tokio::time::advance(target - now).await;
+            }
+        });
+    }
+
     fn apply(&mut self, ev: &Ev) {
+        self.apply_index_only(ev);
+        self.collect();
+    }
+
+    fn apply_index_only(&mut self, ev: &Ev) {
         let now = self.now;
         let s = &mut self.state;
         match ev.clone() {
@@ -134,41 +173,82 @@ impl Harness {
             Ev::Rule(r) => s.apply_rule(r, now),
             Ev::DeleteRule(r) => s.delete_rule(&r.name, &r.uid),
         }
-        self.collect();
     }
 
+    /// Hands the changes to the controller's glue and checks that every pending eviction has a
+    /// queue key due no later than it.
     fn collect(&mut self) {
-        for change in self.state.take_changes() {
-            match change {
-                Change::Schedule { .. } => self.schedules += 1,
-                Change::Cancel { pod, notify: true } => {
-                    self.emitted.push(format!("{}: Cancelling deletion", pod.name));
-                }
-                Change::Cancel { notify: false, .. }
-                | Change::RuleStatus { .. }
-                | Change::EmptySelector { .. } => {}
+        let changes = self.state.take_changes();
+        self.enqueue(changes);
+    }
+
+    /// Applies `ev` to the index only, returning its changes for [`Harness::enqueue`] later.
+    fn apply_held(&mut self, ev: &Ev) -> Vec<Change> {
+        let held = self.state.take_changes();
+        self.apply_index_only(ev);
+        let changes = self.state.take_changes();
+        assert!(held.is_empty(), "changes left over");
+        changes
+    }
+
+    fn enqueue(&mut self, changes: Vec<Change>) {
+        self.sync_clock();
+        let _rt = self.rt.enter();
+        self.schedules += changes
+            .iter()
+            .filter(|c| matches!(c, Change::Schedule { .. }))
+            .count();
+        for notice in enqueue(&self.queue, changes, self.now) {
+            if let Change::Cancel { pod, notify: true } = notice {
+                self.emitted.push(format!("{}: Cancelling deletion", pod.name));
             }
+        }
+        for (pod, eviction) in &self.state.pending {
+            let at = self
+                .queue
+                .deadline(&Work::Pod(pod.clone()))
+                .or_else(|| self.queue.deferred(&Work::Pod(pod.clone())))
+                .unwrap_or_else(|| panic!("pending eviction of {pod} has no queue key"));
+            let wait = eviction.at.duration_since(self.now);
+            let latest = Instant::now()
+                + if wait.is_negative() {
+                    Duration::ZERO
+                } else {
+                    wait.unsigned_abs()
+                };
+            assert!(at <= latest, "queue key of {pod} is due after its eviction");
         }
     }
 
-    /// The worker loop for every pod due now, with every pod still existing.
+    /// The worker loop for every key the queue hands out now, in pod order.
     fn process(&mut self) -> Vec<String> {
-        let mut due: Vec<PodRef> = self
-            .state
-            .pending
-            .iter()
-            .filter(|(_, e)| e.at <= self.now)
-            .map(|(p, _)| p.clone())
-            .collect();
-        due.sort();
-        let mut evicted = Vec::new();
-        for pod in due {
-            if let Due::Now(eviction) = self.state.due(&pod, self.now) {
-                self.emitted.push(format!("{}: Marking for deletion", pod.name));
-                self.state.finish(&pod, &eviction, Finished::Evicted);
-                evicted.push(pod.name.clone());
+        self.sync_clock();
+        let entered = self.rt.enter();
+        let mut due = Vec::new();
+        while let Some((work, ticket)) = self.queue.try_next() {
+            match work {
+                Work::Pod(pod) => due.push((pod, ticket)),
+                Work::Rule(_) => {
+                    self.queue.done(&work, ticket, Completion::Forget);
+                }
             }
         }
+        due.sort_by(|(a, _), (b, _)| a.cmp(b));
+        let mut evicted = Vec::new();
+        for (pod, ticket) in due {
+            let completion = match self.state.due(&pod, self.now) {
+                Due::Gone => Completion::Forget,
+                Due::Later(at) => Completion::After(at.duration_since(self.now).unsigned_abs()),
+                Due::Now(eviction) => {
+                    self.emitted.push(format!("{}: Marking for deletion", pod.name));
+                    self.state.finish(&pod, &eviction, Finished::Evicted);
+                    evicted.push(pod.name.clone());
+                    Completion::Forget
+                }
+            };
+            self.queue.done(&Work::Pod(pod), ticket, completion);
+        }
+        drop(entered);
         self.collect();
         evicted
     }
@@ -288,6 +368,54 @@ fn evicted_at(at: i64) -> Vec<Step> {
         Step::At(at),
         Step::Process(vec!["my-pod"]),
     ]
+}
+
+// === Concurrent updates ===
+//
+// Two watch tasks update the index one after the other but may hand their changes to the queue in
+// the opposite order. Each case applies the batches in the worst order; `enqueue` checks after
+// each batch that every pending eviction still has a queue key due no later than it.
+
+#[test]
+fn cancel_reaching_the_queue_after_a_newer_schedule() {
+    let mut h = Harness::new();
+    for ev in [
+        Ev::Pod(the_pod()),
+        Ev::Claim(the_claim()),
+        Ev::Slice(untainted_slice()),
+    ] {
+        h.apply(&ev);
+    }
+    let first = h.apply_held(&Ev::Slice(tainted_slice()));
+    let cancel = h.apply_held(&Ev::Slice(untainted_slice()));
+    let newer = h.apply_held(&Ev::Slice(tainted_slice()));
+    assert!(matches!(cancel[..], [Change::Cancel { .. }]), "{cancel:?}");
+    assert!(matches!(newer[..], [Change::Schedule { .. }]), "{newer:?}");
+    h.enqueue(first);
+    h.enqueue(newer);
+    h.enqueue(cancel);
+    assert_eq!(h.process(), vec!["my-pod"]);
+}
+
+#[test]
+fn schedules_reaching_the_queue_in_reverse() {
+    let mut h = Harness::new();
+    for ev in [
+        Ev::Pod(the_pod()),
+        Ev::Claim(tolerating_claim(tolerate_secs(Some(60)))),
+    ] {
+        h.apply(&ev);
+    }
+    let later = h.apply_held(&Ev::Slice(tainted_slice()));
+    let sooner = h.apply_held(&Ev::Claim(tolerating_claim(tolerate_secs(Some(5)))));
+    assert!(matches!(later[..], [Change::Schedule { .. }, ..]), "{later:?}");
+    assert!(matches!(sooner[..], [Change::Schedule { .. }, ..]), "{sooner:?}");
+    h.enqueue(sooner);
+    h.enqueue(later);
+    h.now = t(4);
+    assert_eq!(h.process(), Vec::<String>::new());
+    h.now = t(5);
+    assert_eq!(h.process(), vec!["my-pod"]);
 }
 
 const PENDING_ONE: &str = "1 pod needs to be evicted in 1 namespace.";
@@ -1409,6 +1537,46 @@ fn d10_empty_selector_warns_with_device_count() {
             .iter()
             .any(|c| matches!(c, Change::EmptySelector { .. }))
     );
+}
+
+/// A selector with a field this controller does not know fails closed: the rule selects nothing
+/// (no eviction, although its known fields match the pod's device) and a warning says why.
+#[test]
+fn rule_with_unknown_selector_fields_selects_nothing() {
+    let json = serde_json::json!({
+        "apiVersion": "resource.k8s.io/v1alpha3",
+        "kind": "DeviceTaintRule",
+        "metadata": {"name": "future", "uid": "uid-future", "generation": 1},
+        "spec": {
+            "deviceSelector": {"driver": DRIVER, "deviceClassName": "gpu", "selectors": []},
+            "taint": {"key": "k", "value": "v", "effect": "NoExecute", "timeAdded": "2026-01-01T00:00:00Z"}
+        }
+    });
+    let api: crate::k8s::DeviceTaintRule = serde_json::from_value(json).expect("rule");
+    let view = RuleView::from_api(&api).expect("valid rule");
+    assert_eq!(view.selector, None);
+    assert_eq!(view.unknown_selector_fields, ["deviceClassName", "selectors"]);
+    assert!(!view.selects(&DeviceId::new(DRIVER, POOL, DEVICE)));
+
+    let mut h = Harness::new();
+    for ev in [
+        Ev::Pod(the_pod()),
+        Ev::Claim(the_claim()),
+        Ev::Slice(untainted_slice()),
+    ] {
+        h.apply(&ev);
+    }
+    h.state.apply_rule(view, t(0));
+    let changes = h.state.take_changes();
+    assert!(
+        changes.contains(&Change::UnknownSelector {
+            rule: RuleRef::new("future", "uid-future"),
+            fields: vec!["deviceClassName".into(), "selectors".into()],
+        }),
+        "{changes:?}"
+    );
+    assert!(h.pending().is_empty(), "{:?}", h.pending());
+    assert!(!changes.iter().any(|c| matches!(c, Change::EmptySelector { .. })));
 }
 
 #[test]

@@ -60,6 +60,9 @@ pub struct RuleView {
     pub taint: Taint,
     /// The `EvictionInProgress` condition, if any (status only: never triggers eviction work).
     pub condition: Option<RuleCondition>,
+    /// Selector fields this controller does not understand. When there are any, `selector` is
+    /// `None`: the rule fails closed and selects nothing (matching everything would be wrong).
+    pub unknown_selector_fields: Vec<String>,
 }
 
 /// The condition type this controller owns on DeviceTaintRules.
@@ -98,13 +101,24 @@ impl RuleView {
             name,
             uid,
             generation: rule.metadata.generation.unwrap_or_default(),
-            selector: rule.spec.device_selector.as_ref().map(|s| Selector {
-                driver: s.driver.clone(),
-                pool: s.pool.clone(),
-                device: s.device.clone(),
-            }),
+            selector: rule
+                .spec
+                .device_selector
+                .as_ref()
+                .filter(|s| s.other.is_empty())
+                .map(|s| Selector {
+                    driver: s.driver.clone(),
+                    pool: s.pool.clone(),
+                    device: s.device.clone(),
+                }),
             taint: Taint::from_parts(&t.key, t.value.as_deref(), &t.effect, t.time_added.as_ref()),
             condition,
+            unknown_selector_fields: rule
+                .spec
+                .device_selector
+                .as_ref()
+                .map(|s| s.other.keys().cloned().collect())
+                .unwrap_or_default(),
         })
     }
 
@@ -126,6 +140,7 @@ impl RuleView {
         self.uid == other.uid
             && self.generation == other.generation
             && self.selector == other.selector
+            && self.unknown_selector_fields == other.unknown_selector_fields
             && self.taint == other.taint
     }
 }
@@ -144,6 +159,7 @@ mod tests {
             selector: None,
             taint: Taint::from_parts("k", None, "NoExecute", None),
             condition: None,
+            unknown_selector_fields: Vec::new(),
         };
         assert!(!rule.selects(&d));
         rule.selector = Some(Selector::default());
