@@ -7,12 +7,20 @@
 //! - Requests are paced by a client-side token bucket (`--kube-api-qps`, `--kube-api-burst`), as
 //!   client-go does, so a burst of evictions cannot flood the API server. Requests wait for a
 //!   token; none is rejected.
+//! - A 429 answer carries its `Retry-After` header into the `Status` (`details.retryAfterSeconds`),
+//!   see [`RetryAfterLayer`], so that callers can honour it: kube's errors keep the `Status` but
+//!   not the headers.
 
 use std::path::PathBuf;
+use std::task::{Context, Poll};
 
-use kube::client::ClientBuilder;
+use futures::future::BoxFuture;
+use http::{Request, Response, StatusCode, header};
+use http_body_util::{BodyExt as _, Full, combinators::UnsyncBoxBody};
+use kube::client::{Body, ClientBuilder};
 use kube::config::{InferConfigError, KubeConfigOptions, Kubeconfig, KubeconfigError};
 use kube::{Client, Config};
+use tokio_util::bytes::Bytes;
 
 use crate::cli::KubeArgs;
 use crate::throttle::{ThrottleLayer, TokenBucket};
@@ -100,7 +108,103 @@ pub async fn client(args: &KubeArgs) -> Result<Client, Error> {
 pub fn client_from_config(mut config: Config, bucket: TokenBucket) -> Result<Client, Error> {
     config.default_retry = false;
     let builder = ClientBuilder::try_from(config).map_err(Error::BuildClient)?;
-    Ok(builder.with_layer(&ThrottleLayer::new(bucket)).build())
+    Ok(builder
+        .with_layer(&RetryAfterLayer)
+        .with_layer(&ThrottleLayer::new(bucket))
+        .build())
+}
+
+/// A tower layer that makes the `Retry-After` header of a 429 answer visible in the error kube
+/// returns: its seconds become the `Status`'s `details.retryAfterSeconds` (when the body is a
+/// `Status` without them), and a body that is no `Status` at all (API priority and fairness and
+/// the max-in-flight filter answer in plain text) is replaced by one with the text as message.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct RetryAfterLayer;
+
+impl<S> tower::Layer<S> for RetryAfterLayer {
+    type Service = RetryAfter<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        RetryAfter { inner }
+    }
+}
+
+/// The service made by [`RetryAfterLayer`].
+#[derive(Clone, Debug)]
+pub struct RetryAfter<S> {
+    inner: S,
+}
+
+/// The response body after [`RetryAfterLayer`].
+pub type RetryAfterBody = UnsyncBoxBody<Bytes, tower::BoxError>;
+
+impl<S, B> tower::Service<Request<Body>> for RetryAfter<S>
+where
+    S: tower::Service<Request<Body>, Response = Response<B>>,
+    S::Future: Send + 'static,
+    S::Error: Into<tower::BoxError>,
+    B: http_body::Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<tower::BoxError>,
+{
+    type Response = Response<RetryAfterBody>;
+    type Error = tower::BoxError;
+    type Future = BoxFuture<'static, Result<Self::Response, tower::BoxError>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx).map_err(Into::into)
+    }
+
+    fn call(&mut self, request: Request<Body>) -> Self::Future {
+        let response = self.inner.call(request);
+        Box::pin(async move { with_retry_after(response.await.map_err(Into::into)?).await })
+    }
+}
+
+async fn with_retry_after<B>(response: Response<B>) -> Result<Response<RetryAfterBody>, tower::BoxError>
+where
+    B: http_body::Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<tower::BoxError>,
+{
+    let seconds = (response.status() == StatusCode::TOO_MANY_REQUESTS)
+        .then(|| response.headers().get(header::RETRY_AFTER))
+        .flatten()
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u32>().ok());
+    let Some(seconds) = seconds else {
+        return Ok(response.map(|body| body.map_err(Into::into).boxed_unsync()));
+    };
+    let (mut parts, body) = response.into_parts();
+    let bytes = body.collect().await.map_err(Into::into)?.to_bytes();
+    let mut status = match serde_json::from_slice::<serde_json::Value>(&bytes) {
+        Ok(value) if value["kind"] == "Status" => value,
+        _ => serde_json::json!({
+            "kind": "Status",
+            "apiVersion": "v1",
+            "metadata": {},
+            "status": "Failure",
+            "message": String::from_utf8_lossy(&bytes).trim(),
+            "reason": "TooManyRequests",
+            "code": 429,
+        }),
+    };
+    if !status["details"].is_object() {
+        status["details"] = serde_json::json!({});
+    }
+    if status["details"]["retryAfterSeconds"]
+        .as_u64()
+        .unwrap_or_default()
+        == 0
+    {
+        status["details"]["retryAfterSeconds"] = seconds.into();
+    }
+    let body = Bytes::from(serde_json::to_vec(&status)?);
+    parts.headers.insert(
+        header::CONTENT_TYPE,
+        http::HeaderValue::from_static("application/json"),
+    );
+    parts.headers.remove(header::CONTENT_LENGTH);
+    let body = Full::new(body).map_err(|never| match never {}).boxed_unsync();
+    Ok(Response::from_parts(parts, body))
 }
 
 #[cfg(test)]

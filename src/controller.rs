@@ -26,7 +26,7 @@ use tokio::{sync::watch, task::JoinSet, time::Instant};
 use tracing::{debug, error, info, warn};
 
 use crate::{
-    actuator::{Actuator, Outcome},
+    actuator::{Actuator, Outcome, Refusal},
     admin::{self, AdminState, Liveness, Readiness},
     cli::ControllerArgs,
     client,
@@ -157,9 +157,10 @@ impl Shared {
             tokio::time::sleep(wait).await;
         }
         match self.actuator.evict(pod, &eviction).await {
-            Ok(Outcome::Blocked) => {
+            Ok(Outcome::Blocked { retry_after }) => {
                 self.metrics.eviction_blocked();
-                Completion::Retry
+                self.update(|state| state.eviction_blocked(pod));
+                retry(retry_after)
             }
             Ok(outcome) => {
                 let finished = match outcome {
@@ -176,17 +177,33 @@ impl Shared {
                         self.metrics.dry_run_eviction();
                         Finished::DryRun
                     }
-                    Outcome::NotNeeded | Outcome::Blocked => Finished::NotNeeded,
+                    Outcome::NotNeeded | Outcome::Blocked { .. } => Finished::NotNeeded,
                 };
                 self.update(|state| state.finish(pod, &eviction, finished));
                 Completion::Forget
             }
-            Err(error) => {
-                self.metrics.api_error(error.verb());
-                warn!(error = %error, source = %error_source(&error), "processing work item failed, will retry");
-                Completion::Retry
-            }
+            Err(error) => self.failed(&error, "processing work item failed, will retry"),
         }
+    }
+
+    /// Counts, logs and schedules the retry of a failed call, naming its real cause.
+    fn failed(&self, error: &crate::actuator::Error, message: &str) -> Completion {
+        let verb = error.verb();
+        self.metrics.api_error(verb);
+        let cause = match error.refusal() {
+            Refusal::Throttled => {
+                self.metrics.api_throttled(verb);
+                "throttled by the API server"
+            }
+            Refusal::Conflict => {
+                self.metrics.api_conflict(verb);
+                "conflict"
+            }
+            Refusal::Other => "error",
+        };
+        let retry_after = error.retry_after();
+        warn!(error = %error, source = %error_source(error), cause, ?retry_after, "{message}");
+        retry(retry_after)
     }
 
     async fn process_rule(&self, rule: &RuleRef) -> Completion {
@@ -210,15 +227,16 @@ impl Shared {
                         }
                         Completion::Forget
                     }
-                    Err(error) => {
-                        self.metrics.api_error(error.verb());
-                        warn!(error = %error, source = %error_source(&error), "rule status update failed, will retry");
-                        Completion::Retry
-                    }
+                    Err(error) => self.failed(&error, "rule status update failed, will retry"),
                 }
             }
         }
     }
+}
+
+/// A retry with backoff, no sooner than the server's `Retry-After` if it sent one.
+fn retry(retry_after: Option<Duration>) -> Completion {
+    retry_after.map_or(Completion::Retry, Completion::RetryAfter)
 }
 
 /// The cause of an actuator error in one line: the server's message with code and reason (no

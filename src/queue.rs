@@ -169,6 +169,9 @@ pub enum Completion {
     /// Failure: retry after the per-key [`Backoff`] delay for the current failure count, which
     /// then grows by one.
     Retry,
+    /// Failure, and the server asked us to wait (`Retry-After`): as [`Completion::Retry`], but no
+    /// sooner than this delay.
+    RetryAfter(Duration),
 }
 
 /// What [`WorkQueue::done`] did.
@@ -364,6 +367,11 @@ impl<K: Clone + Eq + Hash> Inner<K> {
             }
             Completion::Retry => {
                 let delay = backoff.delay(record.failures);
+                record.failures = record.failures.saturating_add(1);
+                Some(deadline_after(now, delay))
+            }
+            Completion::RetryAfter(at_least) => {
+                let delay = backoff.delay(record.failures).max(at_least);
                 record.failures = record.failures.saturating_add(1);
                 Some(deadline_after(now, delay))
             }
@@ -902,6 +910,30 @@ mod tests {
             Finished::Requeued { at: start + ms(5) }
         );
         assert_eq!((q.deadline(&1), q.failures(&1)), (Some(start + ms(5)), 1));
+    }
+
+    /// A server's `Retry-After` delays the retry beyond a shorter backoff, never below a longer
+    /// one, and still counts as a failure.
+    #[tokio::test(start_paused = true)]
+    async fn retry_after_is_the_longer_of_backoff_and_the_servers_wait() {
+        let q = queue();
+        let start = Instant::now();
+        q.schedule(1, start);
+        let (_, ticket) = q.try_next().unwrap();
+        assert_eq!(
+            q.done(&1, ticket, Completion::RetryAfter(secs(7))),
+            Finished::Requeued { at: start + secs(7) }
+        );
+        assert_eq!(q.failures(&1), 1);
+        tokio::time::advance(secs(7)).await;
+        let (_, ticket) = q.try_next().unwrap();
+        assert_eq!(
+            q.done(&1, ticket, Completion::RetryAfter(ms(1))),
+            Finished::Requeued {
+                at: start + secs(7) + ms(10)
+            }
+        );
+        assert_eq!(q.failures(&1), 2);
     }
 
     #[tokio::test(start_paused = true)]
@@ -1542,6 +1574,12 @@ mod tests {
                     Completion::Retry => {
                         // 5 ms * 2^failures, capped at 1000 s.
                         let delay = (5u128 << failures.min(100)).min(1_000_000);
+                        (Some(now + u64::try_from(delay).unwrap()), failures + 1)
+                    }
+                    Completion::RetryAfter(d) => {
+                        let delay = (5u128 << failures.min(100))
+                            .min(1_000_000)
+                            .max(d.min(MAX_HORIZON).as_millis());
                         (Some(now + u64::try_from(delay).unwrap()), failures + 1)
                     }
                 };

@@ -108,3 +108,73 @@ async fn server_errors_are_retried_without_delaying_other_pods() {
     assert!(c.log_text().contains("will retry"));
     assert_eq!(c.stop().await, Some(0));
 }
+
+/// What the real API server answers when a write's UID precondition fails (DELETE, Eviction,
+/// and the status PATCH that carries `metadata.uid`) is read as "gone"; a 409 from optimistic
+/// concurrency ("the object has been modified") is not, so it is retried.
+#[tokio::test]
+async fn uid_precondition_conflicts_are_told_from_other_conflicts() {
+    use device_taint_eviction::actuator::is_gone;
+    use k8s_openapi::api::core::v1::Pod;
+    use kube::api::{DeleteParams, EvictParams, Patch, PatchParams, PostParams, Preconditions};
+
+    let env = TestEnv::new().await;
+    let live = env.create_pod("p", "claim-p", None).await;
+    let pods = env.api::<Pod>();
+    let wrong = Preconditions {
+        uid: Some("00000000-0000-0000-0000-000000000000".into()),
+        resource_version: None,
+    };
+    let conflict = |what: &str, e: kube::Error| {
+        assert!(
+            matches!(&e, kube::Error::Api(s) if s.code == 409),
+            "{what}: {e:?}"
+        );
+        eprintln!("{what}: {e}");
+        e
+    };
+
+    let delete = DeleteParams::default().preconditions(wrong.clone());
+    let e = conflict("delete", pods.delete("p", &delete).await.expect_err("delete"));
+    assert!(is_gone(&e), "DELETE with a stale UID: {e:?}");
+
+    let evict = EvictParams {
+        delete_options: Some(delete),
+        post_options: PostParams::default(),
+    };
+    let e = conflict("evict", pods.evict("p", &evict).await.expect_err("evict"));
+    assert!(is_gone(&e), "Eviction with a stale UID: {e:?}");
+
+    let patch = serde_json::json!({
+        "metadata": {"uid": wrong.uid},
+        "status": {"conditions": [{"type": "DisruptionTarget", "status": "True"}]}
+    });
+    let e = conflict(
+        "patch status",
+        pods.patch_status("p", &PatchParams::default(), &Patch::Strategic(patch))
+            .await
+            .expect_err("status patch"),
+    );
+    assert!(is_gone(&e), "status PATCH with a stale UID: {e:?}");
+
+    let mut stale = live.clone();
+    pods.patch(
+        "p",
+        &PatchParams::default(),
+        &Patch::Merge(serde_json::json!({"metadata": {"labels": {"touched": "yes"}}})),
+    )
+    .await
+    .expect("label the pod");
+    stale.metadata.managed_fields = None;
+    let e = conflict(
+        "stale update",
+        pods.replace("p", &PostParams::default(), &stale)
+            .await
+            .expect_err("update with a stale resourceVersion"),
+    );
+    assert!(
+        !is_gone(&e),
+        "an optimistic-concurrency conflict must be retried: {e:?}"
+    );
+    assert!(pods.get("p").await.is_ok(), "the pod is still there");
+}

@@ -9,6 +9,8 @@ pub struct RuleCounts {
     pub pending_pods: usize,
     /// Distinct namespaces of those pods.
     pub pending_namespaces: usize,
+    /// Those of the pending pods whose eviction a PodDisruptionBudget refused (SPEC D7).
+    pub blocked_pods: usize,
     /// Pods this controller deleted because of the rule since it started.
     pub evicted: u64,
     /// For a `None` rule: what would happen with `NoExecute`.
@@ -94,6 +96,13 @@ pub fn rule_condition(effect: &Effect, counts: &RuleCounts) -> RuleStatusConditi
             "Eviction only happens for the NoExecute effect.".to_owned(),
         ),
     };
+    if counts.blocked_pods > 0 && status == "True" {
+        message += &plural(
+            counts.blocked_pods,
+            " 1 pod waits for a PodDisruptionBudget.",
+            " %d pods wait for PodDisruptionBudgets.",
+        );
+    }
     if counts.evicted > 0 {
         if !message.is_empty() {
             message.push(' ');
@@ -123,6 +132,7 @@ mod tests {
     #[test]
     fn no_execute_messages() {
         let pending = |p, n, e| RuleCounts {
+            blocked_pods: 0,
             pending_pods: p,
             pending_namespaces: n,
             evicted: e,
@@ -159,6 +169,20 @@ mod tests {
         assert_eq!(
             cond(&Effect::NoExecute, pending(0, 0, 0)),
             ("False".into(), "NotStarted".into(), String::new())
+        );
+        let blocked = |b| RuleCounts {
+            blocked_pods: b,
+            ..pending(5, 3, 2)
+        };
+        assert_eq!(
+            cond(&Effect::NoExecute, blocked(1)).2,
+            "5 pods need to be evicted in 3 different namespaces. 1 pod waits for a PodDisruptionBudget. \
+             2 pods evicted since starting the controller."
+        );
+        assert_eq!(
+            cond(&Effect::NoExecute, blocked(4)).2,
+            "5 pods need to be evicted in 3 different namespaces. 4 pods wait for PodDisruptionBudgets. \
+             2 pods evicted since starting the controller."
         );
     }
 

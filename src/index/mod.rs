@@ -152,6 +152,9 @@ pub struct State {
     /// UIDs of pods whose eviction finished; removed when the pod watch reports the pod gone.
     /// Prevents a second eviction while the watch lags behind our own deletion.
     finished: HashSet<String>,
+    /// Pending pods whose last eviction attempt a PodDisruptionBudget refused (evict mode), for
+    /// the rule status. Set by the worker, cleared when the pod is no longer pending.
+    blocked: HashSet<PodRef>,
     /// Rule UID → pods this controller evicted because of it since start. Dropped with the rule.
     evicted_per_rule: HashMap<String, u64>,
     /// Changes not yet taken by the controller.
@@ -325,6 +328,7 @@ impl State {
             }
             None => {
                 if let Some(old) = self.pending.remove(&pod) {
+                    self.blocked.remove(&pod);
                     debug!(pod = %pod, "pod eviction cancelled");
                     self.request_status_of(&old, RULE_STATUS_PERIOD);
                     self.changes.push(Change::Cancel { pod, notify });
@@ -624,6 +628,7 @@ impl State {
     /// A worker finished a pod. `eviction` is what [`State::due`] returned.
     pub fn finish(&mut self, pod: &PodRef, eviction: &Eviction, outcome: Finished) {
         self.pending.remove(pod);
+        self.blocked.remove(pod);
         self.finished.insert(pod.uid.clone());
         if outcome == Finished::Evicted {
             for rule in eviction.rules() {
@@ -631,6 +636,17 @@ impl State {
             }
         }
         self.request_status_of(eviction, RULE_STATUS_PERIOD);
+    }
+
+    /// A PodDisruptionBudget refused the eviction of a pending pod; the rule status says so.
+    pub fn eviction_blocked(&mut self, pod: &PodRef) {
+        let Some(eviction) = self.pending.get(pod) else {
+            return;
+        };
+        if self.blocked.insert(pod.clone()) {
+            let eviction = eviction.clone();
+            self.request_status_of(&eviction, Duration::ZERO);
+        }
     }
 
     /// Our status write succeeded: remember it so that the rate limit holds even before the
@@ -698,6 +714,7 @@ impl State {
                 for (pod, eviction) in &self.pending {
                     if eviction.has_rule(&rule_ref) {
                         counts.pending_pods += 1;
+                        counts.blocked_pods += usize::from(self.blocked.contains(pod));
                         namespaces.insert(pod.namespace.as_str());
                     }
                 }

@@ -1659,3 +1659,37 @@ fn claimless_pod_replacing_a_counting_down_pod_cancels_it() {
     assert!(h.pending().is_empty());
     assert_eq!(h.state.sizes().pods, 0);
 }
+
+/// SPEC D7: a pod whose eviction a PodDisruptionBudget refused is named in the rule status
+/// until it is gone; the message says nothing about budgets otherwise.
+#[test]
+fn rule_status_names_a_disruption_budget_wait() {
+    let mut h = Harness::new();
+    for ev in [Ev::Pod(the_pod()), Ev::Claim(the_claim()), Ev::Rule(the_rule())] {
+        h.apply(&ev);
+    }
+    let pending = "1 pod needs to be evicted in 1 namespace.";
+    assert_eq!(h.condition("my-rule").1, pending);
+    let pod = the_pod().pod_ref();
+    h.state.eviction_blocked(&pod);
+    assert!(
+        h.state
+            .take_changes()
+            .iter()
+            .any(|c| matches!(c, Change::RuleStatus { after, .. } if after.is_zero())),
+        "the rule status is refreshed at once"
+    );
+    assert_eq!(
+        h.condition("my-rule").1,
+        format!("{pending} 1 pod waits for a PodDisruptionBudget.")
+    );
+    // A pod that is not pending is never counted.
+    h.state.eviction_blocked(&PodRef::new("other", "pod", "uid"));
+    assert_eq!(h.state.blocked.len(), 1);
+    let Due::Now(eviction) = h.state.due(&pod, t(0)) else {
+        panic!("due")
+    };
+    h.state.finish(&pod, &eviction, Finished::Evicted);
+    assert!(h.state.blocked.is_empty());
+    assert_eq!(h.condition("my-rule"), ("Completed".into(), EVICTED_ONE.into()));
+}
