@@ -11,7 +11,7 @@ use std::time::Duration;
 use k8s_openapi::api::core::v1::ObjectReference;
 use kube::{
     Api, Client,
-    api::{DeleteParams, EvictParams, Patch, PatchParams, PostParams, Preconditions},
+    api::{DeleteParams, Patch, PatchParams, PostParams, Preconditions},
     core::ApiResource,
     runtime::events::{Event, EventType, Recorder, Reporter},
 };
@@ -209,13 +209,25 @@ pub fn is_gone(e: &kube::Error) -> bool {
     // NotFound: deleted meanwhile. A failed UID precondition: the name now belongs to another
     // object. Either way the object we meant needs nothing more (upstream parity). Any other
     // conflict ("the object has been modified") is retried.
-    matches!(e, kube::Error::Api(s) if s.is_not_found() || is_uid_precondition_failure(s))
+    matches!(e, kube::Error::Api(s)
+        if s.is_not_found() || is_uid_precondition_failure(s) || is_other_uid(s))
+}
+
+/// Whether a PATCH that carried `metadata.uid` met an object with another UID. The API server
+/// (1.37) does not answer that with a precondition conflict but with 422 Invalid, cause
+/// `metadata.uid` "field is immutable".
+fn is_other_uid(status: &kube::core::Status) -> bool {
+    status.code == 422
+        && status
+            .details
+            .as_ref()
+            .is_some_and(|d| d.causes.iter().any(|c| c.field == "metadata.uid"))
 }
 
 /// Whether a 409 says that a UID precondition failed. The API server words it in two ways:
 /// `rest.BeforeDelete` (DELETE, Eviction) says "the UID in the precondition (..) does not match
-/// the UID in record (..)"; the storage layer (a PATCH carrying `metadata.uid`, a DELETE that
-/// lost a race) says "Precondition failed: UID in precondition: .., UID in object meta: ..".
+/// the UID in record (..)"; the storage layer (a DELETE that lost a race) says "Precondition
+/// failed: UID in precondition: .., UID in object meta: ..".
 fn is_uid_precondition_failure(status: &kube::core::Status) -> bool {
     status.is_conflict()
         && (status.message.contains("UID in the precondition")
@@ -431,13 +443,7 @@ impl Actuator {
         });
         let result = match self.mode {
             EvictionMode::Delete => api.delete(&pod.name, &delete).await.map(|_| ()),
-            EvictionMode::Evict => {
-                let params = EvictParams {
-                    delete_options: Some(delete),
-                    post_options: PostParams::default(),
-                };
-                api.evict(&pod.name, &params).await.map(|_| ())
-            }
+            EvictionMode::Evict => evict_pod(&api, pod).await,
         };
         match result {
             Ok(()) => {
@@ -502,6 +508,27 @@ impl Actuator {
             }),
         }
     }
+}
+
+/// Creates an Eviction for the pod with a UID precondition and the default grace period.
+///
+/// Built here rather than with kube's `Api::evict`, which sends the delete options under the key
+/// `delete_options`: the API server ignores it, so the UID precondition would be lost and a pod
+/// that replaced ours under the same name could be evicted.
+///
+/// # Errors
+/// The API server's refusal, e.g. a 429 from a PodDisruptionBudget or a 409 when the UID
+/// precondition failed.
+pub async fn evict_pod(api: &Api<Pod>, pod: &PodRef) -> Result<(), kube::Error> {
+    let eviction = json!({
+        "apiVersion": "policy/v1",
+        "kind": "Eviction",
+        "metadata": {"name": pod.name, "namespace": pod.namespace},
+        "deleteOptions": {"preconditions": {"uid": pod.uid}},
+    });
+    api.create_subresource::<_, kube::core::Status>("eviction", &pod.name, &PostParams::default(), &eviction)
+        .await
+        .map(|_| ())
 }
 
 /// Adds the `DisruptionTarget` condition to the pod, if it still has our UID. Returns false when
@@ -581,6 +608,7 @@ mod tests {
     struct Script {
         answers: Arc<Mutex<VecDeque<Answer>>>,
         requests: Arc<Mutex<Vec<String>>>,
+        bodies: Arc<Mutex<Vec<String>>>,
     }
 
     impl Script {
@@ -588,6 +616,7 @@ mod tests {
             Self {
                 answers: Arc::new(Mutex::new(answers.into())),
                 requests: Arc::default(),
+                bodies: Arc::default(),
             }
         }
 
@@ -606,11 +635,14 @@ mod tests {
                         }
                         return Ok(response.body(Body::from(body.into_bytes())).expect("response"));
                     }
-                    script.requests.lock().expect("requests").push(format!(
-                        "{} {}",
-                        request.method(),
-                        request.uri().path()
-                    ));
+                    let line = format!("{} {}", request.method(), request.uri().path());
+                    let body = request.into_body().collect_bytes().await.expect("request body");
+                    script.requests.lock().expect("requests").push(line);
+                    script
+                        .bodies
+                        .lock()
+                        .expect("bodies")
+                        .push(String::from_utf8_lossy(&body).into_owned());
                     let (code, headers, body) = script
                         .answers
                         .lock()
@@ -680,7 +712,24 @@ mod tests {
         let result = actuator
             .evict(&PodRef::new("ns", "p", "uid-1"), &eviction())
             .await;
-        (result, script.requests())
+        // Every write names the pod's UID: the status PATCH in its metadata, the DELETE and the
+        // Eviction as a precondition, under the keys the API server reads.
+        let requests = script.requests();
+        let bodies = script.bodies.lock().expect("bodies").clone();
+        for (request, body) in requests.iter().zip(&bodies) {
+            let body: serde_json::Value = serde_json::from_str(body).unwrap_or_default();
+            let uid = if request.starts_with("PATCH") {
+                &body["metadata"]["uid"]
+            } else if request.ends_with("/eviction") {
+                &body["deleteOptions"]["preconditions"]["uid"]
+            } else if request.starts_with("DELETE") {
+                &body["preconditions"]["uid"]
+            } else {
+                continue;
+            };
+            assert_eq!(uid, "uid-1", "{request}: {body}");
+        }
+        (result, requests)
     }
 
     /// A 409 is "done" only when a UID precondition failed (both wordings of the API server);
@@ -704,6 +753,31 @@ mod tests {
         let error = result.expect_err("a conflicting DELETE is retried");
         assert!(matches!(error, Error::DeletePod { .. }), "{error:?}");
         assert_eq!(error.refusal(), Refusal::Conflict);
+
+        // The status PATCH of a pod whose name now has another UID (what the API server answers).
+        let other_uid = status(
+            422,
+            "Invalid",
+            "Pod \"p\" is invalid: metadata.uid: Invalid value: \"uid-1\": field is immutable",
+            &json!({"name": "p", "kind": "Pod", "causes": [{"reason": "FieldValueInvalid",
+                    "message": "Invalid value: \"uid-1\": field is immutable", "field": "metadata.uid"}]}),
+        );
+        let (result, requests) = evict(vec![live_pod(), other_uid], delete).await;
+        assert_eq!(result.expect("done"), Outcome::NotNeeded);
+        assert_eq!(requests.len(), 2, "no DELETE after the PATCH met another UID");
+        // Any other 422 is an error.
+        let invalid = status(
+            422,
+            "Invalid",
+            "Pod \"p\" is invalid",
+            &json!({"causes": [
+            {"reason": "FieldValueInvalid", "field": "status.conditions"}]}),
+        );
+        let (result, _) = evict(vec![live_pod(), invalid], delete).await;
+        assert!(
+            matches!(result, Err(Error::PatchPodCondition { .. })),
+            "{result:?}"
+        );
 
         for message in [STORAGE_UID, DELETE_UID] {
             let (result, requests) = evict(vec![live_pod(), conflict(message)], delete).await;

@@ -109,14 +109,17 @@ async fn server_errors_are_retried_without_delaying_other_pods() {
     assert_eq!(c.stop().await, Some(0));
 }
 
-/// What the real API server answers when a write's UID precondition fails (DELETE, Eviction,
-/// and the status PATCH that carries `metadata.uid`) is read as "gone"; a 409 from optimistic
-/// concurrency ("the object has been modified") is not, so it is retried.
+/// What the real API server answers when a write's UID precondition fails (DELETE, Eviction: 409;
+/// the status PATCH that carries `metadata.uid`: 422 "field is immutable") is read as "gone"; a
+/// 409 from optimistic concurrency ("the object has been modified") is not, so it is retried.
 #[tokio::test]
 async fn uid_precondition_conflicts_are_told_from_other_conflicts() {
-    use device_taint_eviction::actuator::is_gone;
+    use device_taint_eviction::{
+        actuator::{evict_pod, is_gone},
+        view::PodRef,
+    };
     use k8s_openapi::api::core::v1::Pod;
-    use kube::api::{DeleteParams, EvictParams, Patch, PatchParams, PostParams, Preconditions};
+    use kube::api::{DeleteParams, Patch, PatchParams, PostParams, Preconditions};
 
     let env = TestEnv::new().await;
     let live = env.create_pod("p", "claim-p", None).await;
@@ -126,8 +129,9 @@ async fn uid_precondition_conflicts_are_told_from_other_conflicts() {
         resource_version: None,
     };
     let conflict = |what: &str, e: kube::Error| {
+        let want = if what == "patch status" { 422 } else { 409 };
         assert!(
-            matches!(&e, kube::Error::Api(s) if s.code == 409),
+            matches!(&e, kube::Error::Api(s) if s.code == want),
             "{what}: {e:?}"
         );
         eprintln!("{what}: {e}");
@@ -138,11 +142,8 @@ async fn uid_precondition_conflicts_are_told_from_other_conflicts() {
     let e = conflict("delete", pods.delete("p", &delete).await.expect_err("delete"));
     assert!(is_gone(&e), "DELETE with a stale UID: {e:?}");
 
-    let evict = EvictParams {
-        delete_options: Some(delete),
-        post_options: PostParams::default(),
-    };
-    let e = conflict("evict", pods.evict("p", &evict).await.expect_err("evict"));
+    let stale = PodRef::new(&env.namespace, "p", wrong.uid.clone().unwrap_or_default());
+    let e = conflict("evict", evict_pod(&pods, &stale).await.expect_err("evict"));
     assert!(is_gone(&e), "Eviction with a stale UID: {e:?}");
 
     let patch = serde_json::json!({
