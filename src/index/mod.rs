@@ -629,7 +629,15 @@ impl State {
     pub fn finish(&mut self, pod: &PodRef, eviction: &Eviction, outcome: Finished) {
         self.pending.remove(pod);
         self.blocked.remove(pod);
-        self.finished.insert(pod.uid.clone());
+        // Only a pod the watch still shows needs guarding; if its delete event came first, the
+        // UID would otherwise stay in the set for ever.
+        if self
+            .pods
+            .get(&pod.object_name())
+            .is_some_and(|p| p.uid == pod.uid)
+        {
+            self.finished.insert(pod.uid.clone());
+        }
         if outcome == Finished::Evicted {
             for rule in eviction.rules() {
                 *self.evicted_per_rule.entry(rule.uid.clone()).or_default() += 1;

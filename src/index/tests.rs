@@ -1451,6 +1451,28 @@ fn finished_pod_is_not_scheduled_again_until_gone() {
     assert!(h.state.finished.is_empty(), "bookkeeping released with the pod");
 }
 
+/// A worker that finishes after the pod's delete event (our DELETE raced the watch) leaves no
+/// bookkeeping behind: the set of finished UIDs stays bounded by the pods that exist.
+#[test]
+fn finish_after_the_delete_event_leaves_nothing_behind() {
+    let mut h = Harness::new();
+    for ev in [
+        Ev::Pod(the_pod()),
+        Ev::Claim(the_claim()),
+        Ev::Slice(tainted_slice()),
+    ] {
+        h.apply(&ev);
+    }
+    let pod = the_pod().pod_ref();
+    let Due::Now(eviction) = h.state.due(&pod, t(0)) else {
+        panic!("due")
+    };
+    h.apply(&Ev::DeletePod(the_pod()));
+    h.state.finish(&pod, &eviction, Finished::Evicted);
+    assert!(h.state.finished.is_empty(), "a deleted pod's UID was kept");
+    assert!(h.state.pending.is_empty());
+}
+
 #[test]
 fn due_reports_gone_later_and_now() {
     let mut h = Harness::new();
