@@ -111,6 +111,7 @@ impl Error {
     #[must_use]
     pub fn refusal(&self) -> Refusal {
         match self.source_error() {
+            e if crate::client::is_not_leader(e) => Refusal::NotLeader,
             kube::Error::Api(s) if s.code == 429 => Refusal::Throttled,
             kube::Error::Api(s) if s.is_conflict() => Refusal::Conflict,
             _ => Refusal::Other,
@@ -134,6 +135,8 @@ pub enum Refusal {
     Conflict,
     /// Anything else (5xx, transport, timeouts, 403, ...).
     Other,
+    /// Not sent: this replica does not lead (any more).
+    NotLeader,
 }
 
 /// How an eviction attempt ended.
@@ -178,7 +181,9 @@ async fn publish_events(
     metrics: Metrics,
 ) {
     while let Some((event, reference)) = queue.recv().await {
-        if let Err(error) = recorder.publish(&event, &reference).await {
+        if let Err(error) = recorder.publish(&event, &reference).await
+            && !crate::client::is_not_leader(&error)
+        {
             metrics.api_error("create_event");
             warn!(%error, object = ?reference.name, namespace = ?reference.namespace, reason = %event.reason,
                   "failed to publish event");

@@ -7,6 +7,8 @@
 //! - Requests are paced by a client-side token bucket (`--kube-api-qps`, `--kube-api-burst`), as
 //!   client-go does, so a burst of evictions cannot flood the API server. Requests wait for a
 //!   token; none is rejected.
+//! - The controller's writer client is fenced by leadership ([`FenceLayer`]): a write leaves only
+//!   while this replica leads, checked after its wait for a token, right before it is sent.
 //! - A 429 answer carries its `Retry-After` header into the `Status` (`details.retryAfterSeconds`),
 //!   see [`RetryAfterLayer`], so that callers can honour it: kube's errors keep the `Status` but
 //!   not the headers.
@@ -20,6 +22,7 @@ use http_body_util::{BodyExt as _, Full, combinators::UnsyncBoxBody};
 use kube::client::{Body, ClientBuilder};
 use kube::config::{InferConfigError, KubeConfigOptions, Kubeconfig, KubeconfigError};
 use kube::{Client, Config};
+use tokio::sync::watch;
 use tokio_util::bytes::Bytes;
 
 use crate::cli::KubeArgs;
@@ -112,6 +115,106 @@ pub fn client_from_config(mut config: Config, bucket: TokenBucket) -> Result<Cli
         .with_layer(&RetryAfterLayer)
         .with_layer(&ThrottleLayer::new(bucket))
         .build())
+}
+
+/// A client for the controller's writes: as [`client_from_config`], and every request other
+/// than a GET is refused without being sent while `leader` reads `false` ([`FenceLayer`]).
+///
+/// # Errors
+/// When the TLS or authentication stack cannot be built from `config`.
+pub fn writer_from_config(
+    mut config: Config,
+    bucket: TokenBucket,
+    leader: watch::Receiver<bool>,
+) -> Result<Client, Error> {
+    config.default_retry = false;
+    let builder = ClientBuilder::try_from(config).map_err(Error::BuildClient)?;
+    Ok(builder
+        .with_layer(&FenceLayer::new(leader))
+        .with_layer(&RetryAfterLayer)
+        .with_layer(&ThrottleLayer::new(bucket))
+        .build())
+}
+
+/// A write refused because this replica does not lead (any more).
+#[derive(Debug, thiserror::Error)]
+#[error("not the leader: {method} {path} not sent")]
+pub struct NotLeader {
+    method: http::Method,
+    path: String,
+}
+
+/// Whether a failed call was refused by the leadership fence, not by the API server.
+#[must_use]
+pub fn is_not_leader(error: &kube::Error) -> bool {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(error);
+    while let Some(e) = source {
+        if e.is::<NotLeader>() {
+            return true;
+        }
+        source = e.source();
+    }
+    false
+}
+
+/// A tower layer that refuses every request but a GET while `leader` reads `false`. It sits
+/// below the token bucket, so a write that waited for a token is checked again when it is
+/// finally sent: a replica that lost its Lease stops writing at once, whatever was queued.
+#[derive(Clone, Debug)]
+pub struct FenceLayer {
+    leader: watch::Receiver<bool>,
+}
+
+impl FenceLayer {
+    #[must_use]
+    pub fn new(leader: watch::Receiver<bool>) -> Self {
+        Self { leader }
+    }
+}
+
+impl<S> tower::Layer<S> for FenceLayer {
+    type Service = Fence<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        Fence {
+            inner,
+            leader: self.leader.clone(),
+        }
+    }
+}
+
+/// The service made by [`FenceLayer`].
+#[derive(Clone, Debug)]
+pub struct Fence<S> {
+    inner: S,
+    leader: watch::Receiver<bool>,
+}
+
+impl<S, B> tower::Service<Request<Body>> for Fence<S>
+where
+    S: tower::Service<Request<Body>, Response = Response<B>>,
+    S::Future: Send + 'static,
+    S::Error: Into<tower::BoxError>,
+{
+    type Response = Response<B>;
+    type Error = tower::BoxError;
+    type Future = BoxFuture<'static, Result<Self::Response, tower::BoxError>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx).map_err(Into::into)
+    }
+
+    fn call(&mut self, request: Request<Body>) -> Self::Future {
+        if request.method() != http::Method::GET && !*self.leader.borrow() {
+            let refused = NotLeader {
+                method: request.method().clone(),
+                path: request.uri().path().to_owned(),
+            };
+            return Box::pin(async move { Err(refused.into()) });
+        }
+        let response = self.inner.call(request);
+        Box::pin(async move { response.await.map_err(Into::into) })
+    }
 }
 
 /// A tower layer that makes the `Retry-After` header of a 429 answer visible in the error kube
@@ -335,6 +438,51 @@ users: []
         kube::Api::<k8s_openapi::api::core::v1::Pod>::namespaced(client, "default")
             .get("p")
             .await
+    }
+
+    /// Writes leave only while leading, checked when they are sent: a write that waited for a
+    /// token while leadership was lost is never sent; reads are not fenced.
+    #[tokio::test(start_paused = true)]
+    async fn writes_are_fenced_by_leadership_after_the_throttle() {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        use tower::Layer as _;
+        let sent = std::sync::Arc::new(AtomicUsize::new(0));
+        let counter = sent.clone();
+        let service = tower::service_fn(move |_: Request<Body>| {
+            counter.fetch_add(1, Ordering::SeqCst);
+            async {
+                Ok::<_, std::convert::Infallible>(
+                    Response::builder()
+                        .status(200)
+                        .header(header::CONTENT_TYPE, "application/json")
+                        .body(Body::from(
+                            br#"{"kind":"Status","apiVersion":"v1","status":"Success","code":200}"#.to_vec(),
+                        ))
+                        .expect("response"),
+                )
+            }
+        });
+        let (leading, leader) = watch::channel(true);
+        // One token per second, none saved: the second request waits a second for its token.
+        let stack = ThrottleLayer::new(TokenBucket::new(1.0, 1))
+            .layer(RetryAfterLayer.layer(FenceLayer::new(leader).layer(service)));
+        let client = Client::new(stack, "default");
+        let pods = kube::Api::<k8s_openapi::api::core::v1::Pod>::namespaced(client.clone(), "ns");
+        let delete = move || {
+            let pods = pods.clone();
+            async move { pods.delete("p", &kube::api::DeleteParams::default()).await }
+        };
+
+        assert!(delete().await.is_ok(), "a leader writes");
+        assert_eq!(sent.load(Ordering::SeqCst), 1);
+        let queued = tokio::spawn(delete());
+        tokio::task::yield_now().await;
+        leading.send_replace(false);
+        let error = queued.await.expect("join").expect_err("fenced");
+        assert!(is_not_leader(&error), "{error:?}");
+        assert_eq!(sent.load(Ordering::SeqCst), 1, "the queued DELETE was sent after losing the lead");
+        assert!(get_pod(client.clone()).await.is_err(), "the GET reached the server (no pod body)");
+        assert_eq!(sent.load(Ordering::SeqCst), 2, "reads are not fenced");
     }
 
     #[tokio::test]

@@ -189,6 +189,10 @@ impl Shared {
     /// Counts, logs and schedules the retry of a failed call, naming its real cause.
     fn failed(&self, error: &crate::actuator::Error, message: &str) -> Completion {
         let verb = error.verb();
+        if error.refusal() == Refusal::NotLeader {
+            debug!(error = %error, "write not sent: not the leader");
+            return Completion::Retry;
+        }
         self.metrics.api_error(verb);
         let cause = match error.refusal() {
             Refusal::Throttled => {
@@ -199,7 +203,7 @@ impl Shared {
                 self.metrics.api_conflict(verb);
                 "conflict"
             }
-            Refusal::Other => "error",
+            Refusal::Other | Refusal::NotLeader => "error",
         };
         let retry_after = error.retry_after();
         warn!(error = %error, source = %error_source(error), cause, ?retry_after, "{message}");
@@ -421,7 +425,10 @@ pub async fn run(args: ControllerArgs) -> Result<(), Error> {
 /// See [`run`].
 #[allow(clippy::too_many_lines)] // start-up reads best as one sequence
 pub async fn run_until(args: ControllerArgs, shutdown: impl Future<Output = ()>) -> Result<(), Error> {
-    let client = client::client(&args.kube).await?;
+    let config = client::load_config(&args.kube).await?;
+    // Reads and writes share one --kube-api-qps bucket; the Lease has a client of its own.
+    let bucket = TokenBucket::new(args.kube.kube_api_qps, args.kube.kube_api_burst);
+    let client = client::client_from_config(config.clone(), bucket.clone())?;
     let mut registry = Registry::default();
     let metrics = Metrics::register(&mut registry);
     let readiness = Readiness::new(&KINDS);
@@ -449,15 +456,19 @@ pub async fn run_until(args: ControllerArgs, shutdown: impl Future<Output = ()>)
 
     let identity = args.leader_elect_identity();
     let (leadership, leader) = if args.leader_elect {
-        Leadership::start(client.clone(), LeaderConfig::from_args(&args))
+        // Renewals must never wait behind evictions for a token: the Lease client is unthrottled.
+        let lease_client = client::client_from_config(config.clone(), TokenBucket::unlimited())?;
+        Leadership::start(lease_client, LeaderConfig::from_args(&args))
             .await
             .map_err(Error::StartLeaderElection)?
     } else {
         Leadership::disabled()
     };
 
+    // Every write goes through the leadership fence, checked right before it is sent.
+    let writer = client::writer_from_config(config, bucket, leader.clone())?;
     let actuator = Actuator::new(
-        client.clone(),
+        writer,
         &identity,
         args.eviction_mode,
         args.dry_run,
@@ -526,17 +537,24 @@ pub async fn run_until(args: ControllerArgs, shutdown: impl Future<Output = ()>)
             Err(Error::Admin(e))
         }
     };
-    // Stop taking work; in-flight calls finish (workers exit when next() returns None).
     shared.queue.shutdown();
-    let drain = async { while workers.join_next().await.is_some() {} };
-    if tokio::time::timeout(Duration::from_secs(30), drain)
-        .await
-        .is_err()
-    {
-        warn!("in-flight work did not finish within 30s");
-    }
-    if !shared.actuator.flush_events(Duration::from_secs(5)).await {
-        warn!("some Events were not published within 5s");
+    if matches!(result, Err(Error::LostLeadership)) {
+        // A successor may already act: abort waiting and in-flight work at once (the fence
+        // refuses any write still on its way) instead of draining it.
+        workers.abort_all();
+        while workers.join_next().await.is_some() {}
+    } else {
+        // Stop taking work; in-flight calls finish (workers exit when next() returns None).
+        let drain = async { while workers.join_next().await.is_some() {} };
+        if tokio::time::timeout(Duration::from_secs(30), drain)
+            .await
+            .is_err()
+        {
+            warn!("in-flight work did not finish within 30s");
+        }
+        if !shared.actuator.flush_events(Duration::from_secs(5)).await {
+            warn!("some Events were not published within 5s");
+        }
     }
     watches.abort_all();
     if result.is_ok()
