@@ -20,11 +20,12 @@ use tokio::sync::{Notify, mpsc};
 use tracing::{debug, info, warn};
 
 use crate::{
-    cli::{CONTROLLER_NAME, EvictionMode},
-    eviction::{Eviction, RuleStatusCondition},
-    k8s::{DeviceTaintRule, Pod, Timestamp},
+    CONTROLLER_NAME, client,
+    eviction::Eviction,
+    k8s::{self, DeviceTaintRule, Pod, Timestamp},
     metrics::Metrics,
-    view::{EVICTION_IN_PROGRESS, PodRef, RuleRef},
+    rule_status::{self, RuleStatusCondition},
+    view::{PodRef, RuleRef},
 };
 
 /// Event reason of every pod Event (upstream).
@@ -33,6 +34,16 @@ pub const EVICTION_REASON: &str = "DeviceTaintManagerEviction";
 pub const DISRUPTION_REASON: &str = "DeletionByDeviceTaintManager";
 /// The `DisruptionTarget` condition's message (upstream).
 pub const DISRUPTION_MESSAGE: &str = "Device Taint manager: deleting due to NoExecute taint";
+
+/// How pods are removed from tainted devices (`--eviction-mode`; the variants' doc comments are
+/// its `--help` text).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum EvictionMode {
+    /// DELETE the pod with a UID precondition, as the in-tree controller does.
+    Delete,
+    /// Use the Eviction API, so PodDisruptionBudgets are respected; refused evictions are retried.
+    Evict,
+}
 
 /// A failed API call. Each is retried with backoff by the caller.
 #[derive(Debug, thiserror::Error)]
@@ -97,6 +108,38 @@ impl Error {
         }
     }
 
+    /// The permission the failed request needed, as the controller's ClusterRole grants it.
+    #[must_use]
+    pub fn permission(&self) -> String {
+        match self {
+            Self::GetPod { .. } => "get pods".to_owned(),
+            Self::PatchPodCondition { .. } => "patch pods/status".to_owned(),
+            Self::DeletePod { .. } => "delete pods".to_owned(),
+            Self::EvictPod { .. } => "create pods/eviction".to_owned(),
+            Self::ApplyRuleStatus { .. } => {
+                format!("patch devicetaintrules/status in {}", k8s::RESOURCE_GROUP)
+            }
+        }
+    }
+
+    /// The cause in one line for the log: the API status told by [`client::explain_status`] (for
+    /// a 403 with how to fix it), or kube's own text for a transport or decoding failure.
+    #[must_use]
+    pub fn explain(&self) -> String {
+        let (Self::GetPod { source, .. }
+        | Self::PatchPodCondition { source, .. }
+        | Self::DeletePod { source, .. }
+        | Self::EvictPod { source, .. }
+        | Self::ApplyRuleStatus { source, .. }) = self;
+        match source {
+            kube::Error::Api(status) if status.is_forbidden() => format!(
+                "{}; grant the controller's ServiceAccount this permission (see charts/device-taint-eviction)",
+                client::explain_status(status, &self.permission())
+            ),
+            kube::Error::Api(status) => client::explain_status(status, &self.permission()),
+            other => other.to_string(),
+        }
+    }
     fn source_error(&self) -> &kube::Error {
         match self {
             Self::GetPod { source, .. }
@@ -490,19 +533,7 @@ impl Actuator {
             return Ok(false);
         };
         let api: Api<DeviceTaintRule> = Api::all_with(self.client.clone(), ar);
-        let body = json!({
-            "apiVersion": ar.api_version,
-            "kind": "DeviceTaintRule",
-            "metadata": {"name": rule.name, "uid": rule.uid},
-            "status": {"conditions": [{
-                "type": EVICTION_IN_PROGRESS,
-                "status": condition.status,
-                "reason": condition.reason,
-                "message": condition.message,
-                "lastTransitionTime": now.to_string(),
-                "observedGeneration": generation,
-            }]}
-        });
+        let body = rule_status::apply_body(&ar.api_version, rule, generation, condition, now);
         let params = PatchParams::apply(CONTROLLER_NAME).force();
         match api.patch_status(&rule.name, &params, &Patch::Apply(body)).await {
             Ok(_) => Ok(true),

@@ -12,13 +12,16 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::builder::BoolishValueParser;
-use clap::{Args, Parser, Subcommand, ValueEnum};
+use clap::{Args, Parser, Subcommand};
 
-/// Name of the controller, used as the default lease name (upstream controller name).
-pub const CONTROLLER_NAME: &str = "device-taint-eviction-controller";
-
-/// Longest Kubernetes object name (DNS-1123 subdomain).
-const MAX_NAME_LEN: usize = 253;
+use crate::CONTROLLER_NAME;
+pub use crate::actuator::EvictionMode;
+use crate::client::ClientSettings;
+use crate::controller::{self, LeaseSettings};
+use crate::ops::{self, ExplainRequest, TaintRequest, UntaintRequest};
+pub use crate::ops::{OutputFormat, TaintEffect};
+pub use crate::telemetry::LogFormat;
+use crate::telemetry::LogSettings;
 
 /// Evicts pods whose DRA devices carry a NoExecute taint (standalone device-taint-eviction-controller).
 #[derive(Debug, Parser)]
@@ -63,15 +66,6 @@ pub struct KubeArgs {
     pub kube_api_burst: u32,
 }
 
-/// Log output format.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum LogFormat {
-    /// Human-readable lines.
-    Text,
-    /// One JSON object per line, for log collectors.
-    Json,
-}
-
 /// Where and how to log.
 #[derive(Debug, Clone, Args)]
 pub struct LogArgs {
@@ -94,15 +88,28 @@ impl LogArgs {
             .or_else(|| std::env::var("RUST_LOG").ok().filter(|v| !v.trim().is_empty()))
             .unwrap_or_else(|| "info".to_owned())
     }
+
+    /// The logging settings these flags choose.
+    #[must_use]
+    pub fn settings(&self) -> LogSettings {
+        LogSettings {
+            format: self.log_format,
+            filter: self.filter(),
+        }
+    }
 }
 
-/// How pods are removed from tainted devices.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum EvictionMode {
-    /// DELETE the pod with a UID precondition, as the in-tree controller does.
-    Delete,
-    /// Use the Eviction API, so PodDisruptionBudgets are respected; refused evictions are retried.
-    Evict,
+impl KubeArgs {
+    /// The API client settings these flags choose.
+    #[must_use]
+    pub fn settings(&self) -> ClientSettings {
+        ClientSettings {
+            kubeconfig: self.kubeconfig.clone(),
+            context: self.context.clone(),
+            qps: self.kube_api_qps,
+            burst: self.kube_api_burst,
+        }
+    }
 }
 
 /// Flags of `device-taint-eviction controller`.
@@ -167,6 +174,27 @@ pub struct ControllerArgs {
 }
 
 impl ControllerArgs {
+    /// The controller configuration these flags choose (Lease namespace and identity resolved
+    /// as documented on the accessors below).
+    #[must_use]
+    pub fn config(&self) -> controller::Config {
+        controller::Config {
+            client: self.kube.settings(),
+            workers: self.concurrent_device_taint_eviction_syncs,
+            eviction_mode: self.eviction_mode,
+            max_evictions_per_second: self.max_evictions_per_second,
+            max_evictions_burst: self.max_evictions_burst,
+            dry_run: self.dry_run,
+            http_addr: self.http_addr,
+            identity: self.leader_elect_identity(),
+            lease: self.leader_elect.then(|| LeaseSettings {
+                namespace: self.leader_elect_namespace(),
+                name: self.leader_elect_lease_name.clone(),
+                duration_secs: self.leader_elect_lease_duration,
+            }),
+        }
+    }
+
     /// Namespace of the Lease: the flag, else `$POD_NAMESPACE`, else `default`.
     #[must_use]
     pub fn leader_elect_namespace(&self) -> String {
@@ -228,30 +256,6 @@ fn random_suffix() -> String {
         .clone()
 }
 
-/// Taint effect of a DeviceTaintRule, spelled as in the API.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-#[value(rename_all = "PascalCase")]
-pub enum TaintEffect {
-    /// Pods using the device are evicted unless they tolerate the taint.
-    NoExecute,
-    /// New pods are not scheduled onto the device; running pods stay.
-    NoSchedule,
-    /// Nothing is enforced; the controller reports which pods would be evicted.
-    None,
-}
-
-impl TaintEffect {
-    /// The value of `spec.taint.effect`.
-    #[must_use]
-    pub fn as_api_str(self) -> &'static str {
-        match self {
-            Self::NoExecute => "NoExecute",
-            Self::NoSchedule => "NoSchedule",
-            Self::None => "None",
-        }
-    }
-}
-
 /// Flags of `device-taint-eviction taint`.
 #[derive(Debug, Clone, Args)]
 pub struct TaintArgs {
@@ -301,17 +305,20 @@ pub struct TaintArgs {
 }
 
 impl TaintArgs {
-    /// Name of the rule to create: `--name`, else derived from the selectors.
+    /// What `taint` is asked to do.
     #[must_use]
-    pub fn rule_name(&self) -> String {
-        self.name.clone().unwrap_or_else(|| {
-            derive_rule_name(
-                &self.driver,
-                self.pool.as_deref(),
-                self.device.as_deref(),
-                &self.key,
-            )
-        })
+    pub fn request(&self) -> TaintRequest {
+        TaintRequest {
+            name: self.name.clone(),
+            driver: self.driver.clone(),
+            pool: self.pool.clone(),
+            device: self.device.clone(),
+            key: self.key.clone(),
+            value: self.value.clone(),
+            effect: self.effect,
+            wait: self.wait,
+            timeout: self.timeout,
+        }
     }
 }
 
@@ -356,30 +363,19 @@ pub struct UntaintArgs {
 }
 
 impl UntaintArgs {
-    /// Name of the rule to delete: `--name`, else derived from the selectors as `taint` derives it.
-    /// `None` only when neither was given, which clap already rejects.
+    /// What `untaint` is asked to do. Naming no rule at all is rejected by clap already.
     #[must_use]
-    pub fn rule_name(&self) -> Option<String> {
-        match (&self.name, &self.driver, &self.key) {
-            (Some(name), _, _) => Some(name.clone()),
-            (None, Some(driver), Some(key)) => Some(derive_rule_name(
-                driver,
-                self.pool.as_deref(),
-                self.device.as_deref(),
-                key,
-            )),
-            _ => None,
+    pub fn request(&self) -> UntaintRequest {
+        UntaintRequest {
+            name: self.name.clone(),
+            driver: self.driver.clone(),
+            pool: self.pool.clone(),
+            device: self.device.clone(),
+            key: self.key.clone(),
+            wait: self.wait,
+            timeout: self.timeout,
         }
     }
-}
-
-/// Output format of `explain`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum OutputFormat {
-    /// Aligned columns for people.
-    Table,
-    /// A JSON document for scripts.
-    Json,
 }
 
 /// Flags of `device-taint-eviction explain`.
@@ -398,6 +394,17 @@ pub struct ExplainArgs {
     /// Only pods in this namespace [default: all namespaces].
     #[arg(short, long, env = "DTE_EXPLAIN_NAMESPACE")]
     pub namespace: Option<String>,
+}
+
+impl ExplainArgs {
+    /// What `explain` is asked to show.
+    #[must_use]
+    pub fn request(&self) -> ExplainRequest {
+        ExplainRequest {
+            namespace: self.namespace.clone(),
+            output: self.output,
+        }
+    }
 }
 
 impl Command {
@@ -424,81 +431,8 @@ impl Command {
     }
 }
 
-/// Default DeviceTaintRule name for a selector: `dte-<driver>[-<pool>][-<device>]-<key>`, lowercased,
-/// with every character a DNS-1123 subdomain does not allow replaced by `-`. Names longer than 253
-/// characters are cut and end in a hash of the full name, so that distinct long selectors keep
-/// distinct names and `untaint` derives the same name as `taint`.
-#[must_use]
-pub fn derive_rule_name(driver: &str, pool: Option<&str>, device: Option<&str>, key: &str) -> String {
-    let raw: Vec<&str> = ["dte", driver]
-        .into_iter()
-        .chain(pool)
-        .chain(device)
-        .chain([key])
-        .filter(|part| !part.is_empty())
-        .collect();
-    let raw = raw.join("-");
-    let name = sanitize_dns_subdomain(&raw);
-    if name.len() <= MAX_NAME_LEN {
-        return name;
-    }
-    let suffix = format!("-{:016x}", fnv1a(raw.as_bytes()));
-    let mut cut = name[..MAX_NAME_LEN - suffix.len()].to_owned();
-    // A label must not end in '-' or '.', so trim before appending the hash.
-    while cut.ends_with(['-', '.']) {
-        cut.pop();
-    }
-    cut + &suffix
-}
-
-/// Lowercase and replace what a DNS-1123 subdomain forbids; every dot-separated label starts and
-/// ends with an alphanumeric character and runs of '-' are collapsed.
-fn sanitize_dns_subdomain(raw: &str) -> String {
-    let mapped: String = raw
-        .chars()
-        .map(|c| match c.to_ascii_lowercase() {
-            c @ ('a'..='z' | '0'..='9' | '.') => c,
-            _ => '-',
-        })
-        .collect();
-    let labels: Vec<String> = mapped
-        .split('.')
-        .map(|label| {
-            let mut collapsed = String::with_capacity(label.len());
-            for c in label.chars() {
-                if !(c == '-' && collapsed.ends_with('-')) {
-                    collapsed.push(c);
-                }
-            }
-            collapsed.trim_matches('-').to_owned()
-        })
-        .filter(|label| !label.is_empty())
-        .collect();
-    labels.join(".")
-}
-
-/// 64-bit FNV-1a: stable across builds and platforms, unlike `std`'s hasher.
-fn fnv1a(bytes: &[u8]) -> u64 {
-    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |hash, b| {
-        (hash ^ u64::from(*b)).wrapping_mul(0x0000_0100_0000_01b3)
-    })
-}
-
-fn is_dns_subdomain(name: &str) -> bool {
-    !name.is_empty()
-        && name.len() <= MAX_NAME_LEN
-        && name.split('.').all(|label| {
-            !label.is_empty()
-                && label
-                    .bytes()
-                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-                && !label.starts_with('-')
-                && !label.ends_with('-')
-        })
-}
-
 fn rule_name(value: &str) -> Result<String, String> {
-    if is_dns_subdomain(value) {
+    if ops::is_dns_subdomain(value) {
         Ok(value.to_owned())
     } else {
         Err(
@@ -868,8 +802,11 @@ mod tests {
         assert_eq!(a.value, "");
         assert!(!a.wait);
         assert_eq!(a.timeout, Duration::from_secs(600));
-        assert_eq!(a.rule_name(), "dte-gpu.example.com-node-1-example.com-unhealthy");
-        assert!(is_dns_subdomain(&a.rule_name()));
+        assert_eq!(
+            a.request().rule_name(),
+            "dte-gpu.example.com-node-1-example.com-unhealthy"
+        );
+        assert!(ops::is_dns_subdomain(&a.request().rule_name()));
     }
 
     #[test]
@@ -902,7 +839,7 @@ mod tests {
         let Command::Untaint(a) = cli.command else {
             panic!("expected untaint")
         };
-        assert_eq!(a.rule_name().as_deref(), Some("my-rule"));
+        assert_eq!(a.request().rule_name().as_deref(), Some("my-rule"));
         assert!(a.wait);
 
         let cli = parse(&["untaint", "--driver=D", "--device=gpu-0", "--key=k"]).expect("valid");
@@ -910,10 +847,10 @@ mod tests {
             panic!("expected untaint")
         };
         assert_eq!(
-            a.rule_name(),
-            Some(derive_rule_name("D", None, Some("gpu-0"), "k"))
+            a.request().rule_name(),
+            Some(ops::derive_rule_name("D", None, Some("gpu-0"), "k"))
         );
-        assert_eq!(a.rule_name().as_deref(), Some("dte-d-gpu-0-k"));
+        assert_eq!(a.request().rule_name().as_deref(), Some("dte-d-gpu-0-k"));
 
         assert_eq!(
             parse(&["untaint"]).expect_err("nothing").kind(),
@@ -948,20 +885,25 @@ mod tests {
     }
 
     #[test]
-    fn derived_names_are_valid() {
+    fn leader_config_from_flags() {
+        let a = controller(&[
+            "--leader-elect-namespace=ops",
+            "--leader-elect-identity=replica-1",
+            "--leader-elect-lease-duration=20",
+        ]);
         assert_eq!(
-            derive_rule_name("Gpu_Driver", None, None, "..Key//x.."),
-            "dte-gpu-driver.key-x"
+            a.config().leader_config(),
+            Some(crate::leader::LeaderConfig {
+                namespace: "ops".to_owned(),
+                lease_name: "device-taint-eviction-controller".to_owned(),
+                identity: "replica-1".to_owned(),
+                duration_secs: 20,
+            })
         );
-        assert_eq!(derive_rule_name("a", Some(""), None, "b"), "dte-a-b");
-        let long = "x".repeat(300);
-        let name = derive_rule_name("d", Some(&long), None, "k");
-        assert_eq!(name.len(), MAX_NAME_LEN);
-        assert!(is_dns_subdomain(&name), "{name}");
-        let other = derive_rule_name("d", Some(&long), None, "k2");
-        assert_ne!(name, other, "long names keep a distinguishing hash");
-        let dotted = derive_rule_name("d", Some(&format!("{}.-y", "z".repeat(240))), None, "k");
-        assert!(is_dns_subdomain(&dotted), "{dotted}");
+        assert_eq!(
+            controller(&["--leader-elect=false"]).config().leader_config(),
+            None
+        );
     }
 
     #[test]

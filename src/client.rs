@@ -25,8 +25,20 @@ use kube::{Client, Config};
 use tokio::sync::watch;
 use tokio_util::bytes::Bytes;
 
-use crate::cli::KubeArgs;
 use crate::throttle::{ThrottleLayer, TokenBucket};
+
+/// How to reach the API server and how fast to talk to it, as the command line chose it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ClientSettings {
+    /// Kubeconfig path(s), joined like `$KUBECONFIG`; `None` for kube's inference.
+    pub kubeconfig: Option<PathBuf>,
+    /// Kubeconfig context instead of the current one.
+    pub context: Option<String>,
+    /// Sustained requests per second; 0 disables the client-side limit.
+    pub qps: f64,
+    /// Requests that may be sent at once before `qps` pacing applies.
+    pub burst: u32,
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -53,13 +65,13 @@ pub enum Error {
     BuildClient(#[source] kube::Error),
 }
 
-/// The API server configuration chosen by the flags: `--kubeconfig` (several paths separated as in
+/// The API server configuration chosen by the settings (from the flags): `--kubeconfig` (several paths separated as in
 /// `$KUBECONFIG` are merged) and `--context`; without them, kube's inference (`$KUBECONFIG` or
 /// `~/.kube/config`, else the in-cluster service account). kube's default retry is switched off.
 ///
 /// # Errors
 /// When no configuration can be read or the chosen context does not exist.
-pub async fn load_config(args: &KubeArgs) -> Result<Config, Error> {
+pub async fn load_config(args: &ClientSettings) -> Result<Config, Error> {
     let options = KubeConfigOptions {
         context: args.context.clone(),
         ..KubeConfigOptions::default()
@@ -94,14 +106,14 @@ fn read_kubeconfigs(paths: &std::path::Path) -> Result<Kubeconfig, Error> {
     merged.ok_or(Error::EmptyKubeconfigPath)
 }
 
-/// A client for the configuration chosen by `args`, without kube's hidden retries and paced by
+/// A client for the configuration chosen by `settings`, without kube's hidden retries and paced by
 /// the `--kube-api-qps` / `--kube-api-burst` token bucket.
 ///
 /// # Errors
 /// When the configuration cannot be loaded or the TLS/auth stack cannot be built from it.
-pub async fn client(args: &KubeArgs) -> Result<Client, Error> {
-    let config = load_config(args).await?;
-    client_from_config(config, TokenBucket::new(args.kube_api_qps, args.kube_api_burst))
+pub async fn client(settings: &ClientSettings) -> Result<Client, Error> {
+    let config = load_config(settings).await?;
+    client_from_config(config, TokenBucket::new(settings.qps, settings.burst))
 }
 
 /// A client for `config`, paced by `bucket`. `default_retry` is forced off whatever `config` says.
@@ -310,6 +322,79 @@ where
     Ok(Response::from_parts(parts, body))
 }
 
+/// A failed API request, told the way a person needs it (see [`explain_status`]). kube's error
+/// text (a debug dump of the whole status) is not repeated.
+#[derive(Debug)]
+pub struct ApiError {
+    /// The permission the request needed, e.g. `patch devicetaintrules.resource.k8s.io`.
+    pub permission: String,
+    /// The error as kube returned it.
+    pub error: kube::Error,
+}
+
+impl ApiError {
+    /// The error of a request that needed `permission`.
+    #[must_use]
+    pub fn new(permission: impl Into<String>, error: kube::Error) -> Self {
+        Self {
+            permission: permission.into(),
+            error,
+        }
+    }
+
+    /// The API status when the server answered with an error.
+    #[must_use]
+    pub fn status(&self) -> Option<&kube::core::Status> {
+        match &self.error {
+            kube::Error::Api(status) => Some(status),
+            _ => None,
+        }
+    }
+}
+
+impl std::fmt::Display for ApiError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.status() {
+            Some(status) => f.write_str(&explain_status(status, &self.permission)),
+            None => f.write_str("request failed"),
+        }
+    }
+}
+
+impl std::error::Error for ApiError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        // An API status is fully told above; anything else (transport, decoding) is kube's to tell.
+        match &self.error {
+            kube::Error::Api(_) => None,
+            other => Some(other),
+        }
+    }
+}
+
+/// An error status of the API server told to a person: what the status means (for a Forbidden
+/// answer, that the request needed `permission`) and the server's own message. The one place that
+/// puts an API error into words, for the controller's log and the commands' output alike.
+#[must_use]
+pub fn explain_status(status: &kube::core::Status, permission: &str) -> String {
+    let message = &status.message;
+    if status.is_forbidden() {
+        format!("permission denied, this needs {permission}: {message}")
+    } else if status.is_invalid() {
+        format!("the API server rejected it as invalid: {message}")
+    } else if status.is_not_found() {
+        format!("not found: {message}")
+    } else if status.is_conflict() {
+        format!("conflict: {message}")
+    } else {
+        let reason = if status.reason.is_empty() {
+            "error"
+        } else {
+            status.reason.as_str()
+        };
+        format!("{reason} (HTTP {}): {message}", status.code)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -334,12 +419,12 @@ users:
   user: {token: secret}
 ";
 
-    fn args(kubeconfig: Option<PathBuf>, context: Option<&str>) -> KubeArgs {
-        KubeArgs {
+    fn args(kubeconfig: Option<PathBuf>, context: Option<&str>) -> ClientSettings {
+        ClientSettings {
             kubeconfig,
             context: context.map(str::to_owned),
-            kube_api_qps: 5.0,
-            kube_api_burst: 10,
+            qps: 5.0,
+            burst: 10,
         }
     }
 
@@ -480,8 +565,15 @@ users: []
         leading.send_replace(false);
         let error = queued.await.expect("join").expect_err("fenced");
         assert!(is_not_leader(&error), "{error:?}");
-        assert_eq!(sent.load(Ordering::SeqCst), 1, "the queued DELETE was sent after losing the lead");
-        assert!(get_pod(client.clone()).await.is_err(), "the GET reached the server (no pod body)");
+        assert_eq!(
+            sent.load(Ordering::SeqCst),
+            1,
+            "the queued DELETE was sent after losing the lead"
+        );
+        assert!(
+            get_pod(client.clone()).await.is_err(),
+            "the GET reached the server (no pod body)"
+        );
         assert_eq!(sent.load(Ordering::SeqCst), 2, "reads are not fenced");
     }
 
@@ -504,5 +596,60 @@ users: []
             hits.load(Ordering::SeqCst) > 1,
             "kube's default retry would resend"
         );
+    }
+
+    fn api_error(code: u16, reason: &str, message: &str) -> ApiError {
+        ApiError::new(
+            "patch devicetaintrules.resource.k8s.io",
+            kube::Error::Api(Box::new(kube::core::Status {
+                code,
+                reason: reason.into(),
+                message: message.into(),
+                ..kube::core::Status::default()
+            })),
+        )
+    }
+
+    #[test]
+    fn forbidden_names_the_permission() {
+        let e = api_error(
+            403,
+            "Forbidden",
+            "User \"bob\" cannot patch resource \"devicetaintrules\"",
+        );
+        assert_eq!(
+            e.to_string(),
+            "permission denied, this needs patch devicetaintrules.resource.k8s.io: User \"bob\" cannot patch \
+             resource \"devicetaintrules\""
+        );
+        assert!(std::error::Error::source(&e).is_none(), "the status is told once");
+    }
+
+    #[test]
+    fn other_statuses() {
+        assert_eq!(
+            api_error(422, "Invalid", "spec.taint.key: Required value").to_string(),
+            "the API server rejected it as invalid: spec.taint.key: Required value"
+        );
+        assert_eq!(
+            api_error(404, "NotFound", "x not found").to_string(),
+            "not found: x not found"
+        );
+        assert_eq!(
+            api_error(409, "Conflict", "owned by kubectl").to_string(),
+            "conflict: owned by kubectl"
+        );
+        assert_eq!(
+            api_error(500, "InternalError", "boom").to_string(),
+            "InternalError (HTTP 500): boom"
+        );
+        assert_eq!(api_error(503, "", "later").to_string(), "error (HTTP 503): later");
+    }
+
+    #[test]
+    fn transport_errors_keep_their_cause() {
+        let e = ApiError::new("get pods", kube::Error::LinesCodecMaxLineLengthExceeded);
+        assert_eq!(e.to_string(), "request failed");
+        assert!(std::error::Error::source(&e).is_some());
     }
 }

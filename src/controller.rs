@@ -11,36 +11,77 @@
 
 use std::{
     future::Future,
+    net::SocketAddr,
     sync::{Arc, Mutex, MutexGuard, PoisonError},
     time::Duration,
 };
 
-use futures::StreamExt as _;
-use kube::{
-    Api, Client,
-    core::ApiResource,
-    runtime::{WatchStreamExt as _, watcher},
-};
+use kube::{Api, Client, core::ApiResource};
 use prometheus_client::registry::Registry;
-use tokio::{sync::watch, task::JoinSet, time::Instant};
+use tokio::{sync::watch as channel, task::JoinSet, time::Instant};
 use tracing::{debug, error, info, warn};
 
 use crate::{
-    actuator::{Actuator, Outcome, Refusal},
+    actuator::{Actuator, EvictionMode, Outcome, Refusal},
     admin::{self, AdminState, Liveness, Readiness},
-    cli::ControllerArgs,
-    client,
-    index::{Change, Due, Finished, RuleStatusWork, State},
+    client::{self, ClientSettings},
+    index::{Change, Due, Finished, State},
     k8s::{self, DeviceTaintRule, ResourceClaim, ResourceSlice, Timestamp, WatchedPod},
     leader::{LeaderConfig, Leadership},
     metrics::Metrics,
     queue::{Backoff, Completion, WorkQueue, deadline_after},
+    rule_status::{self, RuleStatusWork},
     throttle::TokenBucket,
-    view::{ClaimView, Invalid, ObjectName, PodRef, PodView, RuleRef, RuleView, SliceView, Time},
+    view::{PodRef, RuleRef, Time},
+    watch::{self, Kind as _},
 };
 
-/// Kinds whose initial lists must all arrive before anything is deleted.
-pub const KINDS: [&str; 4] = ["pods", "resourceclaims", "resourceslices", "devicetaintrules"];
+/// How the controller runs, as the command line chose it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Config {
+    /// How to reach the API server.
+    pub client: ClientSettings,
+    /// Pods evicted concurrently (workers).
+    pub workers: u32,
+    /// How a pod is removed.
+    pub eviction_mode: EvictionMode,
+    /// Upper bound on evictions per second; 0 means unlimited.
+    pub max_evictions_per_second: f64,
+    /// Evictions allowed at once before the per-second pacing applies.
+    pub max_evictions_burst: u32,
+    /// Decide, log, count and emit "would evict" Events, but never touch a pod.
+    pub dry_run: bool,
+    /// Address of the HTTP server for health and metrics.
+    pub http_addr: SocketAddr,
+    /// This replica's identity: the Lease holder and the Events' reporting instance.
+    pub identity: String,
+    /// The Lease to elect a leader through; `None` runs without leader election.
+    pub lease: Option<LeaseSettings>,
+}
+
+/// Where the leader election Lease lives and how long it holds.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LeaseSettings {
+    /// Namespace of the Lease.
+    pub namespace: String,
+    /// Name of the Lease.
+    pub name: String,
+    /// Seconds a leader holds the Lease without renewing it.
+    pub duration_secs: u64,
+}
+
+impl Config {
+    /// The leader election settings, when leader election is on.
+    #[must_use]
+    pub fn leader_config(&self) -> Option<LeaderConfig> {
+        self.lease.as_ref().map(|lease| LeaderConfig {
+            namespace: lease.namespace.clone(),
+            lease_name: lease.name.clone(),
+            identity: self.identity.clone(),
+            duration_secs: lease.duration_secs,
+        })
+    }
+}
 
 /// Why the controller stopped.
 #[derive(Debug, thiserror::Error)]
@@ -77,7 +118,7 @@ struct Shared {
     queue: WorkQueue<Work>,
     actuator: Actuator,
     metrics: Metrics,
-    leader: watch::Receiver<bool>,
+    leader: channel::Receiver<bool>,
     evictions: TokenBucket,
 }
 
@@ -206,13 +247,13 @@ impl Shared {
             Refusal::Other | Refusal::NotLeader => "error",
         };
         let retry_after = error.retry_after();
-        warn!(error = %error, source = %error_source(error), cause, ?retry_after, "{message}");
+        warn!(error = %error, source = %error.explain(), cause, ?retry_after, "{message}");
         retry(retry_after)
     }
 
     async fn process_rule(&self, rule: &RuleRef) -> Completion {
         let now = Timestamp::now();
-        let work = self.lock().rule_status(rule, now);
+        let work = rule_status::rule_status(&self.lock(), rule, now);
         match work {
             RuleStatusWork::Gone | RuleStatusWork::UpToDate => Completion::Forget,
             RuleStatusWork::Later(after) => Completion::After(after),
@@ -227,7 +268,7 @@ impl Shared {
                 {
                     Ok(applied) => {
                         if applied {
-                            self.lock().rule_status_written(rule, generation, &condition, now);
+                            rule_status::status_written(&mut self.lock(), rule, generation, &condition, now);
                         }
                         Completion::Forget
                     }
@@ -243,91 +284,17 @@ fn retry(retry_after: Option<Duration>) -> Completion {
     retry_after.map_or(Completion::Retry, Completion::RetryAfter)
 }
 
-/// The cause of an actuator error in one line: the server's message with code and reason (no
-/// debug dump), and for a 403 which permission is missing.
-fn error_source(error: &dyn std::error::Error) -> String {
-    match error.source().and_then(|s| s.downcast_ref::<kube::Error>()) {
-        Some(kube::Error::Api(status)) if status.code == 403 => format!(
-            "permission denied ({} {}): {}; grant the controller's ServiceAccount this permission \
-             (see charts/device-taint-eviction)",
-            status.code, status.reason, status.message
-        ),
-        Some(kube::Error::Api(status)) => format!("{} {}: {}", status.code, status.reason, status.message),
-        Some(other) => other.to_string(),
-        None => String::new(),
+impl watch::Sink for Shared {
+    fn update(&self, update: impl FnOnce(&mut State)) {
+        Shared::update(self, update);
+    }
+
+    fn metrics(&self) -> &Metrics {
+        &self.metrics
     }
 }
 
-/// Skips an object that cannot be projected: logged and counted, never fatal.
-fn skip(metrics: &Metrics, kind: &str, invalid: &Invalid) {
-    metrics.skipped(kind, invalid.reason());
-    warn!(kind, object = %invalid.object, field = invalid.field, "skipping malformed object");
-}
-
-/// One watch, applying events to the state. Runs until the stream ends (never, normally).
-async fn watch_kind<K, V>(
-    (shared, readiness, kind): (Arc<Shared>, Readiness, &'static str),
-    api: Api<K>,
-    project: impl Fn(&K) -> Result<V, Invalid> + Send + 'static,
-    apply: impl Fn(&mut State, V, Time) + Send + 'static,
-    delete: impl Fn(&mut State, &K) + Send + 'static,
-    reset: impl Fn(&mut State, Vec<V>, Time) + Send + 'static,
-) where
-    K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug + Send + 'static,
-    V: Send,
-{
-    let mut stream = std::pin::pin!(watcher(api, watcher::Config::default()).default_backoff());
-    let mut listing: Option<Vec<V>> = None;
-    while let Some(event) = stream.next().await {
-        let event = match event {
-            Ok(event) => event,
-            Err(error) => {
-                shared.metrics.watch_restart(kind);
-                warn!(kind, %error, "watch failed; retrying with backoff");
-                continue;
-            }
-        };
-        let now = Timestamp::now();
-        match event {
-            watcher::Event::Init => listing = Some(Vec::new()),
-            watcher::Event::InitApply(obj) => match project(&obj) {
-                Ok(view) => listing.get_or_insert_with(Vec::new).push(view),
-                Err(invalid) => skip(&shared.metrics, kind, &invalid),
-            },
-            watcher::Event::InitDone => {
-                let views = listing.take().unwrap_or_default();
-                info!(kind, objects = views.len(), "initial list received");
-                shared.update(|state| reset(state, views, now));
-                readiness.mark_synced(kind);
-            }
-            watcher::Event::Apply(obj) => match project(&obj) {
-                Ok(view) => shared.update(|state| apply(state, view, now)),
-                Err(invalid) => skip(&shared.metrics, kind, &invalid),
-            },
-            watcher::Event::Delete(obj) => shared.update(|state| delete(state, &obj)),
-        }
-    }
-}
-
-fn object_name(meta: &k8s::ObjectMeta) -> ObjectName {
-    ObjectName::new(
-        meta.namespace.clone().unwrap_or_default(),
-        meta.name.clone().unwrap_or_default(),
-    )
-}
-
-/// A pod projected for the index: its name, UID and view (`None` when it uses no claim).
-type PodEntry = (ObjectName, String, Option<PodView>);
-
-fn project_pod(pod: &WatchedPod) -> Result<PodEntry, Invalid> {
-    let view = PodView::from_api(pod)?;
-    Ok((
-        object_name(&pod.metadata),
-        pod.metadata.uid.clone().unwrap_or_default(),
-        view,
-    ))
-}
-
+/// Starts one watch per kind; without a served DeviceTaintRule API, rules count as listed.
 fn spawn_watches(
     tasks: &mut JoinSet<()>,
     client: &Client,
@@ -335,64 +302,36 @@ fn spawn_watches(
     readiness: &Readiness,
     rule_resource: Option<&ApiResource>,
 ) {
-    tasks.spawn(watch_kind(
-        (shared.clone(), readiness.clone(), "pods"),
+    tasks.spawn(watch::watch(
+        shared.clone(),
+        readiness.clone(),
         Api::<WatchedPod>::all(client.clone()),
-        project_pod,
-        |state, (name, _, view), _| state.apply_pod(&name, view),
-        |state, pod| {
-            state.delete_pod(
-                &object_name(&pod.metadata),
-                pod.metadata.uid.as_deref().unwrap_or_default(),
-            );
-        },
-        // Pods without claims are not stored, so a re-list only needs the ones with claims.
-        |state, pods, _| state.reset_pods(pods.into_iter().filter(|(_, _, v)| v.is_some()).collect()),
     ));
-    tasks.spawn(watch_kind(
-        (shared.clone(), readiness.clone(), "resourceclaims"),
+    tasks.spawn(watch::watch(
+        shared.clone(),
+        readiness.clone(),
         Api::<ResourceClaim>::all(client.clone()),
-        ClaimView::from_api,
-        |state, view, _| state.apply_claim(view),
-        |state, claim| {
-            state.delete_claim(
-                &object_name(&claim.metadata),
-                claim.metadata.uid.as_deref().unwrap_or_default(),
-            );
-        },
-        |state, views, _| state.reset_claims(views),
     ));
-    tasks.spawn(watch_kind(
-        (shared.clone(), readiness.clone(), "resourceslices"),
+    tasks.spawn(watch::watch(
+        shared.clone(),
+        readiness.clone(),
         Api::<ResourceSlice>::all(client.clone()),
-        SliceView::from_api,
-        State::apply_slice,
-        |state, slice| state.delete_slice(slice.metadata.name.as_deref().unwrap_or_default()),
-        State::reset_slices,
     ));
     match rule_resource {
         Some(ar) => {
-            tasks.spawn(watch_kind(
-                (shared.clone(), readiness.clone(), "devicetaintrules"),
+            tasks.spawn(watch::watch(
+                shared.clone(),
+                readiness.clone(),
                 Api::<DeviceTaintRule>::all_with(client.clone(), ar),
-                RuleView::from_api,
-                State::apply_rule,
-                |state, rule| {
-                    state.delete_rule(
-                        rule.metadata.name.as_deref().unwrap_or_default(),
-                        rule.metadata.uid.as_deref().unwrap_or_default(),
-                    );
-                },
-                State::reset_rules,
             ));
         }
-        None => readiness.mark_synced("devicetaintrules"),
+        None => readiness.mark_synced(DeviceTaintRule::PLURAL),
     }
 }
 
 /// Waits until every initial list is in and this replica leads. Returns false if leadership
 /// was never obtained before the channel closed.
-async fn wait_until_active(readiness: &Readiness, leader: &mut watch::Receiver<bool>) -> bool {
+async fn wait_until_active(readiness: &Readiness, leader: &mut channel::Receiver<bool>) -> bool {
     let mut synced = readiness.subscribe();
     if synced.wait_for(|ready| *ready).await.is_err() {
         return false;
@@ -415,8 +354,8 @@ async fn worker(shared: Arc<Shared>) {
 ///
 /// # Errors
 /// Start-up failures (client, discovery, leader election, admin server) and loss of leadership.
-pub async fn run(args: ControllerArgs) -> Result<(), Error> {
-    run_until(args, shutdown_signal()).await
+pub async fn run(config: Config) -> Result<(), Error> {
+    run_until(config, shutdown_signal()).await
 }
 
 /// Like [`run`], stopping when `shutdown` completes.
@@ -424,14 +363,14 @@ pub async fn run(args: ControllerArgs) -> Result<(), Error> {
 /// # Errors
 /// See [`run`].
 #[allow(clippy::too_many_lines)] // start-up reads best as one sequence
-pub async fn run_until(args: ControllerArgs, shutdown: impl Future<Output = ()>) -> Result<(), Error> {
-    let config = client::load_config(&args.kube).await?;
+pub async fn run_until(config: Config, shutdown: impl Future<Output = ()>) -> Result<(), Error> {
+    let kube_config = client::load_config(&config.client).await?;
     // Reads and writes share one --kube-api-qps bucket; the Lease has a client of its own.
-    let bucket = TokenBucket::new(args.kube.kube_api_qps, args.kube.kube_api_burst);
-    let client = client::client_from_config(config.clone(), bucket.clone())?;
+    let bucket = TokenBucket::new(config.client.qps, config.client.burst);
+    let client = client::client_from_config(kube_config.clone(), bucket.clone())?;
     let mut registry = Registry::default();
     let metrics = Metrics::register(&mut registry);
-    let readiness = Readiness::new(&KINDS);
+    let readiness = Readiness::new(&watch::KINDS);
     let liveness = Liveness::new();
     let admin_state = AdminState {
         registry: Arc::new(registry),
@@ -439,7 +378,7 @@ pub async fn run_until(args: ControllerArgs, shutdown: impl Future<Output = ()>)
         liveness: liveness.clone(),
     };
     let (stop_admin, admin_stopped) = tokio::sync::oneshot::channel::<()>();
-    let admin = tokio::spawn(admin::serve(args.http_addr, admin_state, async {
+    let admin = tokio::spawn(admin::serve(config.http_addr, admin_state, async {
         let _ = admin_stopped.await;
     }));
 
@@ -451,27 +390,28 @@ pub async fn run_until(args: ControllerArgs, shutdown: impl Future<Output = ()>)
     } else {
         let message = "DeviceTaintRule API not served: running with ResourceSlice taints only";
         warn!("{message}");
-        readiness.set_detail("devicetaintrules", message);
+        readiness.set_detail(DeviceTaintRule::PLURAL, message);
     }
 
-    let identity = args.leader_elect_identity();
-    let (leadership, leader) = if args.leader_elect {
+    let identity = &config.identity;
+    let (leadership, leader) = match config.leader_config() {
         // Renewals must never wait behind evictions for a token: the Lease client is unthrottled.
-        let lease_client = client::client_from_config(config.clone(), TokenBucket::unlimited())?;
-        Leadership::start(lease_client, LeaderConfig::from_args(&args))
-            .await
-            .map_err(Error::StartLeaderElection)?
-    } else {
-        Leadership::disabled()
+        Some(leader_config) => Leadership::start(
+            client::client_from_config(kube_config.clone(), TokenBucket::unlimited())?,
+            leader_config,
+        )
+        .await
+        .map_err(Error::StartLeaderElection)?,
+        None => Leadership::disabled(),
     };
 
     // Every write goes through the leadership fence, checked right before it is sent.
-    let writer = client::writer_from_config(config, bucket, leader.clone())?;
+    let writer = client::writer_from_config(kube_config, bucket, leader.clone())?;
     let actuator = Actuator::new(
         writer,
-        &identity,
-        args.eviction_mode,
-        args.dry_run,
+        identity,
+        config.eviction_mode,
+        config.dry_run,
         rule_resource.clone(),
         metrics.clone(),
     );
@@ -481,18 +421,18 @@ pub async fn run_until(args: ControllerArgs, shutdown: impl Future<Output = ()>)
         actuator,
         metrics: metrics.clone(),
         leader: leader.clone(),
-        evictions: if args.max_evictions_per_second > 0.0 {
-            TokenBucket::new(args.max_evictions_per_second, args.max_evictions_burst)
+        evictions: if config.max_evictions_per_second > 0.0 {
+            TokenBucket::new(config.max_evictions_per_second, config.max_evictions_burst)
         } else {
             TokenBucket::unlimited()
         },
     });
     info!(
         identity = %identity,
-        workers = args.concurrent_device_taint_eviction_syncs,
-        mode = ?args.eviction_mode,
-        dry_run = args.dry_run,
-        leader_election = args.leader_elect,
+        workers = config.workers,
+        mode = ?config.eviction_mode,
+        dry_run = config.dry_run,
+        leader_election = config.lease.is_some(),
         "starting device-taint-eviction-controller"
     );
 
@@ -505,7 +445,7 @@ pub async fn run_until(args: ControllerArgs, shutdown: impl Future<Output = ()>)
         let shared = shared.clone();
         let readiness = readiness.clone();
         let mut leader = leader.clone();
-        let count = args.concurrent_device_taint_eviction_syncs;
+        let count = config.workers;
         tokio::spawn(async move {
             if wait_until_active(&readiness, &mut leader).await {
                 info!("caches synced and leading: starting workers");
@@ -568,7 +508,7 @@ pub async fn run_until(args: ControllerArgs, shutdown: impl Future<Output = ()>)
 }
 
 /// Completes when a replica that was leading stops leading.
-async fn lost_leadership(leader: &mut watch::Receiver<bool>) {
+async fn lost_leadership(leader: &mut channel::Receiver<bool>) {
     if leader.wait_for(|leading| *leading).await.is_err() {
         return std::future::pending().await;
     }

@@ -59,7 +59,7 @@ use tokio::time::Instant;
 use tokio_util::bytes::Bytes;
 use tokio_util::sync::CancellationToken;
 
-use crate::cli::{CONTROLLER_NAME, ControllerArgs};
+use crate::CONTROLLER_NAME;
 
 /// Longest field manager name the API server accepts.
 const MAX_FIELD_MANAGER_LEN: usize = 128;
@@ -106,20 +106,6 @@ pub struct LeaderConfig {
     pub duration_secs: u64,
 }
 
-impl LeaderConfig {
-    /// The Lease chosen by the `--leader-elect-*` flags (namespace and identity resolved as
-    /// documented on [`ControllerArgs`]).
-    #[must_use]
-    pub fn from_args(args: &ControllerArgs) -> Self {
-        Self {
-            namespace: args.leader_elect_namespace(),
-            lease_name: args.leader_elect_lease_name.clone(),
-            identity: args.leader_elect_identity(),
-            duration_secs: args.leader_elect_lease_duration,
-        }
-    }
-}
-
 /// Renewal and safety timings derived from the lease duration (see the module doc).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 struct Timing {
@@ -155,9 +141,7 @@ fn field_manager(identity: &str) -> String {
     if name.len() <= MAX_FIELD_MANAGER_LEN {
         return name;
     }
-    let hash = identity.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
-        (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
-    });
+    let hash = crate::fnv1a(identity.as_bytes());
     let suffix = format!("-{hash:016x}");
     let mut end = MAX_FIELD_MANAGER_LEN - suffix.len();
     while !name.is_char_boundary(end) {
@@ -209,7 +193,10 @@ impl Observer {
         }
         self.confirmed
             .send_replace(valid_until(&lease, &self.identity, self.margin));
-        let mut seen = self.seen.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut seen = self
+            .seen
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         let Some(spec) = lease.spec.as_mut() else {
             *seen = None;
             return body;

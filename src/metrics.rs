@@ -17,6 +17,8 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
+use crate::watch;
+
 /// Prefix of every metric name (followed by `_`).
 pub const PREFIX: &str = "device_taint_eviction_controller";
 
@@ -35,10 +37,6 @@ const POD_DELETION_DURATION_HELP: &str = "Latency, in seconds, between the time 
 const POD_DELETION_DURATION_BUCKETS: [f64; 12] = [
     0.005, 0.025, 0.1, 0.5, 1.0, 2.5, 10.0, 30.0, 60.0, 120.0, 180.0, 240.0,
 ];
-
-/// Resource kinds whose watch restarts are exposed from the start (as 0), so that a first restart
-/// is visible to `rate()` / `increase()`.
-pub const WATCH_KINDS: [&str; 4] = ["pods", "resourceclaims", "resourceslices", "devicetaintrules"];
 
 /// API verbs whose error counters are exposed from the start (as 0); other verbs appear on first use.
 pub const API_VERBS: [&str; 8] = [
@@ -120,7 +118,9 @@ impl Metrics {
                 verb: verb.to_owned(),
             });
         }
-        for kind in WATCH_KINDS {
+        // Every watched kind's restarts are exposed from the start (as 0), so that a first restart
+        // is visible to `rate()` / `increase()`.
+        for kind in watch::KINDS {
             let _ = inner.watch_restarts.get_or_create(&KindLabels {
                 kind: kind.to_owned(),
             });
@@ -225,7 +225,7 @@ impl Metrics {
             .inc();
     }
 
-    /// A watch stream of `kind` (one of [`WATCH_KINDS`]) failed and restarts.
+    /// A watch stream of `kind` (one of [`watch::KINDS`]) failed and restarts.
     pub fn watch_restart(&self, kind: &str) {
         self.inner
             .watch_restarts
@@ -417,7 +417,7 @@ mod tests {
     fn known_series_start_at_zero() {
         let (_metrics, registry) = setup();
         let text = encode(&registry);
-        for kind in WATCH_KINDS {
+        for kind in watch::KINDS {
             let line = format!("device_taint_eviction_controller_watch_restarts_total{{kind=\"{kind}\"}} 0");
             assert!(lines(&text).contains(&line.as_str()), "missing {line}");
         }

@@ -9,7 +9,23 @@ use tracing::Subscriber;
 use tracing_subscriber::EnvFilter;
 use tracing_subscriber::fmt::MakeWriter;
 
-use crate::cli::{LogArgs, LogFormat};
+/// Log output format (`--log-format`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line, for log collectors.
+    Json,
+}
+
+/// Where and how to log, as the command line chose it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogSettings {
+    /// Output format.
+    pub format: LogFormat,
+    /// A level or `tracing` directives, e.g. `info,kube=warn`.
+    pub filter: String,
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -24,29 +40,29 @@ pub enum Error {
     Install(#[source] tracing::subscriber::SetGlobalDefaultError),
 }
 
-/// Install the process-wide log subscriber described by `args`, writing to stderr.
+/// Install the process-wide log subscriber described by `settings`, writing to stderr.
 ///
 /// # Errors
 /// When the filter does not parse or a subscriber is already installed.
-pub fn init(args: &LogArgs) -> Result<(), Error> {
+pub fn init(settings: &LogSettings) -> Result<(), Error> {
     let ansi = std::io::stderr().is_terminal();
-    let subscriber = build(args, std::io::stderr, ansi)?;
+    let subscriber = build(settings, std::io::stderr, ansi)?;
     tracing::subscriber::set_global_default(subscriber).map_err(Error::Install)?;
     Ok(())
 }
 
-fn build<W>(args: &LogArgs, writer: W, ansi: bool) -> Result<Box<dyn Subscriber + Send + Sync>, Error>
+fn build<W>(settings: &LogSettings, writer: W, ansi: bool) -> Result<Box<dyn Subscriber + Send + Sync>, Error>
 where
     W: for<'w> MakeWriter<'w> + Send + Sync + 'static,
 {
-    let filter = args.filter();
+    let filter = settings.filter.clone();
     let env_filter = EnvFilter::builder()
         .parse(&filter)
         .map_err(|source| Error::ParseFilter { filter, source })?;
     let builder = tracing_subscriber::fmt()
         .with_env_filter(env_filter)
         .with_writer(writer);
-    Ok(match args.log_format {
+    Ok(match settings.format {
         LogFormat::Text => Box::new(builder.with_ansi(ansi).finish()),
         LogFormat::Json => Box::new(
             builder
@@ -91,14 +107,14 @@ mod tests {
         }
     }
 
-    fn args(format: LogFormat, level: &str) -> LogArgs {
-        LogArgs {
-            log_format: format,
-            log_level: Some(level.to_owned()),
+    fn args(format: LogFormat, level: &str) -> LogSettings {
+        LogSettings {
+            format,
+            filter: level.to_owned(),
         }
     }
 
-    fn log_with(args: &LogArgs) -> String {
+    fn log_with(args: &LogSettings) -> String {
         let buffer = Buffer::default();
         let subscriber = build(args, buffer.clone(), false).expect("subscriber");
         tracing::subscriber::with_default(subscriber, || {

@@ -7,11 +7,7 @@
 //! taint that is not tolerated forever, sorted (rules by name first, then slice taints by driver,
 //! pool, device, index).
 
-mod condition;
-
-pub use condition::{RuleCounts, RuleStatusCondition, Simulation, rule_condition};
-
-use crate::view::{AllocatedDevice, ClaimView, DeviceId, Effect, PodView, RuleRef, Taint, Time};
+use crate::view::{AllocatedDevice, ClaimView, DeviceId, Effect, PodClaim, PodView, RuleRef, Taint, Time};
 
 /// Where a taint comes from. The derived order is the reasons' order.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -121,6 +117,24 @@ where
     at.map(|at| Eviction { at, reasons })
 }
 
+/// Whether a pod can be evicted at all: only scheduled pods that are neither terminal (SPEC D1)
+/// nor already terminating.
+#[must_use]
+pub fn pod_is_evictable(pod: &PodView) -> bool {
+    pod.scheduled && !pod.terminal && !pod.terminating
+}
+
+/// Whether a claim the pod references (`pod_claim`, resolved to `claim`) counts for the pod's
+/// eviction: it is allocated, reserved for this pod's UID and, if generated for a pod, controlled
+/// by this one (upstream `podEvictionTime`). The decision, the rule status and `explain` all ask
+/// this one question.
+#[must_use]
+pub fn claim_counts_for_pod(pod: &PodView, pod_claim: &PodClaim, claim: &ClaimView) -> bool {
+    claim.allocation.is_some()
+        && claim.reserved_by(&pod.uid)
+        && (!pod_claim.generated || claim.controller_uid.as_deref() == Some(pod.uid.as_str()))
+}
+
 /// The eviction of a pod, given a way to find a claim (by name, in the pod's namespace) and its
 /// cached eviction.
 ///
@@ -131,7 +145,7 @@ pub fn pod_eviction<'a, F>(pod: &PodView, mut claim: F) -> Option<Eviction>
 where
     F: FnMut(&str) -> Option<(&'a ClaimView, Option<&'a Eviction>)>,
 {
-    if !pod.scheduled || pod.terminal || pod.terminating {
+    if !pod_is_evictable(pod) {
         return None;
     }
     let mut result: Option<Eviction> = None;
@@ -139,10 +153,7 @@ where
         let Some((view, Some(eviction))) = claim(&pod_claim.claim) else {
             continue;
         };
-        if view.allocation.is_none() || !view.reserved_by(&pod.uid) {
-            continue;
-        }
-        if pod_claim.generated && view.controller_uid.as_deref() != Some(pod.uid.as_str()) {
+        if !claim_counts_for_pod(pod, pod_claim, view) {
             continue;
         }
         match &mut result {

@@ -19,21 +19,16 @@ use std::{
 
 pub use pools::Pools;
 pub use rules::Rules;
-use tracing::{debug, info, warn};
+use tracing::{debug, warn};
 
 use crate::{
-    eviction::{
-        Eviction, RuleCounts, RuleStatusCondition, Simulation, TaintSource, claim_eviction, pod_eviction,
-        rule_condition, taint_deadline,
-    },
+    eviction::{Eviction, TaintSource, claim_eviction, pod_eviction},
+    rule_status::RULE_STATUS_PERIOD,
     view::{
         AllocatedDevice, ClaimView, DeviceId, Effect, ObjectName, PodRef, PodView, RuleCondition, RuleRef,
         RuleView, Selector, SliceView, Time,
     },
 };
-
-/// How often at most a rule's status is refreshed while pods are pending (upstream: 10 s).
-pub const RULE_STATUS_PERIOD: Duration = Duration::from_secs(10);
 
 /// What the controller must do after an index update.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -88,24 +83,6 @@ pub enum Finished {
     DryRun,
     /// Not needed: the pod was gone, replaced or already terminating. Not counted (SPEC D4).
     NotNeeded,
-}
-
-/// What a rule status worker should do.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum RuleStatusWork {
-    /// The rule no longer exists (or was replaced): drop the work item.
-    Gone,
-    /// Rate limited: come back after this long.
-    Later(Duration),
-    /// The stored condition is already current.
-    UpToDate,
-    /// Apply this condition with server-side apply.
-    Apply {
-        /// Generation to record as `observedGeneration`.
-        generation: i64,
-        /// The condition.
-        condition: RuleStatusCondition,
-    },
 }
 
 /// A claim and its cached eviction.
@@ -227,6 +204,21 @@ impl State {
     #[must_use]
     pub fn device_taints(&self, device: &DeviceId) -> &[crate::view::Taint] {
         self.pools.taints(device)
+    }
+
+    /// Claims whose allocation names this device, by name.
+    pub fn claims_on_device(&self, device: &DeviceId) -> impl Iterator<Item = (&ObjectName, &ClaimView)> {
+        self.claims_by_device
+            .get(device)
+            .into_iter()
+            .flatten()
+            .filter_map(|name| self.claims.get(name).map(|entry| (name, &entry.view)))
+    }
+
+    /// Devices in current ResourceSlices that a selector matches.
+    #[must_use]
+    pub fn published_devices_matching(&self, selector: &Selector) -> usize {
+        self.pools.published_matching(selector)
     }
 
     /// All rules.
@@ -383,9 +375,9 @@ impl State {
                 }
             }
         }
-        let mut affected: BTreeSet<ObjectName> = reserved_pods(&view);
+        let mut affected: BTreeSet<ObjectName> = view.reserved_pods();
         if let Some(old) = &old {
-            affected.extend(reserved_pods(&old.view));
+            affected.extend(old.view.reserved_pods());
         }
         if eviction.is_some() {
             debug!(claim = %name, uid = %view.uid, "claim is affected by device taint");
@@ -407,7 +399,7 @@ impl State {
         if let Some(devices) = &old.view.allocation {
             unindex_devices(&mut self.claims_by_device, name, devices);
         }
-        for pod in reserved_pods(&old.view) {
+        for pod in old.view.reserved_pods() {
             self.evaluate_pod(&pod);
         }
     }
@@ -449,7 +441,7 @@ impl State {
                 continue;
             }
             entry.eviction = eviction;
-            let pods = reserved_pods(&entry.view);
+            let pods = entry.view.reserved_pods();
             for pod in pods {
                 self.evaluate_pod(&pod);
             }
@@ -584,7 +576,8 @@ impl State {
 
     /// Allocated devices that a selector matches, using the ordered device index to narrow
     /// the search by driver and pool.
-    fn allocated_devices_matching(&self, selector: &Selector) -> Vec<DeviceId> {
+    #[must_use]
+    pub fn allocated_devices_matching(&self, selector: &Selector) -> Vec<DeviceId> {
         match (&selector.driver, &selector.pool, &selector.device) {
             (Some(driver), Some(pool), Some(device)) => {
                 let id = DeviceId::new(driver, pool, device);
@@ -657,145 +650,18 @@ impl State {
         }
     }
 
-    /// Our status write succeeded: remember it so that the rate limit holds even before the
-    /// rule watch delivers it.
-    pub fn rule_status_written(
-        &mut self,
-        rule: &RuleRef,
-        generation: i64,
-        condition: &RuleStatusCondition,
-        at: Time,
-    ) {
-        if let Some(stored) = self.rules.get_mut(&rule.name).filter(|r| r.uid == rule.uid) {
-            stored.condition = Some(RuleCondition {
-                status: condition.status.to_owned(),
-                reason: condition.reason.to_owned(),
-                message: condition.message.clone(),
-                observed_generation: Some(generation),
-                last_transition_time: at,
-            });
-        }
-    }
-
-    /// What a rule status worker should do at `now` (upstream `maybeUpdateRuleStatus`).
+    /// Whether a PodDisruptionBudget refused the last eviction attempt of a pending pod.
     #[must_use]
-    pub fn rule_status(&self, rule: &RuleRef, now: Time) -> RuleStatusWork {
-        let Some(view) = self.rules.get(&rule.name).filter(|r| r.uid == rule.uid) else {
-            return RuleStatusWork::Gone;
-        };
-        if let Some(c) = &view.condition
-            && c.observed_generation == Some(view.generation)
-        {
-            let since = now.duration_since(c.last_transition_time);
-            let period = crate::k8s::SignedDuration::try_from(RULE_STATUS_PERIOD).unwrap_or_default();
-            if since < period {
-                return RuleStatusWork::Later((period - since).unsigned_abs());
-            }
-        }
-        let counts = self.rule_counts(view);
-        let condition = rule_condition(&view.taint.effect, &counts);
-        if let Some(c) = &view.condition
-            && c.observed_generation == Some(view.generation)
-            && c.status == condition.status
-            && c.reason == condition.reason
-            && c.message == condition.message
-        {
-            return RuleStatusWork::UpToDate;
-        }
-        info!(rule = %rule, reason = condition.reason, message = %condition.message, "calculated new rule condition");
-        RuleStatusWork::Apply {
-            generation: view.generation,
-            condition,
-        }
+    pub fn is_blocked(&self, pod: &PodRef) -> bool {
+        self.blocked.contains(pod)
     }
 
-    /// The counts behind a rule's condition.
-    fn rule_counts(&self, rule: &RuleView) -> RuleCounts {
-        let rule_ref = rule.rule_ref();
-        let mut counts = RuleCounts {
-            evicted: self.evicted_by_rule(&rule.uid),
-            ..RuleCounts::default()
-        };
-        match rule.taint.effect {
-            Effect::NoExecute => {
-                let mut namespaces = HashSet::new();
-                for (pod, eviction) in &self.pending {
-                    if eviction.has_rule(&rule_ref) {
-                        counts.pending_pods += 1;
-                        counts.blocked_pods += usize::from(self.blocked.contains(pod));
-                        namespaces.insert(pod.namespace.as_str());
-                    }
-                }
-                counts.pending_namespaces = namespaces.len();
-            }
-            Effect::None => counts.simulation = Some(self.simulate(rule)),
-            Effect::NoSchedule | Effect::Unknown(_) => {}
+    /// Stores the condition this controller wrote on a rule (see
+    /// [`crate::rule_status::status_written`]). Ignored when the rule is gone or was replaced.
+    pub fn set_rule_condition(&mut self, rule: &RuleRef, condition: RuleCondition) {
+        if let Some(stored) = self.rules.get_mut(&rule.name).filter(|r| r.uid == rule.uid) {
+            stored.condition = Some(condition);
         }
-        counts
-    }
-
-    /// What a `None` rule would do with `NoExecute` (upstream's one-shot report).
-    fn simulate(&self, rule: &RuleView) -> Simulation {
-        let Some(selector) = &rule.selector else {
-            return Simulation::default();
-        };
-        let mut sim = Simulation {
-            published_devices: self.pools.published_matching(selector),
-            ..Simulation::default()
-        };
-        let mut as_no_execute = rule.taint.clone();
-        as_no_execute.effect = Effect::NoExecute;
-        let mut affected_claims = BTreeSet::new();
-        for device in self.allocated_devices_matching(selector) {
-            for name in self.claims_by_device.get(&device).into_iter().flatten() {
-                let Some(entry) = self.claims.get(name) else {
-                    continue;
-                };
-                for allocated in entry
-                    .view
-                    .allocation
-                    .iter()
-                    .flatten()
-                    .filter(|a| a.device == device)
-                {
-                    sim.allocated_devices += 1;
-                    if taint_deadline(&as_no_execute, &allocated.tolerations).is_some() {
-                        affected_claims.insert(name.clone());
-                    }
-                }
-            }
-        }
-        let mut pods = HashSet::new();
-        for name in &affected_claims {
-            let Some(entry) = self.claims.get(name) else {
-                continue;
-            };
-            for pod_name in reserved_pods(&entry.view) {
-                let Some(pod) = self.pods.get(&pod_name) else {
-                    continue;
-                };
-                // The pod would be evicted through this claim if it uses it as a pod must.
-                let uses = pod.scheduled
-                    && !pod.terminal
-                    && !pod.terminating
-                    && entry.view.reserved_by(&pod.uid)
-                    && pod.claims.iter().any(|c| {
-                        c.claim == entry.view.name
-                            && (!c.generated
-                                || entry.view.controller_uid.as_deref() == Some(pod.uid.as_str()))
-                    });
-                if uses {
-                    pods.insert(pod.pod_ref());
-                }
-            }
-        }
-        sim.pods = pods.len();
-        sim.namespaces = pods
-            .iter()
-            .map(|p| p.namespace.as_str())
-            .collect::<HashSet<_>>()
-            .len();
-        sim
     }
 }
 
@@ -815,15 +681,6 @@ fn compute_claim_eviction(pools: &Pools, rules: &Rules, devices: &[AllocatedDevi
             visit(TaintSource::Rule(rule.rule_ref()), &rule.taint);
         });
     })
-}
-
-/// Pods named in a claim's `reservedFor`.
-fn reserved_pods(claim: &ClaimView) -> BTreeSet<ObjectName> {
-    claim
-        .reserved_for
-        .iter()
-        .map(|(name, _)| ObjectName::new(&claim.namespace, name))
-        .collect()
 }
 
 fn unindex_devices(

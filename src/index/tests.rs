@@ -7,6 +7,7 @@ use std::collections::BTreeMap;
 use super::*;
 use crate::{
     fixtures::{claim, pod, rule, slice, t, taint, toleration},
+    rule_status::{self, RuleStatusWork},
     view::{ClaimView, PodView, RuleView, SliceView, Toleration},
 };
 
@@ -185,8 +186,7 @@ impl Harness {
             .state
             .rule(name)
             .unwrap_or_else(|| panic!("rule {name} missing"));
-        let counts = self.state.rule_counts(view);
-        let c = rule_condition(&view.taint.effect, &counts);
+        let c = rule_status::current_condition(&self.state, view);
         (c.reason.to_owned(), c.message)
     }
 }
@@ -1506,20 +1506,23 @@ fn rule_status_is_rate_limited_and_immediate_on_change() {
     let RuleStatusWork::Apply {
         generation,
         condition,
-    } = h.state.rule_status(&r, t(0))
+    } = rule_status::rule_status(&h.state, &r, t(0))
     else {
         panic!("apply")
     };
     assert_eq!(condition.reason, "PodsPendingEviction");
-    h.state.rule_status_written(&r, generation, &condition, t(0));
+    rule_status::status_written(&mut h.state, &r, generation, &condition, t(0));
     assert_eq!(
-        h.state.rule_status(&r, t(4)),
+        rule_status::rule_status(&h.state, &r, t(4)),
         RuleStatusWork::Later(Duration::from_secs(6))
     );
-    assert_eq!(h.state.rule_status(&r, t(10)), RuleStatusWork::UpToDate);
+    assert_eq!(
+        rule_status::rule_status(&h.state, &r, t(10)),
+        RuleStatusWork::UpToDate
+    );
     h.now = t(60);
     assert_eq!(h.process(), vec!["my-pod"]);
-    let RuleStatusWork::Apply { condition, .. } = h.state.rule_status(&r, t(60)) else {
+    let RuleStatusWork::Apply { condition, .. } = rule_status::rule_status(&h.state, &r, t(60)) else {
         panic!("apply")
     };
     assert_eq!(
@@ -1527,7 +1530,7 @@ fn rule_status_is_rate_limited_and_immediate_on_change() {
         ("Completed", EVICTED_ONE)
     );
     // A spec change (new generation) is reported at once, whatever the rate limit says.
-    h.state.rule_status_written(&r, generation, &condition, t(60));
+    rule_status::status_written(&mut h.state, &r, generation, &condition, t(60));
     h.apply(&Ev::Rule(the_rule().with_taint(taint(
         "k",
         "v",
@@ -1535,11 +1538,14 @@ fn rule_status_is_rate_limited_and_immediate_on_change() {
         Some(t(0)),
     ))));
     assert!(matches!(
-        h.state.rule_status(&r, t(61)),
+        rule_status::rule_status(&h.state, &r, t(61)),
         RuleStatusWork::Apply { .. }
     ));
     h.apply(&Ev::DeleteRule(the_rule()));
-    assert_eq!(h.state.rule_status(&r, t(61)), RuleStatusWork::Gone);
+    assert_eq!(
+        rule_status::rule_status(&h.state, &r, t(61)),
+        RuleStatusWork::Gone
+    );
 }
 
 #[test]

@@ -442,7 +442,11 @@ fn observer_only_trusts_our_lease() {
     };
     let json = |lease: &Lease| Bytes::from(serde_json::to_vec(lease).expect("json"));
     let ours = json(&lease(Some("me"), Some(Timestamp::now()), Some(15)));
-    assert_eq!(observer.observe(ours.clone()), ours, "our own Lease is handed on as is");
+    assert_eq!(
+        observer.observe(ours.clone()),
+        ours,
+        "our own Lease is handed on as is"
+    );
     assert!(rx.borrow().is_some());
 
     let mut other = lease(Some("you"), Some(Timestamp::now()), Some(15));
@@ -493,8 +497,12 @@ fn another_holders_renewal_counts_from_when_we_saw_it() {
     assert_eq!(renew_time(&again), seen_at);
     // A renewal (a new renewTime) is a new observation.
     let renewed = observer.observe(Bytes::from(
-        serde_json::to_vec(&lease(Some("you"), Some(skewed + jiff_hours(0) + jiff_secs(9)), Some(15)))
-            .expect("json"),
+        serde_json::to_vec(&lease(
+            Some("you"),
+            Some(skewed + jiff_hours(0) + jiff_secs(9)),
+            Some(15),
+        ))
+        .expect("json"),
     ));
     assert!(renew_time(&renewed) > seen_at);
 }
@@ -540,29 +548,4 @@ async fn a_holder_with_a_slow_clock_is_not_overthrown() {
         "takes over once the holder stops renewing"
     );
     leadership.release().await.expect("release");
-}
-
-#[test]
-fn config_from_flags() {
-    use clap::Parser as _;
-    let cli = crate::cli::Cli::try_parse_from([
-        "device-taint-eviction",
-        "controller",
-        "--leader-elect-namespace=ops",
-        "--leader-elect-identity=replica-1",
-        "--leader-elect-lease-duration=20",
-    ])
-    .expect("valid flags");
-    let crate::cli::Command::Controller(args) = cli.command else {
-        panic!("expected controller");
-    };
-    assert_eq!(
-        LeaderConfig::from_args(&args),
-        LeaderConfig {
-            namespace: "ops".to_owned(),
-            lease_name: "device-taint-eviction-controller".to_owned(),
-            identity: "replica-1".to_owned(),
-            duration_secs: 20,
-        }
-    );
 }

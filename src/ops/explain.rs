@@ -10,18 +10,33 @@ use tracing::{debug, warn};
 
 use super::{ApiError, Error, is_not_found, write_line};
 use crate::{
-    cli::{ExplainArgs, OutputFormat},
-    eviction::{TaintSource, taint_deadline},
+    eviction::{TaintSource, claim_counts_for_pod, taint_deadline},
     index::State,
     k8s::{self, DeviceTaintRule, ResourceClaim, ResourceSlice, WatchedPod},
-    view::{
-        AllocatedDevice, ClaimView, DeviceId, ObjectName, Operator, PodView, RuleView, SliceView, Taint,
-        Time, Toleration,
-    },
+    view::{AllocatedDevice, DeviceId, Invalid, ObjectName, Operator, PodView, Taint, Time, Toleration},
+    watch,
 };
 
 /// Objects per list request, so that a large cluster is read in pages.
 const LIST_PAGE: u32 = 500;
+
+/// Output format of `explain` (`--output`; the variants' doc comments are its `--help` text).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum OutputFormat {
+    /// Aligned columns for people.
+    Table,
+    /// A JSON document for scripts.
+    Json,
+}
+
+/// What `explain` shows and how.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ExplainRequest {
+    /// Only pods in this namespace; `None` for all namespaces.
+    pub namespace: Option<String>,
+    /// Output format.
+    pub output: OutputFormat,
+}
 
 /// One reason a pod is pending eviction: a taint that applies to devices the pod uses.
 ///
@@ -101,18 +116,15 @@ pub fn explain(state: &State, now: Time) -> Vec<ExplainRow> {
     rows.into_iter().map(|(_, row)| row).collect()
 }
 
-/// Allocated devices of the claims that count for the pod's eviction (the same conditions as
-/// [`crate::eviction::pod_eviction`]: allocated, reserved for this pod, a generated claim owned by
-/// it).
+/// Allocated devices of the claims that count for the pod's eviction (the decision's own rule,
+/// [`claim_counts_for_pod`]).
 fn used_devices<'a>(state: &'a State, pod: &PodView) -> Vec<&'a AllocatedDevice> {
     let mut devices = Vec::new();
     for pod_claim in &pod.claims {
         let Some((claim, Some(_))) = state.claim(&ObjectName::new(&pod.namespace, &pod_claim.claim)) else {
             continue;
         };
-        if !claim.reserved_by(&pod.uid)
-            || (pod_claim.generated && claim.controller_uid.as_deref() != Some(pod.uid.as_str()))
-        {
+        if !claim_counts_for_pod(pod, pod_claim, claim) {
             continue;
         }
         devices.extend(claim.allocation.iter().flatten());
@@ -271,8 +283,8 @@ pub fn write_table(rows: &[ExplainRow], out: &mut impl Write) -> Result<(), Erro
 }
 
 /// Lists pods, ResourceClaims, ResourceSlices and DeviceTaintRules of the whole cluster, decides
-/// as the controller would, and prints the pending evictions of `--namespace` (all namespaces
-/// without it) as a table or, with `-o json`, as a JSON array of [`ExplainRow`]s.
+/// as the controller would, and prints the pending evictions of the requested namespace (all
+/// namespaces without one) as a table or as a JSON array of [`ExplainRow`]s.
 ///
 /// Returns the rows printed. Without a served DeviceTaintRule API only slice taints count.
 ///
@@ -280,7 +292,7 @@ pub fn write_table(rows: &[ExplainRow], out: &mut impl Write) -> Result<(), Erro
 /// When listing fails or the output cannot be written.
 pub async fn explain_cluster(
     client: &kube::Client,
-    args: &ExplainArgs,
+    request: &ExplainRequest,
     out: &mut impl Write,
 ) -> Result<Vec<ExplainRow>, Error> {
     let slices = list_all(&Api::<ResourceSlice>::all(client.clone()), "resourceslices").await?;
@@ -308,28 +320,17 @@ pub async fn explain_cluster(
 
     let now = Time::now();
     let mut state = State::new();
-    state.reset_slices(views(&slices, SliceView::from_api), now);
-    state.reset_rules(views(&rules, RuleView::from_api), now);
-    state.reset_claims(views(&claims, ClaimView::from_api));
-    let pods = pods
-        .iter()
-        .filter_map(|pod| match PodView::from_api(pod) {
-            Ok(Some(view)) => Some((view.object_name(), view.uid.clone(), Some(view))),
-            Ok(None) => None,
-            Err(invalid) => {
-                debug!(%invalid, "skipping pod");
-                None
-            }
-        })
-        .collect();
-    state.reset_pods(pods);
+    watch::reset(&mut state, &slices, now, skipping);
+    watch::reset(&mut state, &rules, now, skipping);
+    watch::reset(&mut state, &claims, now, skipping);
+    watch::reset(&mut state, &pods, now, skipping);
     drop(state.take_changes());
 
     let mut rows = explain(&state, now);
-    if let Some(namespace) = &args.namespace {
+    if let Some(namespace) = &request.namespace {
         rows.retain(|r| r.namespace == *namespace);
     }
-    match args.output {
+    match request.output {
         OutputFormat::Table => write_table(&rows, out)?,
         OutputFormat::Json => {
             serde_json::to_writer_pretty(&mut *out, &rows).map_err(Error::EncodeJson)?;
@@ -339,17 +340,9 @@ pub async fn explain_cluster(
     Ok(rows)
 }
 
-/// The views of objects that make valid ones; the others are logged and skipped, as the
-/// controller does.
-fn views<K, V, E: std::fmt::Display>(objects: &[K], view: impl Fn(&K) -> Result<V, E>) -> Vec<V> {
-    objects
-        .iter()
-        .filter_map(|o| {
-            view(o)
-                .map_err(|invalid| debug!(%invalid, "skipping object"))
-                .ok()
-        })
-        .collect()
+/// Objects that do not make a valid view are logged and skipped, as the controller does.
+fn skipping(invalid: &Invalid) {
+    debug!(%invalid, "skipping object");
 }
 
 /// Every object of a kind, read in pages.
@@ -389,7 +382,10 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::fixtures::{claim, pod, rule, slice, t, taint, toleration};
+    use crate::{
+        fixtures::{claim, pod, rule, slice, t, taint, toleration},
+        view::{ClaimView, RuleView, SliceView},
+    };
 
     const NS: &str = "default";
     const DRIVER: &str = "gpu.example.com";

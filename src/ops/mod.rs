@@ -13,12 +13,18 @@ use std::time::Duration;
 
 use kube::{Api, core::ApiResource};
 
-pub use explain::{ExplainRow, explain, explain_cluster, format_relative, write_table};
+pub use explain::{
+    ExplainRequest, ExplainRow, OutputFormat, explain, explain_cluster, format_relative, write_table,
+};
 pub use taint::{
-    Applied, Progress, ProgressDisplay, parse_progress, rule_manifest, taint, untaint, wait_until_done,
+    Applied, MAX_NAME_LEN, Progress, ProgressDisplay, TaintEffect, TaintRequest, UntaintRequest,
+    derive_rule_name, is_dns_subdomain, parse_progress, rule_manifest, taint, untaint, wait_until_done,
 };
 
-use crate::k8s::{self, DeviceTaintRule};
+use crate::{
+    client::ApiError,
+    k8s::{self, DeviceTaintRule},
+};
 
 /// Field manager of every write the command-line tool makes.
 pub const FIELD_MANAGER: &str = "device-taint-eviction-cli";
@@ -113,70 +119,6 @@ pub enum Error {
     WriteOutput(#[source] std::io::Error),
 }
 
-/// A failed API request, told the way a person needs it: what the status means (for a
-/// Forbidden answer, which permission is missing) and the server's own message. kube's error
-/// text (a debug dump of the whole status) is not repeated.
-#[derive(Debug)]
-pub struct ApiError {
-    /// The permission the request needed, e.g. `patch devicetaintrules.resource.k8s.io`.
-    pub permission: String,
-    /// The error as kube returned it.
-    pub error: kube::Error,
-}
-
-impl ApiError {
-    fn new(permission: impl Into<String>, error: kube::Error) -> Self {
-        Self {
-            permission: permission.into(),
-            error,
-        }
-    }
-
-    /// The API status when the server answered with an error.
-    #[must_use]
-    pub fn status(&self) -> Option<&kube::core::Status> {
-        match &self.error {
-            kube::Error::Api(status) => Some(status),
-            _ => None,
-        }
-    }
-}
-
-impl std::fmt::Display for ApiError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let Some(status) = self.status() else {
-            return f.write_str("request failed");
-        };
-        let message = &status.message;
-        if status.is_forbidden() {
-            write!(f, "permission denied, this needs {}: {message}", self.permission)
-        } else if status.is_invalid() {
-            write!(f, "the API server rejected it as invalid: {message}")
-        } else if status.is_not_found() {
-            write!(f, "not found: {message}")
-        } else if status.is_conflict() {
-            write!(f, "conflict: {message}")
-        } else {
-            let reason = if status.reason.is_empty() {
-                "error"
-            } else {
-                status.reason.as_str()
-            };
-            write!(f, "{reason} (HTTP {}): {message}", status.code)
-        }
-    }
-}
-
-impl std::error::Error for ApiError {
-    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-        // An API status is fully told above; anything else (transport, decoding) is kube's to tell.
-        match &self.error {
-            kube::Error::Api(_) => None,
-            other => Some(other),
-        }
-    }
-}
-
 /// Whether an error is the server's NotFound answer.
 fn is_not_found(error: &kube::Error) -> bool {
     matches!(error, kube::Error::Api(status) if status.is_not_found())
@@ -207,61 +149,6 @@ fn write_line(out: &mut impl std::io::Write, line: &str) -> Result<(), Error> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn api_error(code: u16, reason: &str, message: &str) -> ApiError {
-        ApiError::new(
-            rule_permission("patch"),
-            kube::Error::Api(Box::new(kube::core::Status {
-                code,
-                reason: reason.into(),
-                message: message.into(),
-                ..kube::core::Status::default()
-            })),
-        )
-    }
-
-    #[test]
-    fn forbidden_names_the_permission() {
-        let e = api_error(
-            403,
-            "Forbidden",
-            "User \"bob\" cannot patch resource \"devicetaintrules\"",
-        );
-        assert_eq!(
-            e.to_string(),
-            "permission denied, this needs patch devicetaintrules.resource.k8s.io: User \"bob\" cannot patch \
-             resource \"devicetaintrules\""
-        );
-        assert!(std::error::Error::source(&e).is_none(), "the status is told once");
-    }
-
-    #[test]
-    fn other_statuses() {
-        assert_eq!(
-            api_error(422, "Invalid", "spec.taint.key: Required value").to_string(),
-            "the API server rejected it as invalid: spec.taint.key: Required value"
-        );
-        assert_eq!(
-            api_error(404, "NotFound", "x not found").to_string(),
-            "not found: x not found"
-        );
-        assert_eq!(
-            api_error(409, "Conflict", "owned by kubectl").to_string(),
-            "conflict: owned by kubectl"
-        );
-        assert_eq!(
-            api_error(500, "InternalError", "boom").to_string(),
-            "InternalError (HTTP 500): boom"
-        );
-        assert_eq!(api_error(503, "", "later").to_string(), "error (HTTP 503): later");
-    }
-
-    #[test]
-    fn transport_errors_keep_their_cause() {
-        let e = ApiError::new("get pods", kube::Error::LinesCodecMaxLineLengthExceeded);
-        assert_eq!(e.to_string(), "request failed");
-        assert!(std::error::Error::source(&e).is_some());
-    }
 
     #[test]
     fn not_served_message() {

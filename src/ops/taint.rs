@@ -15,11 +15,10 @@ use super::{
     ApiError, CONTROLLER_REPORT_TIMEOUT, Error, FIELD_MANAGER, is_not_found, rule_api, rule_permission,
     write_line,
 };
-use crate::{
-    cli::{TaintArgs, UntaintArgs},
-    k8s::DeviceTaintRule,
-    view::RuleView,
-};
+use crate::{k8s::DeviceTaintRule, watch::Kind as _};
+
+/// Longest Kubernetes object name (DNS-1123 subdomain).
+pub const MAX_NAME_LEN: usize = 253;
 
 /// How often the rule is read while showing progress. The controller refreshes the condition at
 /// most every 10 s while pods are pending, so a faster poll would only repeat itself.
@@ -27,6 +26,174 @@ const PROGRESS_POLL: Duration = Duration::from_secs(1);
 
 /// How often `untaint --wait` checks whether the rule is gone.
 const DELETION_POLL: Duration = Duration::from_millis(500);
+
+/// Taint effect of a DeviceTaintRule, spelled as in the API (`--effect`; the variants' doc
+/// comments are its `--help` text).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+#[value(rename_all = "PascalCase")]
+pub enum TaintEffect {
+    /// Pods using the device are evicted unless they tolerate the taint.
+    NoExecute,
+    /// New pods are not scheduled onto the device; running pods stay.
+    NoSchedule,
+    /// Nothing is enforced; the controller reports which pods would be evicted.
+    None,
+}
+
+impl TaintEffect {
+    /// The value of `spec.taint.effect`.
+    #[must_use]
+    pub fn as_api_str(self) -> &'static str {
+        match self {
+            Self::NoExecute => "NoExecute",
+            Self::NoSchedule => "NoSchedule",
+            Self::None => "None",
+        }
+    }
+}
+
+/// The rule `taint` creates and how to follow it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TaintRequest {
+    /// Name of the rule; `None` to derive it from the selector and key ([`derive_rule_name`]).
+    pub name: Option<String>,
+    /// DRA driver whose devices are tainted.
+    pub driver: String,
+    /// Only devices of this pool.
+    pub pool: Option<String>,
+    /// Only this device.
+    pub device: Option<String>,
+    /// Taint key.
+    pub key: String,
+    /// Taint value (empty: none).
+    pub value: String,
+    /// Taint effect.
+    pub effect: TaintEffect,
+    /// Follow the eviction progress until every affected pod is gone.
+    pub wait: bool,
+    /// Give up waiting after this long.
+    pub timeout: Duration,
+}
+
+impl TaintRequest {
+    /// Name of the rule to create: the given name, else derived from the selectors.
+    #[must_use]
+    pub fn rule_name(&self) -> String {
+        self.name.clone().unwrap_or_else(|| {
+            derive_rule_name(
+                &self.driver,
+                self.pool.as_deref(),
+                self.device.as_deref(),
+                &self.key,
+            )
+        })
+    }
+}
+
+/// The rule `untaint` deletes: by name, or by the selectors and key `taint` derived its name from.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct UntaintRequest {
+    /// Name of the rule.
+    pub name: Option<String>,
+    /// Driver given to `taint`.
+    pub driver: Option<String>,
+    /// Pool given to `taint`.
+    pub pool: Option<String>,
+    /// Device given to `taint`.
+    pub device: Option<String>,
+    /// Taint key given to `taint`.
+    pub key: Option<String>,
+    /// Wait until the rule is gone from the API server.
+    pub wait: bool,
+    /// Give up waiting after this long.
+    pub timeout: Duration,
+}
+
+impl UntaintRequest {
+    /// Name of the rule to delete: the given name, else derived from the selectors as `taint`
+    /// derives it. `None` when neither was given.
+    #[must_use]
+    pub fn rule_name(&self) -> Option<String> {
+        match (&self.name, &self.driver, &self.key) {
+            (Some(name), _, _) => Some(name.clone()),
+            (None, Some(driver), Some(key)) => Some(derive_rule_name(
+                driver,
+                self.pool.as_deref(),
+                self.device.as_deref(),
+                key,
+            )),
+            _ => None,
+        }
+    }
+}
+
+/// Default DeviceTaintRule name for a selector: `dte-<driver>[-<pool>][-<device>]-<key>`, lowercased,
+/// with every character a DNS-1123 subdomain does not allow replaced by `-`. Names longer than 253
+/// characters are cut and end in a hash of the full name, so that distinct long selectors keep
+/// distinct names and `untaint` derives the same name as `taint`.
+#[must_use]
+pub fn derive_rule_name(driver: &str, pool: Option<&str>, device: Option<&str>, key: &str) -> String {
+    let raw: Vec<&str> = ["dte", driver]
+        .into_iter()
+        .chain(pool)
+        .chain(device)
+        .chain([key])
+        .filter(|part| !part.is_empty())
+        .collect();
+    let raw = raw.join("-");
+    let name = sanitize_dns_subdomain(&raw);
+    if name.len() <= MAX_NAME_LEN {
+        return name;
+    }
+    let suffix = format!("-{:016x}", crate::fnv1a(raw.as_bytes()));
+    let mut cut = name[..MAX_NAME_LEN - suffix.len()].to_owned();
+    // A label must not end in '-' or '.', so trim before appending the hash.
+    while cut.ends_with(['-', '.']) {
+        cut.pop();
+    }
+    cut + &suffix
+}
+
+/// Lowercase and replace what a DNS-1123 subdomain forbids; every dot-separated label starts and
+/// ends with an alphanumeric character and runs of '-' are collapsed.
+fn sanitize_dns_subdomain(raw: &str) -> String {
+    let mapped: String = raw
+        .chars()
+        .map(|c| match c.to_ascii_lowercase() {
+            c @ ('a'..='z' | '0'..='9' | '.') => c,
+            _ => '-',
+        })
+        .collect();
+    let labels: Vec<String> = mapped
+        .split('.')
+        .map(|label| {
+            let mut collapsed = String::with_capacity(label.len());
+            for c in label.chars() {
+                if !(c == '-' && collapsed.ends_with('-')) {
+                    collapsed.push(c);
+                }
+            }
+            collapsed.trim_matches('-').to_owned()
+        })
+        .filter(|label| !label.is_empty())
+        .collect();
+    labels.join(".")
+}
+
+/// Whether `name` is a valid DNS-1123 subdomain (the name of most Kubernetes objects).
+#[must_use]
+pub fn is_dns_subdomain(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= MAX_NAME_LEN
+        && name.split('.').all(|label| {
+            !label.is_empty()
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+        })
+}
 
 /// What `taint` did to the rule.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -106,31 +273,31 @@ fn number_before(text: &str, suffix: &str) -> Option<u64> {
 /// The server-side apply body for the rule `taint` creates: selector and taint only. `timeAdded`
 /// is left to the server, which sets it when the taint is first added.
 #[must_use]
-pub fn rule_manifest(args: &TaintArgs, resource: &ApiResource) -> serde_json::Value {
+pub fn rule_manifest(request: &TaintRequest, resource: &ApiResource) -> serde_json::Value {
     let mut selector = serde_json::Map::new();
-    selector.insert("driver".into(), args.driver.clone().into());
-    if let Some(pool) = &args.pool {
+    selector.insert("driver".into(), request.driver.clone().into());
+    if let Some(pool) = &request.pool {
         selector.insert("pool".into(), pool.clone().into());
     }
-    if let Some(device) = &args.device {
+    if let Some(device) = &request.device {
         selector.insert("device".into(), device.clone().into());
     }
     let mut taint = serde_json::Map::new();
-    taint.insert("key".into(), args.key.clone().into());
-    if !args.value.is_empty() {
-        taint.insert("value".into(), args.value.clone().into());
+    taint.insert("key".into(), request.key.clone().into());
+    if !request.value.is_empty() {
+        taint.insert("value".into(), request.value.clone().into());
     }
-    taint.insert("effect".into(), args.effect.as_api_str().into());
+    taint.insert("effect".into(), request.effect.as_api_str().into());
     serde_json::json!({
         "apiVersion": resource.api_version,
         "kind": resource.kind,
-        "metadata": {"name": args.rule_name()},
+        "metadata": {"name": request.rule_name()},
         "spec": {"deviceSelector": selector, "taint": taint},
     })
 }
 
 /// Creates or updates (server-side apply, so re-running is harmless) the DeviceTaintRule that
-/// `args` describe, prints `devicetaintrule/<name> created` or `configured`, and with `--wait`
+/// `request` describe, prints `devicetaintrule/<name> created` or `configured`, and with `--wait`
 /// follows the eviction progress until it is done (see [`wait_until_done`]).
 ///
 /// # Errors
@@ -138,12 +305,12 @@ pub fn rule_manifest(args: &TaintArgs, resource: &ApiResource) -> serde_json::Va
 /// field owned by another manager), or `--wait` does not finish in time.
 pub async fn taint(
     client: &kube::Client,
-    args: &TaintArgs,
+    request: &TaintRequest,
     display: ProgressDisplay,
     out: &mut impl Write,
 ) -> Result<Applied, Error> {
     let (api, resource) = rule_api(client).await?;
-    let name = args.rule_name();
+    let name = request.rule_name();
     // Server-side apply does not say whether it created the object, so look first.
     let existed = api
         .get_opt(&name)
@@ -157,7 +324,7 @@ pub async fn taint(
     api.patch(
         &name,
         &PatchParams::apply(FIELD_MANAGER),
-        &Patch::Apply(rule_manifest(args, &resource)),
+        &Patch::Apply(rule_manifest(request, &resource)),
     )
     .await
     .map_err(|e| Error::ApplyRule {
@@ -170,8 +337,8 @@ pub async fn taint(
         Applied::Created
     };
     write_line(out, &format!("devicetaintrule/{name} {applied}"))?;
-    if args.wait {
-        wait_until_done(&api, &name, args.timeout, display, out).await?;
+    if request.wait {
+        wait_until_done(&api, &name, request.timeout, display, out).await?;
     }
     Ok(applied)
 }
@@ -258,7 +425,7 @@ async fn check_rule(
             name: name.to_owned(),
         })?;
     // A condition computed for an older generation says nothing about the current spec.
-    let current = RuleView::from_api(&rule).ok().and_then(|view| {
+    let current = rule.project().ok().and_then(|view| {
         view.condition
             .filter(|c| c.observed_generation == Some(view.generation))
     });
@@ -383,15 +550,19 @@ impl Drop for Reporter {
     }
 }
 
-/// Deletes the rule named by `args` (`--name`, or derived from the selectors as `taint` derives
+/// Deletes the rule named by `request` (`--name`, or derived from the selectors as `taint` derives
 /// it), prints `devicetaintrule/<name> deleted`, and with `--wait` returns only once the rule is
 /// gone.
 ///
 /// # Errors
 /// [`Error::DeleteMissingRule`] when there is no such rule; [`Error::WaitForRuleDeletion`] when it
 /// is still there after `--timeout`; API errors.
-pub async fn untaint(client: &kube::Client, args: &UntaintArgs, out: &mut impl Write) -> Result<(), Error> {
-    let name = args.rule_name().ok_or(Error::NameRule)?;
+pub async fn untaint(
+    client: &kube::Client,
+    request: &UntaintRequest,
+    out: &mut impl Write,
+) -> Result<(), Error> {
+    let name = request.rule_name().ok_or(Error::NameRule)?;
     let (api, _) = rule_api(client).await?;
     let deleted = match api.delete(&name, &DeleteParams::default()).await {
         Ok(deleted) => deleted,
@@ -406,8 +577,8 @@ pub async fn untaint(client: &kube::Client, args: &UntaintArgs, out: &mut impl W
     write_line(out, &format!("devicetaintrule/{name} deleted"))?;
     // `Right` is the server's word that the object is gone already; `Left` is the object
     // still present (finalizers).
-    if args.wait && deleted.is_left() {
-        wait_until_gone(&api, &name, args.timeout).await?;
+    if request.wait && deleted.is_left() {
+        wait_until_gone(&api, &name, request.timeout).await?;
     }
     Ok(())
 }
@@ -437,22 +608,20 @@ async fn wait_until_gone(api: &Api<DeviceTaintRule>, name: &str, timeout: Durati
 
 #[cfg(test)]
 mod tests {
-    use clap::Parser as _;
-
     use super::*;
-    use crate::{
-        cli::{Cli, Command},
-        k8s::device_taint_rule_resource,
-    };
+    use crate::k8s::device_taint_rule_resource;
 
-    fn taint_args(args: &[&str]) -> TaintArgs {
-        let command_line = ["device-taint-eviction", "taint"].iter().chain(args);
-        match Cli::try_parse_from(command_line)
-            .expect("valid arguments")
-            .command
-        {
-            Command::Taint(args) => args,
-            other => panic!("not taint: {other:?}"),
+    fn taint_request(driver: &str, key: &str) -> TaintRequest {
+        TaintRequest {
+            name: None,
+            driver: driver.to_owned(),
+            pool: None,
+            device: None,
+            key: key.to_owned(),
+            value: String::new(),
+            effect: TaintEffect::NoExecute,
+            wait: false,
+            timeout: Duration::from_secs(600),
         }
     }
 
@@ -509,7 +678,7 @@ mod tests {
 
     #[test]
     fn progress_parses_what_the_controller_writes() {
-        use crate::eviction::{RuleCounts, rule_condition};
+        use crate::rule_status::{RuleCounts, rule_condition};
         use crate::view::Effect;
         for (pending_pods, evicted) in [(0, 0), (1, 0), (7, 0), (1, 1), (40, 960), (0, 1000)] {
             let condition = rule_condition(
@@ -536,19 +705,13 @@ mod tests {
 
     #[test]
     fn manifest_has_selector_and_taint_without_time() {
-        let args = taint_args(&[
-            "--driver",
-            "gpu.example.com",
-            "--pool",
-            "node-1",
-            "--device",
-            "gpu-0",
-            "--key",
-            "example.com/unhealthy",
-            "--value",
-            "ecc",
-        ]);
-        let manifest = rule_manifest(&args, &device_taint_rule_resource("v1beta2"));
+        let request = TaintRequest {
+            pool: Some("node-1".to_owned()),
+            device: Some("gpu-0".to_owned()),
+            value: "ecc".to_owned(),
+            ..taint_request("gpu.example.com", "example.com/unhealthy")
+        };
+        let manifest = rule_manifest(&request, &device_taint_rule_resource("v1beta2"));
         assert_eq!(
             manifest,
             serde_json::json!({
@@ -568,17 +731,12 @@ mod tests {
 
     #[test]
     fn manifest_leaves_out_unset_fields() {
-        let args = taint_args(&[
-            "--driver",
-            "gpu.example.com",
-            "--key",
-            "k",
-            "--effect",
-            "none",
-            "--name",
-            "maintenance",
-        ]);
-        let manifest = rule_manifest(&args, &device_taint_rule_resource("v1alpha3"));
+        let request = TaintRequest {
+            name: Some("maintenance".to_owned()),
+            effect: TaintEffect::None,
+            ..taint_request("gpu.example.com", "k")
+        };
+        let manifest = rule_manifest(&request, &device_taint_rule_resource("v1alpha3"));
         assert_eq!(manifest["metadata"]["name"], "maintenance");
         assert_eq!(manifest["apiVersion"], "resource.k8s.io/v1alpha3");
         assert_eq!(
@@ -623,5 +781,22 @@ mod tests {
     fn applied_spelling() {
         assert_eq!(Applied::Created.to_string(), "created");
         assert_eq!(Applied::Configured.to_string(), "configured");
+    }
+
+    #[test]
+    fn derived_names_are_valid() {
+        assert_eq!(
+            derive_rule_name("Gpu_Driver", None, None, "..Key//x.."),
+            "dte-gpu-driver.key-x"
+        );
+        assert_eq!(derive_rule_name("a", Some(""), None, "b"), "dte-a-b");
+        let long = "x".repeat(300);
+        let name = derive_rule_name("d", Some(&long), None, "k");
+        assert_eq!(name.len(), MAX_NAME_LEN);
+        assert!(is_dns_subdomain(&name), "{name}");
+        let other = derive_rule_name("d", Some(&long), None, "k2");
+        assert_ne!(name, other, "long names keep a distinguishing hash");
+        let dotted = derive_rule_name("d", Some(&format!("{}.-y", "z".repeat(240))), None, "k");
+        assert!(is_dns_subdomain(&dotted), "{dotted}");
     }
 }

@@ -1,5 +1,7 @@
 //! The ResourceClaim view: allocated devices with their tolerations, and who reserved it.
 
+use std::collections::BTreeSet;
+
 use super::{DeviceId, Invalid, ObjectName, Toleration};
 use crate::k8s::ResourceClaim;
 
@@ -81,6 +83,15 @@ impl ClaimView {
     #[must_use]
     pub fn reserved_by(&self, pod_uid: &str) -> bool {
         self.reserved_for.iter().any(|(_, uid)| uid == pod_uid)
+    }
+
+    /// Pods named in `reservedFor`.
+    #[must_use]
+    pub fn reserved_pods(&self) -> BTreeSet<ObjectName> {
+        self.reserved_for
+            .iter()
+            .map(|(name, _)| ObjectName::new(&self.namespace, name))
+            .collect()
     }
 }
 

@@ -1,6 +1,203 @@
-//! The DeviceTaintRule `EvictionInProgress` condition, byte-exact with upstream 1.37.
+//! The DeviceTaintRule `EvictionInProgress` status: what it says (byte-exact with upstream 1.37),
+//! the counts behind it, and how often it is written.
+//!
+//! The index only answers queries (pending evictions, claims on a device, pods); this module turns
+//! those answers into a condition. The actuator writes it; the controller asks [`rule_status`]
+//! what to do when a rule's key fires in the queue.
 
-use crate::view::Effect;
+use std::{
+    collections::{BTreeSet, HashSet},
+    time::Duration,
+};
+
+use tracing::info;
+
+use crate::{
+    eviction::{claim_counts_for_pod, pod_is_evictable, taint_deadline},
+    index::State,
+    k8s::SignedDuration,
+    view::{EVICTION_IN_PROGRESS, Effect, RuleCondition, RuleRef, RuleView, Time},
+};
+
+/// How often at most a rule's status is refreshed while pods are pending (upstream: 10 s).
+pub const RULE_STATUS_PERIOD: Duration = Duration::from_secs(10);
+
+/// What a rule status worker should do.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum RuleStatusWork {
+    /// The rule no longer exists (or was replaced): drop the work item.
+    Gone,
+    /// Rate limited: come back after this long.
+    Later(Duration),
+    /// The stored condition is already current.
+    UpToDate,
+    /// Apply this condition with server-side apply.
+    Apply {
+        /// Generation to record as `observedGeneration`.
+        generation: i64,
+        /// The condition.
+        condition: RuleStatusCondition,
+    },
+}
+
+/// What a rule status worker should do at `now` (upstream `maybeUpdateRuleStatus`).
+#[must_use]
+pub fn rule_status(state: &State, rule: &RuleRef, now: Time) -> RuleStatusWork {
+    let Some(view) = state.rule(&rule.name).filter(|r| r.uid == rule.uid) else {
+        return RuleStatusWork::Gone;
+    };
+    if let Some(c) = &view.condition
+        && c.observed_generation == Some(view.generation)
+    {
+        let since = now.duration_since(c.last_transition_time);
+        let period = SignedDuration::try_from(RULE_STATUS_PERIOD).unwrap_or_default();
+        if since < period {
+            return RuleStatusWork::Later((period - since).unsigned_abs());
+        }
+    }
+    let condition = current_condition(state, view);
+    if let Some(c) = &view.condition
+        && c.observed_generation == Some(view.generation)
+        && c.status == condition.status
+        && c.reason == condition.reason
+        && c.message == condition.message
+    {
+        return RuleStatusWork::UpToDate;
+    }
+    info!(rule = %rule, reason = condition.reason, message = %condition.message, "calculated new rule condition");
+    RuleStatusWork::Apply {
+        generation: view.generation,
+        condition,
+    }
+}
+
+/// Our status write succeeded: remember it in the index so that the rate limit holds even before
+/// the rule watch delivers it.
+pub fn status_written(
+    state: &mut State,
+    rule: &RuleRef,
+    generation: i64,
+    condition: &RuleStatusCondition,
+    at: Time,
+) {
+    state.set_rule_condition(
+        rule,
+        RuleCondition {
+            status: condition.status.to_owned(),
+            reason: condition.reason.to_owned(),
+            message: condition.message.clone(),
+            observed_generation: Some(generation),
+            last_transition_time: at,
+        },
+    );
+}
+
+/// The server-side apply body that sets a rule's `EvictionInProgress` condition. `api_version`
+/// is the served DeviceTaintRule version.
+#[must_use]
+pub fn apply_body(
+    api_version: &str,
+    rule: &RuleRef,
+    generation: i64,
+    condition: &RuleStatusCondition,
+    now: Time,
+) -> serde_json::Value {
+    serde_json::json!({
+        "apiVersion": api_version,
+        "kind": "DeviceTaintRule",
+        "metadata": {"name": rule.name, "uid": rule.uid},
+        "status": {"conditions": [{
+            "type": EVICTION_IN_PROGRESS,
+            "status": condition.status,
+            "reason": condition.reason,
+            "message": condition.message,
+            "lastTransitionTime": now.to_string(),
+            "observedGeneration": generation,
+        }]}
+    })
+}
+
+/// The condition a rule should carry in the current state.
+#[must_use]
+pub fn current_condition(state: &State, rule: &RuleView) -> RuleStatusCondition {
+    rule_condition(&rule.taint.effect, &rule_counts(state, rule))
+}
+
+/// The counts behind a rule's condition.
+fn rule_counts(state: &State, rule: &RuleView) -> RuleCounts {
+    let rule_ref = rule.rule_ref();
+    let mut counts = RuleCounts {
+        evicted: state.evicted_by_rule(&rule.uid),
+        ..RuleCounts::default()
+    };
+    match rule.taint.effect {
+        Effect::NoExecute => {
+            let mut namespaces = HashSet::new();
+            for (pod, eviction) in state.pending_evictions() {
+                if eviction.has_rule(&rule_ref) {
+                    counts.pending_pods += 1;
+                    counts.blocked_pods += usize::from(state.is_blocked(pod));
+                    namespaces.insert(pod.namespace.as_str());
+                }
+            }
+            counts.pending_namespaces = namespaces.len();
+        }
+        Effect::None => counts.simulation = Some(simulate(state, rule)),
+        Effect::NoSchedule | Effect::Unknown(_) => {}
+    }
+    counts
+}
+
+/// What a `None` rule would do with `NoExecute` (upstream's one-shot report).
+fn simulate(state: &State, rule: &RuleView) -> Simulation {
+    let Some(selector) = &rule.selector else {
+        return Simulation::default();
+    };
+    let mut sim = Simulation {
+        published_devices: state.published_devices_matching(selector),
+        ..Simulation::default()
+    };
+    let mut as_no_execute = rule.taint.clone();
+    as_no_execute.effect = Effect::NoExecute;
+    let mut affected_claims = BTreeSet::new();
+    for device in state.allocated_devices_matching(selector) {
+        for (name, claim) in state.claims_on_device(&device) {
+            for allocated in claim.allocation.iter().flatten().filter(|a| a.device == device) {
+                sim.allocated_devices += 1;
+                if taint_deadline(&as_no_execute, &allocated.tolerations).is_some() {
+                    affected_claims.insert(name.clone());
+                }
+            }
+        }
+    }
+    let mut pods = HashSet::new();
+    for name in &affected_claims {
+        let Some((claim, _)) = state.claim(name) else {
+            continue;
+        };
+        for pod_name in claim.reserved_pods() {
+            let Some(pod) = state.pod(&pod_name) else {
+                continue;
+            };
+            // The pod would be evicted through this claim if it uses it as a pod must.
+            let uses = pod_is_evictable(pod)
+                && pod
+                    .claims
+                    .iter()
+                    .any(|c| c.claim == claim.name && claim_counts_for_pod(pod, c, claim));
+            if uses {
+                pods.insert(pod.pod_ref());
+            }
+        }
+    }
+    sim.pods = pods.len();
+    sim.namespaces = pods
+        .iter()
+        .map(|p| p.namespace.as_str())
+        .collect::<HashSet<_>>()
+        .len();
+    sim
+}
 
 /// Counts describing a rule's effect on the cluster right now.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
