@@ -64,6 +64,11 @@ pub struct KubeArgs {
     /// Requests that may be sent at once before --kube-api-qps pacing applies.
     #[arg(long, env = "DTE_KUBE_API_BURST", default_value_t = 200, value_parser = positive_u32)]
     pub kube_api_burst: u32,
+
+    /// Seconds an API request other than a watch may take, response included; a request that
+    /// takes longer fails and is retried with backoff.
+    #[arg(long, env = "DTE_API_TIMEOUT", default_value_t = 30, value_parser = positive_u32)]
+    pub api_timeout: u32,
 }
 
 /// Where and how to log.
@@ -108,6 +113,7 @@ impl KubeArgs {
             context: self.context.clone(),
             qps: self.kube_api_qps,
             burst: self.kube_api_burst,
+            timeout: std::time::Duration::from_secs(u64::from(self.api_timeout)),
         }
     }
 }

@@ -15,6 +15,7 @@
 
 use std::path::PathBuf;
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use futures::future::BoxFuture;
 use http::{Request, Response, StatusCode, header};
@@ -38,6 +39,8 @@ pub struct ClientSettings {
     pub qps: f64,
     /// Requests that may be sent at once before `qps` pacing applies.
     pub burst: u32,
+    /// Deadline of every request other than a watch, response body included.
+    pub timeout: Duration,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -113,17 +116,27 @@ fn read_kubeconfigs(paths: &std::path::Path) -> Result<Kubeconfig, Error> {
 /// When the configuration cannot be loaded or the TLS/auth stack cannot be built from it.
 pub async fn client(settings: &ClientSettings) -> Result<Client, Error> {
     let config = load_config(settings).await?;
-    client_from_config(config, TokenBucket::new(settings.qps, settings.burst))
+    client_from_config(
+        config,
+        TokenBucket::new(settings.qps, settings.burst),
+        settings.timeout,
+    )
 }
 
-/// A client for `config`, paced by `bucket`. `default_retry` is forced off whatever `config` says.
+/// A client for `config`, paced by `bucket`, each request other than a watch bounded by
+/// `timeout`. `default_retry` is forced off whatever `config` says.
 ///
 /// # Errors
 /// When the TLS or authentication stack cannot be built from `config`.
-pub fn client_from_config(mut config: Config, bucket: TokenBucket) -> Result<Client, Error> {
+pub fn client_from_config(
+    mut config: Config,
+    bucket: TokenBucket,
+    timeout: Duration,
+) -> Result<Client, Error> {
     config.default_retry = false;
     let builder = ClientBuilder::try_from(config).map_err(Error::BuildClient)?;
     Ok(builder
+        .with_layer(&DeadlineLayer::new(timeout))
         .with_layer(&RetryAfterLayer)
         .with_layer(&ThrottleLayer::new(bucket))
         .build())
@@ -137,12 +150,14 @@ pub fn client_from_config(mut config: Config, bucket: TokenBucket) -> Result<Cli
 pub fn writer_from_config(
     mut config: Config,
     bucket: TokenBucket,
+    timeout: Duration,
     leader: watch::Receiver<bool>,
 ) -> Result<Client, Error> {
     config.default_retry = false;
     let builder = ClientBuilder::try_from(config).map_err(Error::BuildClient)?;
     Ok(builder
         .with_layer(&FenceLayer::new(leader))
+        .with_layer(&DeadlineLayer::new(timeout))
         .with_layer(&RetryAfterLayer)
         .with_layer(&ThrottleLayer::new(bucket))
         .build())
@@ -226,6 +241,91 @@ where
         }
         let response = self.inner.call(request);
         Box::pin(async move { response.await.map_err(Into::into) })
+    }
+}
+
+/// A request that did not complete (response body included) within its deadline.
+#[derive(Debug, thiserror::Error)]
+#[error("request timed out after {0:?}")]
+pub struct RequestTimeout(pub Duration);
+
+/// A tower layer that bounds every request but a watch by a deadline, response body included
+/// (the body is read here, within the deadline). A hung call then fails like any other error
+/// and is retried with its item's backoff, instead of holding a worker, the Event publisher or
+/// start-up for ever. Watches are long by design; kube's watcher restarts one that delivers
+/// nothing for longer than its server-side timeout plus a margin.
+#[derive(Clone, Copy, Debug)]
+pub struct DeadlineLayer {
+    timeout: Duration,
+}
+
+impl DeadlineLayer {
+    #[must_use]
+    pub fn new(timeout: Duration) -> Self {
+        Self { timeout }
+    }
+}
+
+impl<S> tower::Layer<S> for DeadlineLayer {
+    type Service = Deadline<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        Deadline {
+            inner,
+            timeout: self.timeout,
+        }
+    }
+}
+
+/// The service made by [`DeadlineLayer`].
+#[derive(Clone, Debug)]
+pub struct Deadline<S> {
+    inner: S,
+    timeout: Duration,
+}
+
+fn is_watch<B>(request: &Request<B>) -> bool {
+    request
+        .uri()
+        .query()
+        .is_some_and(|q| q.split('&').any(|p| p == "watch=true" || p == "watch=1"))
+}
+
+impl<S, B> tower::Service<Request<Body>> for Deadline<S>
+where
+    S: tower::Service<Request<Body>, Response = Response<B>>,
+    S::Future: Send + 'static,
+    S::Error: Into<tower::BoxError>,
+    B: http_body::Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<tower::BoxError>,
+{
+    type Response = Response<RetryAfterBody>;
+    type Error = tower::BoxError;
+    type Future = BoxFuture<'static, Result<Self::Response, tower::BoxError>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx).map_err(Into::into)
+    }
+
+    fn call(&mut self, request: Request<Body>) -> Self::Future {
+        let watch = is_watch(&request);
+        let response = self.inner.call(request);
+        let timeout = self.timeout;
+        Box::pin(async move {
+            if watch {
+                let response = response.await.map_err(Into::into)?;
+                return Ok(response.map(|body| body.map_err(Into::into).boxed_unsync()));
+            }
+            let exchange = async {
+                let (parts, body) = response.await.map_err(Into::into)?.into_parts();
+                let bytes = body.collect().await.map_err(Into::into)?.to_bytes();
+                let body = Full::new(bytes).map_err(|never| match never {}).boxed_unsync();
+                Ok::<_, tower::BoxError>(Response::from_parts(parts, body))
+            };
+            tokio::time::timeout(timeout, exchange)
+                .await
+                .unwrap_or_else(|_| Err(RequestTimeout(timeout).into()))
+        })
     }
 }
 
@@ -425,6 +525,7 @@ users:
             context: context.map(str::to_owned),
             qps: 5.0,
             burst: 10,
+            timeout: Duration::from_secs(30),
         }
     }
 
@@ -577,13 +678,57 @@ users: []
         assert_eq!(sent.load(Ordering::SeqCst), 2, "reads are not fenced");
     }
 
+    /// A request whose answer (headers or body) does not come within the deadline fails with
+    /// [`RequestTimeout`]; a watch is not bounded.
+    #[tokio::test(start_paused = true)]
+    async fn requests_but_watches_have_a_deadline() {
+        use tower::Layer as _;
+        let service = tower::service_fn(|request: Request<Body>| async move {
+            if is_watch(&request) {
+                // A quiet watch: headers at once, then nothing for an hour.
+                let body = futures::stream::once(async {
+                    tokio::time::sleep(Duration::from_secs(3600)).await;
+                    Ok::<_, std::convert::Infallible>(http_body::Frame::data(Bytes::from_static(b"")))
+                });
+                let body = http_body_util::StreamBody::new(body);
+                return Ok::<_, std::convert::Infallible>(Response::new(body.boxed_unsync()));
+            }
+            std::future::pending::<()>().await;
+            unreachable!()
+        });
+        let stack = DeadlineLayer::new(Duration::from_secs(30)).layer(service);
+        let start = tokio::time::Instant::now();
+        let get = Request::get("/api/v1/namespaces/ns/pods/p")
+            .body(Body::empty())
+            .expect("request");
+        let error = tower::ServiceExt::oneshot(stack.clone(), get)
+            .await
+            .expect_err("a hung GET times out");
+        assert!(error.is::<RequestTimeout>(), "{error:?}");
+        assert_eq!(start.elapsed(), Duration::from_secs(30));
+
+        let watch = Request::get("/api/v1/pods?watch=true&timeoutSeconds=290")
+            .body(Body::empty())
+            .expect("request");
+        let response = tower::ServiceExt::oneshot(stack, watch)
+            .await
+            .expect("a watch is answered");
+        let body = tokio::time::timeout(Duration::from_secs(600), response.into_body().collect()).await;
+        assert!(body.is_err(), "the watch body is not cut by the deadline");
+    }
+
     #[tokio::test]
     async fn a_503_is_not_retried_inside_the_client() {
         use std::sync::atomic::Ordering;
         let (url, hits) = unavailable_server().await;
         let mut config = Config::new(url.parse().expect("url"));
         config.default_retry = true;
-        let client = client_from_config(config.clone(), TokenBucket::new(100.0, 10)).expect("client");
+        let client = client_from_config(
+            config.clone(),
+            TokenBucket::new(100.0, 10),
+            Duration::from_secs(30),
+        )
+        .expect("client");
         let err = get_pod(client).await.expect_err("503");
         assert!(matches!(&err, kube::Error::Api(s) if s.code == 503), "{err:?}");
         assert_eq!(hits.load(Ordering::SeqCst), 1, "exactly one request for one call");

@@ -279,6 +279,36 @@ impl Shared {
     }
 }
 
+/// Runs a start-up step that needs the API server until it succeeds, retrying errors that
+/// `retryable` accepts with a doubling delay (200 ms up to 30 s): an API server that is slow,
+/// briefly unreachable or not yet granting a permission must not make the process exit. Other
+/// errors (a bad configuration) end start-up.
+async fn until_ok<T, E, F, Fut>(what: &str, mut attempt: F, retryable: impl Fn(&E) -> bool) -> Result<T, E>
+where
+    E: std::error::Error,
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, E>>,
+{
+    let mut delay = Duration::from_millis(200);
+    loop {
+        match attempt().await {
+            Ok(value) => return Ok(value),
+            Err(error) if retryable(&error) => {
+                let mut cause = error.to_string();
+                let mut source = error.source();
+                while let Some(e) = source {
+                    cause = format!("{cause}: {e}");
+                    source = e.source();
+                }
+                warn!(error = %cause, retry_in = ?delay, "failed to {what}; retrying");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(30));
+            }
+            Err(error) => return Err(error),
+        }
+    }
+}
+
 /// A retry with backoff, no sooner than the server's `Retry-After` if it sent one.
 fn retry(retry_after: Option<Duration>) -> Completion {
     retry_after.map_or(Completion::Retry, Completion::RetryAfter)
@@ -367,7 +397,7 @@ pub async fn run_until(config: Config, shutdown: impl Future<Output = ()>) -> Re
     let kube_config = client::load_config(&config.client).await?;
     // Reads and writes share one --kube-api-qps bucket; the Lease has a client of its own.
     let bucket = TokenBucket::new(config.client.qps, config.client.burst);
-    let client = client::client_from_config(kube_config.clone(), bucket.clone())?;
+    let client = client::client_from_config(kube_config.clone(), bucket.clone(), config.client.timeout)?;
     let mut registry = Registry::default();
     let metrics = Metrics::register(&mut registry);
     let readiness = Readiness::new(&watch::KINDS);
@@ -382,9 +412,13 @@ pub async fn run_until(config: Config, shutdown: impl Future<Output = ()>) -> Re
         let _ = admin_stopped.await;
     }));
 
-    let rule_resource = k8s::discover_device_taint_rule(&client)
-        .await
-        .map_err(Error::Discovery)?;
+    let rule_resource = until_ok(
+        "discover the DeviceTaintRule API",
+        || k8s::discover_device_taint_rule(&client),
+        |_| true,
+    )
+    .await
+    .map_err(Error::Discovery)?;
     if let Some(ar) = &rule_resource {
         info!(version = %ar.api_version, "watching DeviceTaintRules");
     } else {
@@ -396,17 +430,25 @@ pub async fn run_until(config: Config, shutdown: impl Future<Output = ()>) -> Re
     let identity = &config.identity;
     let (leadership, leader) = match config.leader_config() {
         // Renewals must never wait behind evictions for a token: the Lease client is unthrottled.
-        Some(leader_config) => Leadership::start(
-            client::client_from_config(kube_config.clone(), TokenBucket::unlimited())?,
-            leader_config,
-        )
-        .await
-        .map_err(Error::StartLeaderElection)?,
+        Some(leader_config) => {
+            let lease_client = client::client_from_config(
+                kube_config.clone(),
+                TokenBucket::unlimited(),
+                config.client.timeout,
+            )?;
+            until_ok(
+                "start leader election",
+                || Leadership::start(lease_client.clone(), leader_config.clone()),
+                |e| matches!(e, crate::leader::Error::PrepareLease { .. }),
+            )
+            .await
+            .map_err(Error::StartLeaderElection)?
+        }
         None => Leadership::disabled(),
     };
 
     // Every write goes through the leadership fence, checked right before it is sent.
-    let writer = client::writer_from_config(kube_config, bucket, leader.clone())?;
+    let writer = client::writer_from_config(kube_config, bucket, config.client.timeout, leader.clone())?;
     let actuator = Actuator::new(
         writer,
         identity,

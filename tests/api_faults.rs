@@ -14,6 +14,9 @@ use support::{TIMEOUT, TestEnv, controller::Controller, objects::taint, proxy::P
 
 const KEY: &str = "example.com/broken";
 
+/// Tests that start a controller must not overlap: each controller acts on every tainted pod.
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 /// Failed requests per verb for the slow pod: GET, then PATCH of the condition, then DELETE.
 /// Each failure doubles the pod's backoff from 5 ms, so ten failures keep it failing for about
 /// five seconds.
@@ -33,6 +36,7 @@ async fn server_errors_are_retried_without_delaying_other_pods() {
     if support::controller::skip_with_deployed_controller() {
         return;
     }
+    let _serial = SERIAL.lock().await;
     let env = TestEnv::new().await;
     let slice = env.unique_name("slice");
     env.apply_slice(&slice, 1, &[("gpu-0", vec![]), ("gpu-1", vec![])])
@@ -178,4 +182,25 @@ async fn uid_precondition_conflicts_are_told_from_other_conflicts() {
         "an optimistic-concurrency conflict must be retried: {e:?}"
     );
     assert!(pods.get("p").await.is_ok(), "the pod is still there");
+}
+
+/// Start-up outlasts a failing API server: discovery that fails is retried (before, the process
+/// exited), and the controller becomes ready once the server answers.
+#[tokio::test]
+async fn start_up_retries_discovery() {
+    if support::controller::skip_with_deployed_controller() {
+        return;
+    }
+    let _serial = SERIAL.lock().await;
+    let env = TestEnv::new().await;
+    let proxy = Proxy::start(env.client.clone(), Path::new(env!("CARGO_TARGET_TMPDIR"))).await;
+    proxy.fail(Method::GET, "/apis", 3);
+    let c = Controller::start(&proxy.kubeconfig, &["--leader-elect=false"]).await;
+    assert!(
+        c.log_text()
+            .contains("failed to discover the DeviceTaintRule API; retrying"),
+        "log:\n{}",
+        c.log_text()
+    );
+    assert_eq!(c.stop().await, Some(0));
 }
