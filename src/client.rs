@@ -701,9 +701,13 @@ users: []
         let get = Request::get("/api/v1/namespaces/ns/pods/p")
             .body(Body::empty())
             .expect("request");
-        let error = tower::ServiceExt::oneshot(stack.clone(), get)
-            .await
-            .expect_err("a hung GET times out");
+        let error = tokio::time::timeout(
+            Duration::from_secs(60),
+            tower::ServiceExt::oneshot(stack.clone(), get),
+        )
+        .await
+        .expect("the GET ends within its deadline")
+        .expect_err("a hung GET times out");
         assert!(error.is::<RequestTimeout>(), "{error:?}");
         assert_eq!(start.elapsed(), Duration::from_secs(30));
 
