@@ -279,6 +279,8 @@ controller
 EOF
 grep -qx 'Role/dte-leases coordination.k8s.io/leases patch \[dte-lease\]' "$out/full.rbac" ||
 	die "full: the Lease Role is not in leaderElection.namespace"
+grep -qx 'NetworkPolicy dte-system/dte-full' "$out/full.kinds" || die "full: no NetworkPolicy with networkPolicy.enabled"
+grep -q '^NetworkPolicy ' "$out/default.kinds" && die "default: a NetworkPolicy without networkPolicy.enabled"
 grep -qx 'RoleBinding/dte-leases Role/dte-full-leader-election -> ServiceAccount/dte-system/dte-sa' "$out/full.rbac" ||
 	die "full: the Lease RoleBinding does not bind the ServiceAccount of the release namespace"
 for want in 'priorityClassName: system-cluster-critical' 'name: RUST_BACKTRACE' 'containerPort: 9090' \
