@@ -154,6 +154,11 @@ pub struct ControllerArgs {
     #[arg(long, env = "DTE_HTTP_ADDR", default_value = "0.0.0.0:8080")]
     pub http_addr: SocketAddr,
 
+    /// Serve /metrics only on this address (e.g. 127.0.0.1:9090, for a local scraper or an
+    /// authenticating proxy) instead of on --http-addr.
+    #[arg(long, env = "DTE_METRICS_ADDR")]
+    pub metrics_addr: Option<SocketAddr>,
+
     /// Elect a leader through a coordination.k8s.io Lease so that only one replica writes;
     /// --leader-elect=false for a single replica without a Lease.
     #[arg(long, env = "DTE_LEADER_ELECT", default_value_t = true, num_args = 0..=1,
@@ -192,6 +197,7 @@ impl ControllerArgs {
             max_evictions_burst: self.max_evictions_burst,
             dry_run: self.dry_run,
             http_addr: self.http_addr,
+            metrics_addr: self.metrics_addr,
             identity: self.leader_elect_identity(),
             lease: self.leader_elect.then(|| LeaseSettings {
                 namespace: self.leader_elect_namespace(),

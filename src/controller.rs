@@ -53,6 +53,8 @@ pub struct Config {
     pub dry_run: bool,
     /// Address of the HTTP server for health and metrics.
     pub http_addr: SocketAddr,
+    /// Serve metrics only here instead of on `http_addr`.
+    pub metrics_addr: Option<SocketAddr>,
     /// This replica's identity: the Lease holder and the Events' reporting instance.
     pub identity: String,
     /// The Lease to elect a leader through; `None` runs without leader election.
@@ -408,9 +410,23 @@ pub async fn run_until(config: Config, shutdown: impl Future<Output = ()>) -> Re
         liveness: liveness.clone(),
     };
     let (stop_admin, admin_stopped) = tokio::sync::oneshot::channel::<()>();
-    let admin = tokio::spawn(admin::serve(config.http_addr, admin_state, async {
-        let _ = admin_stopped.await;
-    }));
+    let (stop_metrics, metrics_stopped) = tokio::sync::oneshot::channel::<()>();
+    let admin = match config.metrics_addr {
+        None => tokio::spawn(admin::serve(config.http_addr, admin_state, async {
+            let _ = admin_stopped.await;
+        })),
+        Some(metrics_addr) => {
+            let metrics_server =
+                admin::serve_router(metrics_addr, admin::metrics_router(admin_state.clone()), async {
+                    let _ = metrics_stopped.await;
+                });
+            let health_server =
+                admin::serve_router(config.http_addr, admin::health_router(admin_state), async {
+                    let _ = admin_stopped.await;
+                });
+            tokio::spawn(async move { tokio::try_join!(health_server, metrics_server).map(|_| ()) })
+        }
+    };
 
     let rule_resource = until_ok(
         "discover the DeviceTaintRule API",
@@ -546,6 +562,7 @@ pub async fn run_until(config: Config, shutdown: impl Future<Output = ()>) -> Re
     }
     shared.metrics.set_leader(false);
     let _ = stop_admin.send(());
+    let _ = stop_metrics.send(());
     result
 }
 
