@@ -140,6 +140,46 @@ impl Error {
             other => other.to_string(),
         }
     }
+    fn source_error(&self) -> &kube::Error {
+        match self {
+            Self::GetPod { source, .. }
+            | Self::PatchPodCondition { source, .. }
+            | Self::DeletePod { source, .. }
+            | Self::EvictPod { source, .. }
+            | Self::ApplyRuleStatus { source, .. } => source,
+        }
+    }
+
+    /// What kind of refusal this was, for logs and metrics.
+    #[must_use]
+    pub fn refusal(&self) -> Refusal {
+        match self.source_error() {
+            e if crate::client::is_not_leader(e) => Refusal::NotLeader,
+            kube::Error::Api(s) if s.code == 429 => Refusal::Throttled,
+            kube::Error::Api(s) if s.is_conflict() => Refusal::Conflict,
+            _ => Refusal::Other,
+        }
+    }
+
+    /// How long the API server asked us to wait before trying again (`Retry-After`), if it did.
+    #[must_use]
+    pub fn retry_after(&self) -> Option<Duration> {
+        retry_after(self.source_error())
+    }
+}
+
+/// The kind of a failed call, so that logs and metrics name the real cause.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Refusal {
+    /// HTTP 429 that is not a PodDisruptionBudget refusal: the API server sheds load (API
+    /// priority and fairness, max requests in flight).
+    Throttled,
+    /// HTTP 409 other than a failed UID precondition, e.g. "the object has been modified".
+    Conflict,
+    /// Anything else (5xx, transport, timeouts, 403, ...).
+    Other,
+    /// Not sent: this replica does not lead (any more).
+    NotLeader,
 }
 
 /// How an eviction attempt ended.
@@ -152,8 +192,12 @@ pub enum Outcome {
     /// Nothing to do: the pod is gone, was replaced by another pod of that name, or is
     /// already terminating.
     NotNeeded,
-    /// The Eviction API refused for now (a PodDisruptionBudget, HTTP 429): try again later.
-    Blocked,
+    /// A PodDisruptionBudget refused the eviction for now (HTTP 429 with cause
+    /// `DisruptionBudget`): try again, no sooner than `retry_after` if the server said so.
+    Blocked {
+        /// The server's `Retry-After`.
+        retry_after: Option<Duration>,
+    },
 }
 
 /// Writes to the API server.
@@ -180,7 +224,9 @@ async fn publish_events(
     metrics: Metrics,
 ) {
     while let Some((event, reference)) = queue.recv().await {
-        if let Err(error) = recorder.publish(&event, &reference).await {
+        if let Err(error) = recorder.publish(&event, &reference).await
+            && !crate::client::is_not_leader(&error)
+        {
             metrics.api_error("create_event");
             warn!(%error, object = ?reference.name, namespace = ?reference.namespace, reason = %event.reason,
                   "failed to publish event");
@@ -204,10 +250,65 @@ impl Backlog {
     }
 }
 
-fn is_gone(e: &kube::Error) -> bool {
-    // NotFound: deleted meanwhile. Conflict: the UID precondition failed, so the name now
-    // belongs to another pod. Either way this pod needs nothing more (upstream parity).
-    matches!(e, kube::Error::Api(s) if s.is_not_found() || s.is_conflict())
+/// Whether a failed call means that the object we meant needs nothing more: it is gone, or
+/// its name now belongs to another object.
+#[must_use]
+pub fn is_gone(e: &kube::Error) -> bool {
+    // NotFound: deleted meanwhile. A failed UID precondition: the name now belongs to another
+    // object. Either way the object we meant needs nothing more (upstream parity). Any other
+    // conflict ("the object has been modified") is retried.
+    matches!(e, kube::Error::Api(s)
+        if s.is_not_found() || is_uid_precondition_failure(s) || is_other_uid(s))
+}
+
+/// Whether a PATCH that carried `metadata.uid` met an object with another UID. The API server
+/// (1.37) does not answer that with a precondition conflict but with 422 Invalid, cause
+/// `metadata.uid` "field is immutable".
+fn is_other_uid(status: &kube::core::Status) -> bool {
+    status.code == 422
+        && status
+            .details
+            .as_ref()
+            .is_some_and(|d| d.causes.iter().any(|c| c.field == "metadata.uid"))
+}
+
+/// Whether a 409 says that a UID precondition failed. The API server words it in two ways:
+/// `rest.BeforeDelete` (DELETE, Eviction) says "the UID in the precondition (..) does not match
+/// the UID in record (..)"; the storage layer (a DELETE that lost a race) says "Precondition
+/// failed: UID in precondition: .., UID in object meta: ..".
+fn is_uid_precondition_failure(status: &kube::core::Status) -> bool {
+    status.is_conflict()
+        && (status.message.contains("UID in the precondition")
+            || status.message.contains("UID in precondition"))
+}
+
+/// Whether a 429 is a PodDisruptionBudget refusal of the Eviction API: the API server names
+/// the cause `DisruptionBudget`. Any other 429 is load shedding.
+#[must_use]
+pub fn is_disruption_budget_refusal(status: &kube::core::Status) -> bool {
+    status.code == 429
+        && status
+            .details
+            .as_ref()
+            .is_some_and(|d| d.causes.iter().any(|c| c.reason == "DisruptionBudget"))
+}
+
+/// The server's `Retry-After` (`details.retryAfterSeconds`; [`crate::client::RetryAfterLayer`]
+/// copies the header there), if any.
+fn retry_after(e: &kube::Error) -> Option<Duration> {
+    match e {
+        kube::Error::Api(s) => status_retry_after(s),
+        _ => None,
+    }
+}
+
+fn status_retry_after(status: &kube::core::Status) -> Option<Duration> {
+    status
+        .details
+        .as_ref()
+        .map(|d| d.retry_after_seconds)
+        .filter(|secs| *secs > 0)
+        .map(|secs| Duration::from_secs(u64::from(secs)))
 }
 
 fn pod_reference(pod: &PodRef) -> ObjectReference {
@@ -406,30 +507,8 @@ impl Actuator {
             "Evict",
             "Marking for deletion".into(),
         );
-        if !has_disruption_condition(&live) {
-            let patch = json!({
-                "metadata": {"uid": pod.uid},
-                "status": {"conditions": [{
-                    "type": "DisruptionTarget",
-                    "status": "True",
-                    "reason": DISRUPTION_REASON,
-                    "message": DISRUPTION_MESSAGE,
-                    "lastTransitionTime": Timestamp::now().to_string(),
-                }]}
-            });
-            match api
-                .patch_status(&pod.name, &PatchParams::default(), &Patch::Strategic(patch))
-                .await
-            {
-                Ok(_) => {}
-                Err(e) if is_gone(&e) => return Ok(Outcome::NotNeeded),
-                Err(source) => {
-                    return Err(Error::PatchPodCondition {
-                        pod: pod.clone(),
-                        source,
-                    });
-                }
-            }
+        if !has_disruption_condition(&live) && !add_disruption_condition(&api, pod).await? {
+            return Ok(Outcome::NotNeeded);
         }
         let result = self.delete_or_evict(&api, pod).await;
         match result {
@@ -438,9 +517,10 @@ impl Actuator {
                 Ok(Outcome::Evicted)
             }
             Err(e) if is_gone(&e) => Ok(Outcome::NotNeeded),
-            Err(kube::Error::Api(s)) if self.mode == EvictionMode::Evict && s.code == 429 => {
-                warn!(pod = %pod, message = %s.message, "eviction refused for now (PodDisruptionBudget); will retry");
-                Ok(Outcome::Blocked)
+            Err(kube::Error::Api(s))
+                if self.mode == EvictionMode::Evict && is_disruption_budget_refusal(&s) =>
+            {
+                Ok(budget_refusal(pod, &s))
             }
             Err(source) => Err(match self.mode {
                 EvictionMode::Delete => Error::DeletePod {
@@ -457,30 +537,15 @@ impl Actuator {
 
     /// DELETE with the pod's UID as precondition, or the same through the Eviction API.
     async fn delete_or_evict(&self, api: &Api<Pod>, pod: &PodRef) -> Result<(), kube::Error> {
-        let delete = DeleteParams::default().preconditions(Preconditions {
-            uid: Some(pod.uid.clone()),
-            resource_version: None,
-        });
         match self.mode {
-            EvictionMode::Delete => api.delete(&pod.name, &delete).await.map(|_| ()),
-            EvictionMode::Evict => {
-                // Not `Api::evict`: it sends the delete options as `delete_options`, a field the
-                // API server ignores, which would drop the UID precondition.
-                let eviction = json!({
-                    "apiVersion": "policy/v1",
-                    "kind": "Eviction",
-                    "metadata": {"name": pod.name, "namespace": pod.namespace},
-                    "deleteOptions": delete,
+            EvictionMode::Delete => {
+                let delete = DeleteParams::default().preconditions(Preconditions {
+                    uid: Some(pod.uid.clone()),
+                    resource_version: None,
                 });
-                api.create_subresource::<_, serde_json::Value>(
-                    "eviction",
-                    &pod.name,
-                    &PostParams::default(),
-                    &eviction,
-                )
-                .await
-                .map(|_| ())
+                api.delete(&pod.name, &delete).await.map(|_| ())
             }
+            EvictionMode::Evict => evict_pod(api, pod).await,
         }
     }
 
@@ -513,6 +578,67 @@ impl Actuator {
     }
 }
 
+/// Creates an Eviction for the pod with a UID precondition and the default grace period.
+///
+/// Built here rather than with kube's `Api::evict`, which sends the delete options under the key
+/// `delete_options`: the API server ignores it, so the UID precondition would be lost and a pod
+/// that replaced ours under the same name could be evicted.
+///
+/// # Errors
+/// The API server's refusal, e.g. a 429 from a PodDisruptionBudget or a 409 when the UID
+/// precondition failed.
+pub async fn evict_pod(api: &Api<Pod>, pod: &PodRef) -> Result<(), kube::Error> {
+    let eviction = json!({
+        "apiVersion": "policy/v1",
+        "kind": "Eviction",
+        "metadata": {"name": pod.name, "namespace": pod.namespace},
+        "deleteOptions": {"preconditions": {"uid": pod.uid}},
+    });
+    api.create_subresource::<_, kube::core::Status>("eviction", &pod.name, &PostParams::default(), &eviction)
+        .await
+        .map(|_| ())
+}
+
+/// Adds the `DisruptionTarget` condition to the pod, if it still has our UID. Returns false when
+/// the pod is gone (or replaced).
+async fn add_disruption_condition(api: &Api<Pod>, pod: &PodRef) -> Result<bool, Error> {
+    let patch = json!({
+        "metadata": {"uid": pod.uid},
+        "status": {"conditions": [{
+            "type": "DisruptionTarget",
+            "status": "True",
+            "reason": DISRUPTION_REASON,
+            "message": DISRUPTION_MESSAGE,
+            "lastTransitionTime": Timestamp::now().to_string(),
+        }]}
+    });
+    match api
+        .patch_status(&pod.name, &PatchParams::default(), &Patch::Strategic(patch))
+        .await
+    {
+        Ok(_) => Ok(true),
+        Err(e) if is_gone(&e) => Ok(false),
+        Err(source) => Err(Error::PatchPodCondition {
+            pod: pod.clone(),
+            source,
+        }),
+    }
+}
+
+/// Logs a PodDisruptionBudget refusal with the budget's own explanation.
+fn budget_refusal(pod: &PodRef, status: &kube::core::Status) -> Outcome {
+    let retry_after = status_retry_after(status);
+    let budget = status
+        .details
+        .iter()
+        .flat_map(|d| &d.causes)
+        .find(|c| c.reason == "DisruptionBudget")
+        .map_or("", |c| c.message.as_str());
+    warn!(pod = %pod, message = %status.message, budget, ?retry_after,
+          "eviction refused for now (PodDisruptionBudget); will retry");
+    Outcome::Blocked { retry_after }
+}
+
 /// Whether the pod already carries our `DisruptionTarget` condition (then no patch is sent).
 fn has_disruption_condition(pod: &Pod) -> bool {
     pod.status
@@ -529,4 +655,286 @@ fn has_disruption_condition(pod: &Pod) -> bool {
 }
 
 #[cfg(test)]
-mod tests;
+mod tests {
+    use std::collections::VecDeque;
+    use std::sync::Mutex;
+
+    use http::{Request, Response};
+    use kube::client::Body;
+    use prometheus_client::registry::Registry;
+    use tower::Layer as _;
+
+    use super::*;
+    use crate::{client::RetryAfterLayer, metrics, view::PodRef};
+
+    /// One scripted answer: status, extra headers, body.
+    type Answer = (u16, Vec<(&'static str, &'static str)>, String);
+
+    /// A scripted API server: answers requests in order from a list and records each request's
+    /// method and path. The client sees it through [`RetryAfterLayer`], as in production.
+    #[derive(Clone, Default)]
+    struct Script {
+        answers: Arc<Mutex<VecDeque<Answer>>>,
+        requests: Arc<Mutex<Vec<String>>>,
+        bodies: Arc<Mutex<Vec<String>>>,
+    }
+
+    impl Script {
+        fn new(answers: Vec<Answer>) -> Self {
+            Self {
+                answers: Arc::new(Mutex::new(answers.into())),
+                requests: Arc::default(),
+                bodies: Arc::default(),
+            }
+        }
+
+        fn client(&self) -> Client {
+            let script = self.clone();
+            let service = tower::service_fn(move |request: Request<Body>| {
+                let script = script.clone();
+                async move {
+                    // Events go through their own task and do not take part in the script.
+                    if request.uri().path().contains("/events") {
+                        let (code, headers, body) =
+                            status(500, "InternalError", "no events here", &json!({}));
+                        let mut response = Response::builder().status(code);
+                        for (name, value) in headers {
+                            response = response.header(name, value);
+                        }
+                        return Ok(response.body(Body::from(body.into_bytes())).expect("response"));
+                    }
+                    let line = format!("{} {}", request.method(), request.uri().path());
+                    let body = request.into_body().collect_bytes().await.expect("request body");
+                    script.requests.lock().expect("requests").push(line);
+                    script
+                        .bodies
+                        .lock()
+                        .expect("bodies")
+                        .push(String::from_utf8_lossy(&body).into_owned());
+                    let (code, headers, body) = script
+                        .answers
+                        .lock()
+                        .expect("answers")
+                        .pop_front()
+                        .expect("a scripted answer for every request");
+                    let mut response = Response::builder().status(code);
+                    for (name, value) in headers {
+                        response = response.header(name, value);
+                    }
+                    Ok::<_, std::convert::Infallible>(
+                        response.body(Body::from(body.into_bytes())).expect("response"),
+                    )
+                }
+            });
+            Client::new(RetryAfterLayer.layer(service), "default")
+        }
+
+        fn requests(&self) -> Vec<String> {
+            self.requests.lock().expect("requests").clone()
+        }
+    }
+
+    fn live_pod() -> Answer {
+        let pod = json!({"apiVersion": "v1", "kind": "Pod",
+                         "metadata": {"name": "p", "namespace": "ns", "uid": "uid-1"}});
+        (200, vec![("content-type", "application/json")], pod.to_string())
+    }
+
+    fn status(code: u16, reason: &str, message: &str, details: &serde_json::Value) -> Answer {
+        let body = json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+                          "code": code, "reason": reason, "message": message, "details": details});
+        (code, vec![("content-type", "application/json")], body.to_string())
+    }
+
+    fn conflict(message: &str) -> Answer {
+        status(409, "Conflict", message, &json!({"name": "p", "kind": "pods"}))
+    }
+
+    const MODIFIED: &str = "Operation cannot be fulfilled on pods \"p\": the object has been modified; \
+                            please apply your changes to the latest version and try again";
+    const STORAGE_UID: &str = "Operation cannot be fulfilled on pods \"p\": Precondition failed: UID in \
+                               precondition: uid-1, UID in object meta: uid-2";
+    const DELETE_UID: &str = "Operation cannot be fulfilled on Pod \"p\": the UID in the precondition \
+                              (uid-1) does not match the UID in record (uid-2). The object might have been \
+                              deleted and then recreated";
+
+    fn ok_status() -> Answer {
+        live_pod()
+    }
+
+    fn actuator(script: &Script, mode: EvictionMode) -> Actuator {
+        let metrics = Metrics::register(&mut Registry::default());
+        Actuator::new(script.client(), "test", mode, false, None, metrics)
+    }
+
+    fn eviction() -> Eviction {
+        Eviction {
+            at: Timestamp::now(),
+            reasons: Vec::new(),
+        }
+    }
+
+    async fn evict(answers: Vec<Answer>, mode: EvictionMode) -> (Result<Outcome, Error>, Vec<String>) {
+        let script = Script::new(answers);
+        let actuator = actuator(&script, mode);
+        let result = actuator
+            .evict(&PodRef::new("ns", "p", "uid-1"), &eviction())
+            .await;
+        // Every write names the pod's UID: the status PATCH in its metadata, the DELETE and the
+        // Eviction as a precondition, under the keys the API server reads.
+        let requests = script.requests();
+        let bodies = script.bodies.lock().expect("bodies").clone();
+        for (request, body) in requests.iter().zip(&bodies) {
+            let body: serde_json::Value = serde_json::from_str(body).unwrap_or_default();
+            let uid = if request.starts_with("PATCH") {
+                &body["metadata"]["uid"]
+            } else if request.ends_with("/eviction") {
+                &body["deleteOptions"]["preconditions"]["uid"]
+            } else if request.starts_with("DELETE") {
+                &body["preconditions"]["uid"]
+            } else {
+                continue;
+            };
+            assert_eq!(uid, "uid-1", "{request}: {body}");
+        }
+        (result, requests)
+    }
+
+    /// A 409 is "done" only when a UID precondition failed (both wordings of the API server);
+    /// any other conflict, on the status PATCH or the DELETE, is an error that is retried.
+    #[tokio::test]
+    async fn only_a_uid_precondition_conflict_means_done() {
+        let delete = EvictionMode::Delete;
+        let (result, requests) = evict(vec![live_pod(), conflict(MODIFIED)], delete).await;
+        let error = result.expect_err("a modified object is retried");
+        assert!(matches!(error, Error::PatchPodCondition { .. }), "{error:?}");
+        assert_eq!(error.refusal(), Refusal::Conflict);
+        assert_eq!(
+            requests,
+            [
+                "GET /api/v1/namespaces/ns/pods/p",
+                "PATCH /api/v1/namespaces/ns/pods/p/status"
+            ]
+        );
+
+        let (result, _) = evict(vec![live_pod(), ok_status(), conflict(MODIFIED)], delete).await;
+        let error = result.expect_err("a conflicting DELETE is retried");
+        assert!(matches!(error, Error::DeletePod { .. }), "{error:?}");
+        assert_eq!(error.refusal(), Refusal::Conflict);
+
+        // The status PATCH of a pod whose name now has another UID (what the API server answers).
+        let other_uid = status(
+            422,
+            "Invalid",
+            "Pod \"p\" is invalid: metadata.uid: Invalid value: \"uid-1\": field is immutable",
+            &json!({"name": "p", "kind": "Pod", "causes": [{"reason": "FieldValueInvalid",
+                    "message": "Invalid value: \"uid-1\": field is immutable", "field": "metadata.uid"}]}),
+        );
+        let (result, requests) = evict(vec![live_pod(), other_uid], delete).await;
+        assert_eq!(result.expect("done"), Outcome::NotNeeded);
+        assert_eq!(requests.len(), 2, "no DELETE after the PATCH met another UID");
+        // Any other 422 is an error.
+        let invalid = status(
+            422,
+            "Invalid",
+            "Pod \"p\" is invalid",
+            &json!({"causes": [
+            {"reason": "FieldValueInvalid", "field": "status.conditions"}]}),
+        );
+        let (result, _) = evict(vec![live_pod(), invalid], delete).await;
+        assert!(
+            matches!(result, Err(Error::PatchPodCondition { .. })),
+            "{result:?}"
+        );
+
+        for message in [STORAGE_UID, DELETE_UID] {
+            let (result, requests) = evict(vec![live_pod(), conflict(message)], delete).await;
+            assert_eq!(result.expect("done"), Outcome::NotNeeded, "{message}");
+            assert_eq!(requests.len(), 2, "no DELETE after the PATCH precondition failed");
+            let (result, _) = evict(vec![live_pod(), ok_status(), conflict(message)], delete).await;
+            assert_eq!(result.expect("done"), Outcome::NotNeeded, "{message}");
+            let (result, _) = evict(
+                vec![live_pod(), ok_status(), conflict(message)],
+                EvictionMode::Evict,
+            )
+            .await;
+            assert_eq!(result.expect("done"), Outcome::NotNeeded, "{message}");
+        }
+    }
+
+    /// In evict mode only a 429 naming the `DisruptionBudget` cause is a budget refusal; a 429
+    /// from load shedding (plain text, `Retry-After` header only) is a throttled error, and both
+    /// carry the server's wait.
+    #[tokio::test]
+    async fn throttling_is_not_reported_as_a_disruption_budget() {
+        let evict_mode = EvictionMode::Evict;
+        let budget = status(
+            429,
+            "TooManyRequests",
+            "Cannot evict pod as it would violate the pod's disruption budget.",
+            &json!({"causes": [{"reason": "DisruptionBudget",
+                               "message": "The disruption budget keep-one needs 1 healthy pods and has 1 currently"}],
+                   "retryAfterSeconds": 10}),
+        );
+        let (result, requests) = evict(vec![live_pod(), ok_status(), budget], evict_mode).await;
+        assert_eq!(
+            result.expect("blocked"),
+            Outcome::Blocked {
+                retry_after: Some(Duration::from_secs(10))
+            }
+        );
+        assert_eq!(requests[2], "POST /api/v1/namespaces/ns/pods/p/eviction");
+
+        let shed: Answer = (
+            429,
+            vec![
+                ("content-type", "text/plain; charset=utf-8"),
+                ("retry-after", "7"),
+            ],
+            "Too many requests, please try again later.\n".into(),
+        );
+        let (result, _) = evict(vec![live_pod(), ok_status(), shed.clone()], evict_mode).await;
+        let error = result.expect_err("throttling is an error, not a budget");
+        assert!(matches!(error, Error::EvictPod { .. }), "{error:?}");
+        assert_eq!(error.refusal(), Refusal::Throttled);
+        assert_eq!(error.retry_after(), Some(Duration::from_secs(7)));
+        assert!(
+            matches!(&error, Error::EvictPod { source: kube::Error::Api(s), .. }
+                     if s.message == "Too many requests, please try again later."),
+            "{error:?}"
+        );
+
+        // The same on a GET and in delete mode.
+        let (result, _) = evict(vec![shed], EvictionMode::Delete).await;
+        let error = result.expect_err("throttled GET");
+        assert_eq!((error.verb(), error.refusal()), ("get", Refusal::Throttled));
+        assert_eq!(error.retry_after(), Some(Duration::from_secs(7)));
+    }
+
+    /// Queued Events are all attempted before `flush_events` returns; each failed publication is
+    /// counted. The API server here is a closed port, so every attempt fails at once.
+    #[tokio::test]
+    async fn flush_waits_for_every_queued_event() {
+        let config = kube::Config::new("http://127.0.0.1:1".parse().unwrap());
+        let client = Client::try_from(config).unwrap();
+        let mut registry = Registry::default();
+        let metrics = Metrics::register(&mut registry);
+        let actuator = Actuator::new(client, "test", EvictionMode::Delete, false, None, metrics);
+        for i in 0..5 {
+            actuator.pod_eviction_cancelled(&PodRef::new("ns", format!("pod-{i}"), "uid"));
+        }
+        assert!(actuator.flush_events(Duration::from_secs(30)).await);
+        assert_eq!(actuator.backlog.pending.load(Ordering::SeqCst), 0);
+        let text = metrics::encode(&registry);
+        assert!(
+            text.contains("api_errors_total{verb=\"create_event\"} 5"),
+            "{text}"
+        );
+        // Nothing queued: returns at once.
+        assert!(actuator.flush_events(Duration::from_millis(1)).await);
+    }
+}
+
+/// The actuator against a scripted API server: every request it sends, in order.
+#[cfg(test)]
+mod scripted;

@@ -193,10 +193,21 @@ pub struct AdminState {
 
 /// The admin routes, for embedding or testing without a socket.
 pub fn router(state: AdminState) -> Router {
+    health_router(state.clone()).merge(metrics_router(state))
+}
+
+/// `/healthz`, `/livez` and `/readyz` only.
+pub fn health_router(state: AdminState) -> Router {
     Router::new()
         .route("/healthz", get(healthz))
         .route("/livez", get(healthz))
         .route("/readyz", get(readyz))
+        .with_state(state)
+}
+
+/// `/metrics` only, for a listener of its own (`--metrics-addr`, e.g. on localhost).
+pub fn metrics_router(state: AdminState) -> Router {
+    Router::new()
         .route("/metrics", get(metrics_handler))
         .with_state(state)
 }
@@ -240,6 +251,26 @@ pub async fn serve(
     let bound = listener.local_addr().unwrap_or(addr);
     tracing::info!(addr = %bound, "admin server listening");
     serve_on(listener, state, shutdown).await
+}
+
+/// Serve `router` on `addr` until `shutdown` completes.
+///
+/// # Errors
+/// As [`serve`].
+pub async fn serve_router(
+    addr: SocketAddr,
+    router: Router,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), Error> {
+    let listener = TcpListener::bind(addr)
+        .await
+        .map_err(|source| Error::Bind { addr, source })?;
+    let bound = listener.local_addr().unwrap_or(addr);
+    tracing::info!(addr = %bound, "admin server listening");
+    axum::serve(listener, router)
+        .with_graceful_shutdown(shutdown)
+        .await
+        .map_err(Error::Serve)
 }
 
 /// Serve the admin endpoints on an already bound listener until `shutdown` completes.
@@ -335,6 +366,24 @@ mod tests {
             liveness: Liveness::new(),
         };
         (state, metrics)
+    }
+
+    /// With `--metrics-addr`, the health port serves no metrics and the metrics port nothing else.
+    #[tokio::test]
+    async fn health_and_metrics_can_listen_apart() {
+        let (state, _) = state(&[]);
+        let serve = |router: Router| async move {
+            let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+            let addr = listener.local_addr().expect("local addr");
+            tokio::spawn(async move { axum::serve(listener, router).await });
+            addr
+        };
+        let health = serve(health_router(state.clone())).await;
+        let metrics = serve(metrics_router(state)).await;
+        assert_eq!(get(health, "/healthz").await.status, 200);
+        assert_eq!(get(health, "/metrics").await.status, 404);
+        assert_eq!(get(metrics, "/metrics").await.status, 200);
+        assert_eq!(get(metrics, "/healthz").await.status, 404);
     }
 
     #[tokio::test]

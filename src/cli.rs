@@ -64,6 +64,11 @@ pub struct KubeArgs {
     /// Requests that may be sent at once before --kube-api-qps pacing applies.
     #[arg(long, env = "DTE_KUBE_API_BURST", default_value_t = 200, value_parser = positive_u32)]
     pub kube_api_burst: u32,
+
+    /// Seconds an API request other than a watch may take, response included; a request that
+    /// takes longer fails and is retried with backoff.
+    #[arg(long, env = "DTE_API_TIMEOUT", default_value_t = 30, value_parser = positive_u32)]
+    pub api_timeout: u32,
 }
 
 /// Where and how to log.
@@ -108,6 +113,7 @@ impl KubeArgs {
             context: self.context.clone(),
             qps: self.kube_api_qps,
             burst: self.kube_api_burst,
+            timeout: std::time::Duration::from_secs(u64::from(self.api_timeout)),
         }
     }
 }
@@ -148,6 +154,11 @@ pub struct ControllerArgs {
     #[arg(long, env = "DTE_HTTP_ADDR", default_value = "0.0.0.0:8080")]
     pub http_addr: SocketAddr,
 
+    /// Serve /metrics only on this address (e.g. 127.0.0.1:9090, for a local scraper or an
+    /// authenticating proxy) instead of on --http-addr.
+    #[arg(long, env = "DTE_METRICS_ADDR")]
+    pub metrics_addr: Option<SocketAddr>,
+
     /// Elect a leader through a coordination.k8s.io Lease so that only one replica writes;
     /// --leader-elect=false for a single replica without a Lease.
     #[arg(long, env = "DTE_LEADER_ELECT", default_value_t = true, num_args = 0..=1,
@@ -186,6 +197,7 @@ impl ControllerArgs {
             max_evictions_burst: self.max_evictions_burst,
             dry_run: self.dry_run,
             http_addr: self.http_addr,
+            metrics_addr: self.metrics_addr,
             identity: self.leader_elect_identity(),
             lease: self.leader_elect.then(|| LeaseSettings {
                 namespace: self.leader_elect_namespace(),

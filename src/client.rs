@@ -7,12 +7,24 @@
 //! - Requests are paced by a client-side token bucket (`--kube-api-qps`, `--kube-api-burst`), as
 //!   client-go does, so a burst of evictions cannot flood the API server. Requests wait for a
 //!   token; none is rejected.
+//! - The controller's writer client is fenced by leadership ([`FenceLayer`]): a write leaves only
+//!   while this replica leads, checked after its wait for a token, right before it is sent.
+//! - A 429 answer carries its `Retry-After` header into the `Status` (`details.retryAfterSeconds`),
+//!   see [`RetryAfterLayer`], so that callers can honour it: kube's errors keep the `Status` but
+//!   not the headers.
 
 use std::path::PathBuf;
+use std::task::{Context, Poll};
+use std::time::Duration;
 
-use kube::client::ClientBuilder;
+use futures::future::BoxFuture;
+use http::{Request, Response, StatusCode, header};
+use http_body_util::{BodyExt as _, Full, combinators::UnsyncBoxBody};
+use kube::client::{Body, ClientBuilder};
 use kube::config::{InferConfigError, KubeConfigOptions, Kubeconfig, KubeconfigError};
 use kube::{Client, Config};
+use tokio::sync::watch;
+use tokio_util::bytes::Bytes;
 
 use crate::throttle::{ThrottleLayer, TokenBucket};
 
@@ -27,6 +39,8 @@ pub struct ClientSettings {
     pub qps: f64,
     /// Requests that may be sent at once before `qps` pacing applies.
     pub burst: u32,
+    /// Deadline of every request other than a watch, response body included.
+    pub timeout: Duration,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -102,17 +116,310 @@ fn read_kubeconfigs(paths: &std::path::Path) -> Result<Kubeconfig, Error> {
 /// When the configuration cannot be loaded or the TLS/auth stack cannot be built from it.
 pub async fn client(settings: &ClientSettings) -> Result<Client, Error> {
     let config = load_config(settings).await?;
-    client_from_config(config, TokenBucket::new(settings.qps, settings.burst))
+    client_from_config(
+        config,
+        TokenBucket::new(settings.qps, settings.burst),
+        settings.timeout,
+    )
 }
 
-/// A client for `config`, paced by `bucket`. `default_retry` is forced off whatever `config` says.
+/// A client for `config`, paced by `bucket`, each request other than a watch bounded by
+/// `timeout`. `default_retry` is forced off whatever `config` says.
 ///
 /// # Errors
 /// When the TLS or authentication stack cannot be built from `config`.
-pub fn client_from_config(mut config: Config, bucket: TokenBucket) -> Result<Client, Error> {
+pub fn client_from_config(
+    mut config: Config,
+    bucket: TokenBucket,
+    timeout: Duration,
+) -> Result<Client, Error> {
     config.default_retry = false;
     let builder = ClientBuilder::try_from(config).map_err(Error::BuildClient)?;
-    Ok(builder.with_layer(&ThrottleLayer::new(bucket)).build())
+    Ok(builder
+        .with_layer(&DeadlineLayer::new(timeout))
+        .with_layer(&RetryAfterLayer)
+        .with_layer(&ThrottleLayer::new(bucket))
+        .build())
+}
+
+/// A client for the controller's writes: as [`client_from_config`], and every request other
+/// than a GET is refused without being sent while `leader` reads `false` ([`FenceLayer`]).
+///
+/// # Errors
+/// When the TLS or authentication stack cannot be built from `config`.
+pub fn writer_from_config(
+    mut config: Config,
+    bucket: TokenBucket,
+    timeout: Duration,
+    leader: watch::Receiver<bool>,
+) -> Result<Client, Error> {
+    config.default_retry = false;
+    let builder = ClientBuilder::try_from(config).map_err(Error::BuildClient)?;
+    Ok(builder
+        .with_layer(&FenceLayer::new(leader))
+        .with_layer(&DeadlineLayer::new(timeout))
+        .with_layer(&RetryAfterLayer)
+        .with_layer(&ThrottleLayer::new(bucket))
+        .build())
+}
+
+/// A write refused because this replica does not lead (any more).
+#[derive(Debug, thiserror::Error)]
+#[error("not the leader: {method} {path} not sent")]
+pub struct NotLeader {
+    method: http::Method,
+    path: String,
+}
+
+/// Whether a failed call was refused by the leadership fence, not by the API server.
+#[must_use]
+pub fn is_not_leader(error: &kube::Error) -> bool {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(error);
+    while let Some(e) = source {
+        if e.is::<NotLeader>() {
+            return true;
+        }
+        source = e.source();
+    }
+    false
+}
+
+/// A tower layer that refuses every request but a GET while `leader` reads `false`. It sits
+/// below the token bucket, so a write that waited for a token is checked again when it is
+/// finally sent: a replica that lost its Lease stops writing at once, whatever was queued.
+#[derive(Clone, Debug)]
+pub struct FenceLayer {
+    leader: watch::Receiver<bool>,
+}
+
+impl FenceLayer {
+    #[must_use]
+    pub fn new(leader: watch::Receiver<bool>) -> Self {
+        Self { leader }
+    }
+}
+
+impl<S> tower::Layer<S> for FenceLayer {
+    type Service = Fence<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        Fence {
+            inner,
+            leader: self.leader.clone(),
+        }
+    }
+}
+
+/// The service made by [`FenceLayer`].
+#[derive(Clone, Debug)]
+pub struct Fence<S> {
+    inner: S,
+    leader: watch::Receiver<bool>,
+}
+
+impl<S, B> tower::Service<Request<Body>> for Fence<S>
+where
+    S: tower::Service<Request<Body>, Response = Response<B>>,
+    S::Future: Send + 'static,
+    S::Error: Into<tower::BoxError>,
+{
+    type Response = Response<B>;
+    type Error = tower::BoxError;
+    type Future = BoxFuture<'static, Result<Self::Response, tower::BoxError>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx).map_err(Into::into)
+    }
+
+    fn call(&mut self, request: Request<Body>) -> Self::Future {
+        if request.method() != http::Method::GET && !*self.leader.borrow() {
+            let refused = NotLeader {
+                method: request.method().clone(),
+                path: request.uri().path().to_owned(),
+            };
+            return Box::pin(async move { Err(refused.into()) });
+        }
+        let response = self.inner.call(request);
+        Box::pin(async move { response.await.map_err(Into::into) })
+    }
+}
+
+/// A request that did not complete (response body included) within its deadline.
+#[derive(Debug, thiserror::Error)]
+#[error("request timed out after {0:?}")]
+pub struct RequestTimeout(pub Duration);
+
+/// A tower layer that bounds every request but a watch by a deadline, response body included
+/// (the body is read here, within the deadline). A hung call then fails like any other error
+/// and is retried with its item's backoff, instead of holding a worker, the Event publisher or
+/// start-up for ever. Watches are long by design; kube's watcher restarts one that delivers
+/// nothing for longer than its server-side timeout plus a margin.
+#[derive(Clone, Copy, Debug)]
+pub struct DeadlineLayer {
+    timeout: Duration,
+}
+
+impl DeadlineLayer {
+    #[must_use]
+    pub fn new(timeout: Duration) -> Self {
+        Self { timeout }
+    }
+}
+
+impl<S> tower::Layer<S> for DeadlineLayer {
+    type Service = Deadline<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        Deadline {
+            inner,
+            timeout: self.timeout,
+        }
+    }
+}
+
+/// The service made by [`DeadlineLayer`].
+#[derive(Clone, Debug)]
+pub struct Deadline<S> {
+    inner: S,
+    timeout: Duration,
+}
+
+fn is_watch<B>(request: &Request<B>) -> bool {
+    request
+        .uri()
+        .query()
+        .is_some_and(|q| q.split('&').any(|p| p == "watch=true" || p == "watch=1"))
+}
+
+impl<S, B> tower::Service<Request<Body>> for Deadline<S>
+where
+    S: tower::Service<Request<Body>, Response = Response<B>>,
+    S::Future: Send + 'static,
+    S::Error: Into<tower::BoxError>,
+    B: http_body::Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<tower::BoxError>,
+{
+    type Response = Response<RetryAfterBody>;
+    type Error = tower::BoxError;
+    type Future = BoxFuture<'static, Result<Self::Response, tower::BoxError>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx).map_err(Into::into)
+    }
+
+    fn call(&mut self, request: Request<Body>) -> Self::Future {
+        let watch = is_watch(&request);
+        let response = self.inner.call(request);
+        let timeout = self.timeout;
+        Box::pin(async move {
+            if watch {
+                let response = response.await.map_err(Into::into)?;
+                return Ok(response.map(|body| body.map_err(Into::into).boxed_unsync()));
+            }
+            let exchange = async {
+                let (parts, body) = response.await.map_err(Into::into)?.into_parts();
+                let bytes = body.collect().await.map_err(Into::into)?.to_bytes();
+                let body = Full::new(bytes).map_err(|never| match never {}).boxed_unsync();
+                Ok::<_, tower::BoxError>(Response::from_parts(parts, body))
+            };
+            tokio::time::timeout(timeout, exchange)
+                .await
+                .unwrap_or_else(|_| Err(RequestTimeout(timeout).into()))
+        })
+    }
+}
+
+/// A tower layer that makes the `Retry-After` header of a 429 answer visible in the error kube
+/// returns: its seconds become the `Status`'s `details.retryAfterSeconds` (when the body is a
+/// `Status` without them), and a body that is no `Status` at all (API priority and fairness and
+/// the max-in-flight filter answer in plain text) is replaced by one with the text as message.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct RetryAfterLayer;
+
+impl<S> tower::Layer<S> for RetryAfterLayer {
+    type Service = RetryAfter<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        RetryAfter { inner }
+    }
+}
+
+/// The service made by [`RetryAfterLayer`].
+#[derive(Clone, Debug)]
+pub struct RetryAfter<S> {
+    inner: S,
+}
+
+/// The response body after [`RetryAfterLayer`].
+pub type RetryAfterBody = UnsyncBoxBody<Bytes, tower::BoxError>;
+
+impl<S, B> tower::Service<Request<Body>> for RetryAfter<S>
+where
+    S: tower::Service<Request<Body>, Response = Response<B>>,
+    S::Future: Send + 'static,
+    S::Error: Into<tower::BoxError>,
+    B: http_body::Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<tower::BoxError>,
+{
+    type Response = Response<RetryAfterBody>;
+    type Error = tower::BoxError;
+    type Future = BoxFuture<'static, Result<Self::Response, tower::BoxError>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx).map_err(Into::into)
+    }
+
+    fn call(&mut self, request: Request<Body>) -> Self::Future {
+        let response = self.inner.call(request);
+        Box::pin(async move { with_retry_after(response.await.map_err(Into::into)?).await })
+    }
+}
+
+async fn with_retry_after<B>(response: Response<B>) -> Result<Response<RetryAfterBody>, tower::BoxError>
+where
+    B: http_body::Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<tower::BoxError>,
+{
+    let seconds = (response.status() == StatusCode::TOO_MANY_REQUESTS)
+        .then(|| response.headers().get(header::RETRY_AFTER))
+        .flatten()
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u32>().ok());
+    let Some(seconds) = seconds else {
+        return Ok(response.map(|body| body.map_err(Into::into).boxed_unsync()));
+    };
+    let (mut parts, body) = response.into_parts();
+    let bytes = body.collect().await.map_err(Into::into)?.to_bytes();
+    let mut status = match serde_json::from_slice::<serde_json::Value>(&bytes) {
+        Ok(value) if value["kind"] == "Status" => value,
+        _ => serde_json::json!({
+            "kind": "Status",
+            "apiVersion": "v1",
+            "metadata": {},
+            "status": "Failure",
+            "message": String::from_utf8_lossy(&bytes).trim(),
+            "reason": "TooManyRequests",
+            "code": 429,
+        }),
+    };
+    if !status["details"].is_object() {
+        status["details"] = serde_json::json!({});
+    }
+    if status["details"]["retryAfterSeconds"]
+        .as_u64()
+        .unwrap_or_default()
+        == 0
+    {
+        status["details"]["retryAfterSeconds"] = seconds.into();
+    }
+    let body = Bytes::from(serde_json::to_vec(&status)?);
+    parts.headers.insert(
+        header::CONTENT_TYPE,
+        http::HeaderValue::from_static("application/json"),
+    );
+    parts.headers.remove(header::CONTENT_LENGTH);
+    let body = Full::new(body).map_err(|never| match never {}).boxed_unsync();
+    Ok(Response::from_parts(parts, body))
 }
 
 /// A failed API request, told the way a person needs it (see [`explain_status`]). kube's error
@@ -218,6 +525,7 @@ users:
             context: context.map(str::to_owned),
             qps: 5.0,
             burst: 10,
+            timeout: Duration::from_secs(30),
         }
     }
 
@@ -318,13 +626,113 @@ users: []
             .await
     }
 
+    /// Writes leave only while leading, checked when they are sent: a write that waited for a
+    /// token while leadership was lost is never sent; reads are not fenced.
+    #[tokio::test(start_paused = true)]
+    async fn writes_are_fenced_by_leadership_after_the_throttle() {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        use tower::Layer as _;
+        let sent = std::sync::Arc::new(AtomicUsize::new(0));
+        let counter = sent.clone();
+        let service = tower::service_fn(move |_: Request<Body>| {
+            counter.fetch_add(1, Ordering::SeqCst);
+            async {
+                Ok::<_, std::convert::Infallible>(
+                    Response::builder()
+                        .status(200)
+                        .header(header::CONTENT_TYPE, "application/json")
+                        .body(Body::from(
+                            br#"{"kind":"Status","apiVersion":"v1","status":"Success","code":200}"#.to_vec(),
+                        ))
+                        .expect("response"),
+                )
+            }
+        });
+        let (leading, leader) = watch::channel(true);
+        // One token per second, none saved: the second request waits a second for its token.
+        let stack = ThrottleLayer::new(TokenBucket::new(1.0, 1))
+            .layer(RetryAfterLayer.layer(FenceLayer::new(leader).layer(service)));
+        let client = Client::new(stack, "default");
+        let pods = kube::Api::<k8s_openapi::api::core::v1::Pod>::namespaced(client.clone(), "ns");
+        let delete = move || {
+            let pods = pods.clone();
+            async move { pods.delete("p", &kube::api::DeleteParams::default()).await }
+        };
+
+        assert!(delete().await.is_ok(), "a leader writes");
+        assert_eq!(sent.load(Ordering::SeqCst), 1);
+        let queued = tokio::spawn(delete());
+        tokio::task::yield_now().await;
+        leading.send_replace(false);
+        let error = queued.await.expect("join").expect_err("fenced");
+        assert!(is_not_leader(&error), "{error:?}");
+        assert_eq!(
+            sent.load(Ordering::SeqCst),
+            1,
+            "the queued DELETE was sent after losing the lead"
+        );
+        assert!(
+            get_pod(client.clone()).await.is_err(),
+            "the GET reached the server (no pod body)"
+        );
+        assert_eq!(sent.load(Ordering::SeqCst), 2, "reads are not fenced");
+    }
+
+    /// A request whose answer (headers or body) does not come within the deadline fails with
+    /// [`RequestTimeout`]; a watch is not bounded.
+    #[tokio::test(start_paused = true)]
+    async fn requests_but_watches_have_a_deadline() {
+        use tower::Layer as _;
+        let service = tower::service_fn(|request: Request<Body>| async move {
+            if is_watch(&request) {
+                // A quiet watch: headers at once, then nothing for an hour.
+                let body = futures::stream::once(async {
+                    tokio::time::sleep(Duration::from_secs(3600)).await;
+                    Ok::<_, std::convert::Infallible>(http_body::Frame::data(Bytes::from_static(b"")))
+                });
+                let body = http_body_util::StreamBody::new(body);
+                return Ok::<_, std::convert::Infallible>(Response::new(body.boxed_unsync()));
+            }
+            std::future::pending::<()>().await;
+            unreachable!()
+        });
+        let stack = DeadlineLayer::new(Duration::from_secs(30)).layer(service);
+        let start = tokio::time::Instant::now();
+        let get = Request::get("/api/v1/namespaces/ns/pods/p")
+            .body(Body::empty())
+            .expect("request");
+        let error = tokio::time::timeout(
+            Duration::from_secs(60),
+            tower::ServiceExt::oneshot(stack.clone(), get),
+        )
+        .await
+        .expect("the GET ends within its deadline")
+        .expect_err("a hung GET times out");
+        assert!(error.is::<RequestTimeout>(), "{error:?}");
+        assert_eq!(start.elapsed(), Duration::from_secs(30));
+
+        let watch = Request::get("/api/v1/pods?watch=true&timeoutSeconds=290")
+            .body(Body::empty())
+            .expect("request");
+        let response = tower::ServiceExt::oneshot(stack, watch)
+            .await
+            .expect("a watch is answered");
+        let body = tokio::time::timeout(Duration::from_secs(600), response.into_body().collect()).await;
+        assert!(body.is_err(), "the watch body is not cut by the deadline");
+    }
+
     #[tokio::test]
     async fn a_503_is_not_retried_inside_the_client() {
         use std::sync::atomic::Ordering;
         let (url, hits) = unavailable_server().await;
         let mut config = Config::new(url.parse().expect("url"));
         config.default_retry = true;
-        let client = client_from_config(config.clone(), TokenBucket::new(100.0, 10)).expect("client");
+        let client = client_from_config(
+            config.clone(),
+            TokenBucket::new(100.0, 10),
+            Duration::from_secs(30),
+        )
+        .expect("client");
         let err = get_pod(client).await.expect_err("503");
         assert!(matches!(&err, kube::Error::Api(s) if s.code == 503), "{err:?}");
         assert_eq!(hits.load(Ordering::SeqCst), 1, "exactly one request for one call");

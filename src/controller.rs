@@ -22,7 +22,7 @@ use tokio::{sync::watch as channel, task::JoinSet, time::Instant};
 use tracing::{debug, error, info, warn};
 
 use crate::{
-    actuator::{Actuator, EvictionMode, Outcome},
+    actuator::{Actuator, EvictionMode, Outcome, Refusal},
     admin::{self, AdminState, Liveness, Readiness},
     client::{self, ClientSettings},
     index::{Change, Due, Finished, State},
@@ -53,6 +53,8 @@ pub struct Config {
     pub dry_run: bool,
     /// Address of the HTTP server for health and metrics.
     pub http_addr: SocketAddr,
+    /// Serve metrics only here instead of on `http_addr`.
+    pub metrics_addr: Option<SocketAddr>,
     /// This replica's identity: the Lease holder and the Events' reporting instance.
     pub identity: String,
     /// The Lease to elect a leader through; `None` runs without leader election.
@@ -237,9 +239,10 @@ impl Shared {
             };
         }
         match self.actuator.evict(pod, &eviction).await {
-            Ok(Outcome::Blocked) => {
+            Ok(Outcome::Blocked { retry_after }) => {
                 self.metrics.eviction_blocked();
-                Completion::Retry
+                self.update(|state| state.eviction_blocked(pod));
+                retry(retry_after)
             }
             Ok(outcome) => {
                 let finished = match outcome {
@@ -256,17 +259,37 @@ impl Shared {
                         self.metrics.dry_run_eviction();
                         Finished::DryRun
                     }
-                    Outcome::NotNeeded | Outcome::Blocked => Finished::NotNeeded,
+                    Outcome::NotNeeded | Outcome::Blocked { .. } => Finished::NotNeeded,
                 };
                 self.update(|state| state.finish(pod, &eviction, finished));
                 Completion::Forget
             }
-            Err(error) => {
-                self.metrics.api_error(error.verb());
-                warn!(error = %error, source = %error.explain(), "processing work item failed, will retry");
-                Completion::Retry
-            }
+            Err(error) => self.failed(&error, "processing work item failed, will retry"),
         }
+    }
+
+    /// Counts, logs and schedules the retry of a failed call, naming its real cause.
+    fn failed(&self, error: &crate::actuator::Error, message: &str) -> Completion {
+        let verb = error.verb();
+        if error.refusal() == Refusal::NotLeader {
+            debug!(error = %error, "write not sent: not the leader");
+            return Completion::Retry;
+        }
+        self.metrics.api_error(verb);
+        let cause = match error.refusal() {
+            Refusal::Throttled => {
+                self.metrics.api_throttled(verb);
+                "throttled by the API server"
+            }
+            Refusal::Conflict => {
+                self.metrics.api_conflict(verb);
+                "conflict"
+            }
+            Refusal::Other | Refusal::NotLeader => "error",
+        };
+        let retry_after = error.retry_after();
+        warn!(error = %error, source = %error.explain(), cause, ?retry_after, "{message}");
+        retry(retry_after)
     }
 
     async fn process_rule(&self, rule: &RuleRef) -> Completion {
@@ -290,15 +313,46 @@ impl Shared {
                         }
                         Completion::Forget
                     }
-                    Err(error) => {
-                        self.metrics.api_error(error.verb());
-                        warn!(error = %error, source = %error.explain(), "rule status update failed, will retry");
-                        Completion::Retry
-                    }
+                    Err(error) => self.failed(&error, "rule status update failed, will retry"),
                 }
             }
         }
     }
+}
+
+/// Runs a start-up step that needs the API server until it succeeds, retrying errors that
+/// `retryable` accepts with a doubling delay (200 ms up to 30 s): an API server that is slow,
+/// briefly unreachable or not yet granting a permission must not make the process exit. Other
+/// errors (a bad configuration) end start-up.
+async fn until_ok<T, E, F, Fut>(what: &str, mut attempt: F, retryable: impl Fn(&E) -> bool) -> Result<T, E>
+where
+    E: std::error::Error,
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, E>>,
+{
+    let mut delay = Duration::from_millis(200);
+    loop {
+        match attempt().await {
+            Ok(value) => return Ok(value),
+            Err(error) if retryable(&error) => {
+                let mut cause = error.to_string();
+                let mut source = error.source();
+                while let Some(e) = source {
+                    cause = format!("{cause}: {e}");
+                    source = e.source();
+                }
+                warn!(error = %cause, retry_in = ?delay, "failed to {what}; retrying");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(30));
+            }
+            Err(error) => return Err(error),
+        }
+    }
+}
+
+/// A retry with backoff, no sooner than the server's `Retry-After` if it sent one.
+fn retry(retry_after: Option<Duration>) -> Completion {
+    retry_after.map_or(Completion::Retry, Completion::RetryAfter)
 }
 
 impl watch::Sink for Shared {
@@ -387,7 +441,10 @@ pub async fn run(config: Config) -> Result<(), Error> {
 /// See [`run`].
 #[allow(clippy::too_many_lines)] // start-up reads best as one sequence
 pub async fn run_until(config: Config, shutdown: impl Future<Output = ()>) -> Result<(), Error> {
-    let client = client::client(&config.client).await?;
+    let kube_config = client::load_config(&config.client).await?;
+    // Reads and writes share one --kube-api-qps bucket; the Lease has a client of its own.
+    let bucket = TokenBucket::new(config.client.qps, config.client.burst);
+    let client = client::client_from_config(kube_config.clone(), bucket.clone(), config.client.timeout)?;
     let mut registry = Registry::default();
     let metrics = Metrics::register(&mut registry);
     let readiness = Readiness::new(&watch::KINDS);
@@ -398,13 +455,31 @@ pub async fn run_until(config: Config, shutdown: impl Future<Output = ()>) -> Re
         liveness: liveness.clone(),
     };
     let (stop_admin, admin_stopped) = tokio::sync::oneshot::channel::<()>();
-    let admin = tokio::spawn(admin::serve(config.http_addr, admin_state, async {
-        let _ = admin_stopped.await;
-    }));
+    let (stop_metrics, metrics_stopped) = tokio::sync::oneshot::channel::<()>();
+    let admin = match config.metrics_addr {
+        None => tokio::spawn(admin::serve(config.http_addr, admin_state, async {
+            let _ = admin_stopped.await;
+        })),
+        Some(metrics_addr) => {
+            let metrics_server =
+                admin::serve_router(metrics_addr, admin::metrics_router(admin_state.clone()), async {
+                    let _ = metrics_stopped.await;
+                });
+            let health_server =
+                admin::serve_router(config.http_addr, admin::health_router(admin_state), async {
+                    let _ = admin_stopped.await;
+                });
+            tokio::spawn(async move { tokio::try_join!(health_server, metrics_server).map(|_| ()) })
+        }
+    };
 
-    let rule_resource = k8s::discover_device_taint_rule(&client)
-        .await
-        .map_err(Error::Discovery)?;
+    let rule_resource = until_ok(
+        "discover the DeviceTaintRule API",
+        || k8s::discover_device_taint_rule(&client),
+        |_| true,
+    )
+    .await
+    .map_err(Error::Discovery)?;
     if let Some(ar) = &rule_resource {
         info!(version = %ar.api_version, "watching DeviceTaintRules");
     } else {
@@ -415,14 +490,28 @@ pub async fn run_until(config: Config, shutdown: impl Future<Output = ()>) -> Re
 
     let identity = &config.identity;
     let (leadership, leader) = match config.leader_config() {
-        Some(leader_config) => Leadership::start(client.clone(), leader_config)
+        // Renewals must never wait behind evictions for a token: the Lease client is unthrottled.
+        Some(leader_config) => {
+            let lease_client = client::client_from_config(
+                kube_config.clone(),
+                TokenBucket::unlimited(),
+                config.client.timeout,
+            )?;
+            until_ok(
+                "start leader election",
+                || Leadership::start(lease_client.clone(), leader_config.clone()),
+                |e| matches!(e, crate::leader::Error::PrepareLease { .. }),
+            )
             .await
-            .map_err(Error::StartLeaderElection)?,
+            .map_err(Error::StartLeaderElection)?
+        }
         None => Leadership::disabled(),
     };
 
+    // Every write goes through the leadership fence, checked right before it is sent.
+    let writer = client::writer_from_config(kube_config, bucket, config.client.timeout, leader.clone())?;
     let actuator = Actuator::new(
-        client.clone(),
+        writer,
         identity,
         config.eviction_mode,
         config.dry_run,
@@ -499,17 +588,24 @@ pub async fn run_until(config: Config, shutdown: impl Future<Output = ()>) -> Re
         }
         error = supervise(&mut watches, &mut workers, &liveness) => Err(error),
     };
-    // Stop taking work; in-flight calls finish (workers exit when next() returns None).
     shared.queue.shutdown();
-    let drain = async { while workers.join_next().await.is_some() {} };
-    if tokio::time::timeout(Duration::from_secs(30), drain)
-        .await
-        .is_err()
-    {
-        warn!("in-flight work did not finish within 30s");
-    }
-    if !shared.actuator.flush_events(Duration::from_secs(5)).await {
-        warn!("some Events were not published within 5s");
+    if matches!(result, Err(Error::LostLeadership)) {
+        // A successor may already act: abort waiting and in-flight work at once (the fence
+        // refuses any write still on its way) instead of draining it.
+        workers.abort_all();
+        while workers.join_next().await.is_some() {}
+    } else {
+        // Stop taking work; in-flight calls finish (workers exit when next() returns None).
+        let drain = async { while workers.join_next().await.is_some() {} };
+        if tokio::time::timeout(Duration::from_secs(30), drain)
+            .await
+            .is_err()
+        {
+            warn!("in-flight work did not finish within 30s");
+        }
+        if !shared.actuator.flush_events(Duration::from_secs(5)).await {
+            warn!("some Events were not published within 5s");
+        }
     }
     watches.abort_all();
     if result.is_ok()
@@ -519,6 +615,7 @@ pub async fn run_until(config: Config, shutdown: impl Future<Output = ()>) -> Re
     }
     shared.metrics.set_leader(false);
     let _ = stop_admin.send(());
+    let _ = stop_metrics.send(());
     result
 }
 

@@ -21,7 +21,17 @@
 //!
 //! Timing for a lease duration `D` seconds: the holder renews `grace = clamp(2D/5, 1, D-1)` seconds
 //! before expiry (every 9 s for the default 15 s), and steps down `grace / 2` seconds before expiry
-//! (3 s) if no renewal was confirmed, which also tolerates that much clock skew between nodes.
+//! (3 s) if no renewal was confirmed. Both are measured against the holder's own `renewTime`,
+//! written by its own clock.
+//!
+//! Takeover never compares another node's clock with ours: a Lease held by someone else is handed
+//! to kube-lease-manager with its `renewTime` replaced by the local time at which this process
+//! first saw that renewal (a standby reads the Lease every 2 s), so it counts as expired only
+//! after a full lease duration without a renewal *as observed here*, as client-go decides it.
+//!
+//! The controller gives the Lease a client of its own, outside the `--kube-api-qps` bucket, so
+//! that renewals never wait behind evictions; and its writes go through a fence
+//! ([`crate::client::FenceLayer`]) that stops them the moment the receiver reads `false`.
 //!
 //! RBAC (the verbs the crate uses, read in its source): `coordination.k8s.io` `leases`: `get`,
 //! `create` (only when the Lease does not exist yet) and `patch` (server-side apply to acquire,
@@ -38,12 +48,15 @@ use futures::FutureExt as _;
 use futures::future::{Fuse, FusedFuture as _};
 use http::{Request, Response};
 use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
+use k8s_openapi::jiff::Timestamp;
 use kube::Client;
 use kube::client::Body;
 use kube_lease_manager::{LeaseCreateMode, LeaseManager, LeaseManagerBuilder, LeaseManagerError};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
+use tokio_util::bytes::Bytes;
 use tokio_util::sync::CancellationToken;
 
 use crate::CONTROLLER_NAME;
@@ -156,18 +169,60 @@ struct Observer {
     identity: Arc<str>,
     margin: Duration,
     confirmed: Arc<watch::Sender<Option<SystemTime>>>,
+    /// Another holder's record (identity, `renewTime` as written) and when this process first
+    /// saw it, by its own clock.
+    seen: Arc<std::sync::Mutex<Option<(HolderRecord, SystemTime)>>>,
 }
 
+/// A holder identity and the `renewTime` it wrote.
+type HolderRecord = (String, Option<MicroTime>);
+
 impl Observer {
-    fn observe(&self, body: &[u8]) {
+    /// Publishes our confirmed leadership and returns the body to hand on. A Lease held by
+    /// another replica is handed on with `renewTime` replaced by the local time at which this
+    /// process first saw that renewal: takeover then happens a lease duration after the holder
+    /// was last seen renewing, by our clock (as client-go decides it), so clock skew between
+    /// nodes cannot make two replicas lead at once.
+    fn observe(&self, body: Bytes) -> Bytes {
         // k8s-openapi checks apiVersion and kind, so a Status or any other object does not parse.
-        let Ok(lease) = serde_json::from_slice::<Lease>(body) else {
-            return;
+        let Ok(mut lease) = serde_json::from_slice::<Lease>(&body) else {
+            return body;
         };
-        if lease.metadata.name.as_deref() == Some(&*self.lease_name) {
-            self.confirmed
-                .send_replace(valid_until(&lease, &self.identity, self.margin));
+        if lease.metadata.name.as_deref() != Some(&*self.lease_name) {
+            return body;
         }
+        self.confirmed
+            .send_replace(valid_until(&lease, &self.identity, self.margin));
+        let mut seen = self
+            .seen
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let Some(spec) = lease.spec.as_mut() else {
+            *seen = None;
+            return body;
+        };
+        let other = spec
+            .holder_identity
+            .as_deref()
+            .filter(|h| !h.is_empty() && *h != &*self.identity);
+        let Some(holder) = other else {
+            *seen = None;
+            return body;
+        };
+        let record = (holder.to_owned(), spec.renew_time.clone());
+        let at = match &*seen {
+            Some((known, at)) if *known == record => *at,
+            _ => {
+                let now = SystemTime::now();
+                *seen = Some((record, now));
+                now
+            }
+        };
+        let Ok(at) = Timestamp::try_from(at) else {
+            return body;
+        };
+        spec.renew_time = Some(MicroTime(at));
+        serde_json::to_vec(&lease).map_or(body, Bytes::from)
     }
 }
 
@@ -182,9 +237,9 @@ fn lease_client(client: Client, observer: Observer, timeout: Duration) -> Client
             let exchange = async {
                 let response = client.send(request).await?;
                 let (parts, body) = response.into_parts();
-                let bytes = body.collect_bytes().await?;
+                let mut bytes = body.collect_bytes().await?;
                 if parts.status.is_success() {
-                    observer.observe(&bytes);
+                    bytes = observer.observe(bytes);
                 }
                 Ok::<_, kube::Error>(Response::from_parts(parts, Body::from(bytes)))
             };
@@ -284,6 +339,7 @@ impl Leadership {
             identity: config.identity.as_str().into(),
             margin: timing.margin,
             confirmed: Arc::new(confirmed_tx),
+            seen: Arc::default(),
         };
         let setup = Setup {
             client: lease_client(client, observer, timing.request_timeout),

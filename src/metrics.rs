@@ -83,6 +83,8 @@ struct Inner {
     skipped_objects: Family<SkipLabels, Counter>,
     dry_run_evictions: Counter,
     eviction_blocked: Counter,
+    api_throttled: Family<VerbLabels, Counter>,
+    api_conflicts: Family<VerbLabels, Counter>,
     evictions_rate_limited: Counter,
     leader: Gauge,
 }
@@ -106,6 +108,8 @@ impl Metrics {
             skipped_objects: Family::default(),
             dry_run_evictions: Counter::default(),
             eviction_blocked: Counter::default(),
+            api_throttled: Family::default(),
+            api_conflicts: Family::default(),
             evictions_rate_limited: Counter::default(),
             leader: Gauge::default(),
         };
@@ -165,8 +169,20 @@ impl Metrics {
         );
         r.register(
             "eviction_blocked",
-            "Evictions refused by the API server (HTTP 429, e.g. a PodDisruptionBudget) and retried later",
+            "Evictions refused by a PodDisruptionBudget (HTTP 429 with cause DisruptionBudget) and retried later",
             inner.eviction_blocked.clone(),
+        );
+        r.register(
+            "api_throttled",
+            "Requests the API server refused with HTTP 429 for load (priority and fairness, max in flight), \
+             by verb; retried no sooner than its Retry-After. Also counted in api_errors",
+            inner.api_throttled.clone(),
+        );
+        r.register(
+            "api_conflicts",
+            "Writes refused with HTTP 409 other than a failed UID precondition (e.g. the object has been \
+             modified), by verb; retried. Also counted in api_errors",
+            inner.api_conflicts.clone(),
         );
         r.register(
             "evictions_rate_limited",
@@ -235,9 +251,29 @@ impl Metrics {
         self.inner.dry_run_evictions.inc();
     }
 
-    /// The API server refused an eviction (429); it will be retried.
+    /// A PodDisruptionBudget refused an eviction (429); it will be retried.
     pub fn eviction_blocked(&self) {
         self.inner.eviction_blocked.inc();
+    }
+
+    /// The API server shed a request of `verb` with 429.
+    pub fn api_throttled(&self, verb: &str) {
+        self.inner
+            .api_throttled
+            .get_or_create(&VerbLabels {
+                verb: verb.to_owned(),
+            })
+            .inc();
+    }
+
+    /// A write of `verb` hit a 409 other than a failed UID precondition.
+    pub fn api_conflict(&self, verb: &str) {
+        self.inner
+            .api_conflicts
+            .get_or_create(&VerbLabels {
+                verb: verb.to_owned(),
+            })
+            .inc();
     }
 
     /// An eviction waited for the `--max-evictions-per-second` token bucket.

@@ -169,6 +169,9 @@ pub enum Completion {
     /// Failure: retry after the per-key [`Backoff`] delay for the current failure count, which
     /// then grows by one.
     Retry,
+    /// Failure, and the server asked us to wait (`Retry-After`): as [`Completion::Retry`], but no
+    /// sooner than this delay.
+    RetryAfter(Duration),
 }
 
 /// What [`WorkQueue::done`] did.
@@ -364,6 +367,11 @@ impl<K: Clone + Eq + Hash> Inner<K> {
             }
             Completion::Retry => {
                 let delay = backoff.delay(record.failures);
+                record.failures = record.failures.saturating_add(1);
+                Some(deadline_after(now, delay))
+            }
+            Completion::RetryAfter(at_least) => {
+                let delay = backoff.delay(record.failures).max(at_least);
                 record.failures = record.failures.saturating_add(1);
                 Some(deadline_after(now, delay))
             }

@@ -136,6 +136,7 @@ fn rule_counts(state: &State, rule: &RuleView) -> RuleCounts {
             for (pod, eviction) in state.pending_evictions() {
                 if eviction.has_rule(&rule_ref) {
                     counts.pending_pods += 1;
+                    counts.blocked_pods += usize::from(state.is_blocked(pod));
                     namespaces.insert(pod.namespace.as_str());
                 }
             }
@@ -205,6 +206,8 @@ pub struct RuleCounts {
     pub pending_pods: usize,
     /// Distinct namespaces of those pods.
     pub pending_namespaces: usize,
+    /// Those of the pending pods whose eviction a PodDisruptionBudget refused (SPEC D7).
+    pub blocked_pods: usize,
     /// Pods this controller deleted because of the rule since it started.
     pub evicted: u64,
     /// For a `None` rule: what would happen with `NoExecute`.
@@ -290,6 +293,13 @@ pub fn rule_condition(effect: &Effect, counts: &RuleCounts) -> RuleStatusConditi
             "Eviction only happens for the NoExecute effect.".to_owned(),
         ),
     };
+    if counts.blocked_pods > 0 && status == "True" {
+        message += &plural(
+            counts.blocked_pods,
+            " 1 pod waits for a PodDisruptionBudget.",
+            " %d pods wait for PodDisruptionBudgets.",
+        );
+    }
     if counts.evicted > 0 {
         if !message.is_empty() {
             message.push(' ');
@@ -319,6 +329,7 @@ mod tests {
     #[test]
     fn no_execute_messages() {
         let pending = |p, n, e| RuleCounts {
+            blocked_pods: 0,
             pending_pods: p,
             pending_namespaces: n,
             evicted: e,
@@ -355,6 +366,20 @@ mod tests {
         assert_eq!(
             cond(&Effect::NoExecute, pending(0, 0, 0)),
             ("False".into(), "NotStarted".into(), String::new())
+        );
+        let blocked = |b| RuleCounts {
+            blocked_pods: b,
+            ..pending(5, 3, 2)
+        };
+        assert_eq!(
+            cond(&Effect::NoExecute, blocked(1)).2,
+            "5 pods need to be evicted in 3 different namespaces. 1 pod waits for a PodDisruptionBudget. \
+             2 pods evicted since starting the controller."
+        );
+        assert_eq!(
+            cond(&Effect::NoExecute, blocked(4)).2,
+            "5 pods need to be evicted in 3 different namespaces. 4 pods wait for PodDisruptionBudgets. \
+             2 pods evicted since starting the controller."
         );
     }
 

@@ -14,6 +14,9 @@ use support::{TIMEOUT, TestEnv, controller::Controller, objects::taint, proxy::P
 
 const KEY: &str = "example.com/broken";
 
+/// Tests that start a controller must not overlap: each controller acts on every tainted pod.
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 /// Failed requests per verb for the slow pod: GET, then PATCH of the condition, then DELETE.
 /// Each failure doubles the pod's backoff from 5 ms, so ten failures keep it failing for about
 /// five seconds.
@@ -33,6 +36,7 @@ async fn server_errors_are_retried_without_delaying_other_pods() {
     if support::controller::skip_with_deployed_controller() {
         return;
     }
+    let _serial = SERIAL.lock().await;
     let env = TestEnv::new().await;
     let slice = env.unique_name("slice");
     env.apply_slice(&slice, 1, &[("gpu-0", vec![]), ("gpu-1", vec![])])
@@ -106,5 +110,97 @@ async fn server_errors_are_retried_without_delaying_other_pods() {
     })
     .await;
     assert!(c.log_text().contains("will retry"));
+    assert_eq!(c.stop().await, Some(0));
+}
+
+/// What the real API server answers when a write's UID precondition fails (DELETE, Eviction: 409;
+/// the status PATCH that carries `metadata.uid`: 422 "field is immutable") is read as "gone"; a
+/// 409 from optimistic concurrency ("the object has been modified") is not, so it is retried.
+#[tokio::test]
+async fn uid_precondition_conflicts_are_told_from_other_conflicts() {
+    use device_taint_eviction::{
+        actuator::{evict_pod, is_gone},
+        view::PodRef,
+    };
+    use k8s_openapi::api::core::v1::Pod;
+    use kube::api::{DeleteParams, Patch, PatchParams, PostParams, Preconditions};
+
+    let env = TestEnv::new().await;
+    let live = env.create_pod("p", "claim-p", None).await;
+    let pods = env.api::<Pod>();
+    let wrong = Preconditions {
+        uid: Some("00000000-0000-0000-0000-000000000000".into()),
+        resource_version: None,
+    };
+    let conflict = |what: &str, e: kube::Error| {
+        let want = if what == "patch status" { 422 } else { 409 };
+        assert!(
+            matches!(&e, kube::Error::Api(s) if s.code == want),
+            "{what}: {e:?}"
+        );
+        eprintln!("{what}: {e}");
+        e
+    };
+
+    let delete = DeleteParams::default().preconditions(wrong.clone());
+    let e = conflict("delete", pods.delete("p", &delete).await.expect_err("delete"));
+    assert!(is_gone(&e), "DELETE with a stale UID: {e:?}");
+
+    let stale = PodRef::new(&env.namespace, "p", wrong.uid.clone().unwrap_or_default());
+    let e = conflict("evict", evict_pod(&pods, &stale).await.expect_err("evict"));
+    assert!(is_gone(&e), "Eviction with a stale UID: {e:?}");
+
+    let patch = serde_json::json!({
+        "metadata": {"uid": wrong.uid},
+        "status": {"conditions": [{"type": "DisruptionTarget", "status": "True"}]}
+    });
+    let e = conflict(
+        "patch status",
+        pods.patch_status("p", &PatchParams::default(), &Patch::Strategic(patch))
+            .await
+            .expect_err("status patch"),
+    );
+    assert!(is_gone(&e), "status PATCH with a stale UID: {e:?}");
+
+    let mut stale = live.clone();
+    pods.patch(
+        "p",
+        &PatchParams::default(),
+        &Patch::Merge(serde_json::json!({"metadata": {"labels": {"touched": "yes"}}})),
+    )
+    .await
+    .expect("label the pod");
+    stale.metadata.managed_fields = None;
+    let e = conflict(
+        "stale update",
+        pods.replace("p", &PostParams::default(), &stale)
+            .await
+            .expect_err("update with a stale resourceVersion"),
+    );
+    assert!(
+        !is_gone(&e),
+        "an optimistic-concurrency conflict must be retried: {e:?}"
+    );
+    assert!(pods.get("p").await.is_ok(), "the pod is still there");
+}
+
+/// Start-up outlasts a failing API server: discovery that fails is retried (before, the process
+/// exited), and the controller becomes ready once the server answers.
+#[tokio::test]
+async fn start_up_retries_discovery() {
+    if support::controller::skip_with_deployed_controller() {
+        return;
+    }
+    let _serial = SERIAL.lock().await;
+    let env = TestEnv::new().await;
+    let proxy = Proxy::start(env.client.clone(), Path::new(env!("CARGO_TARGET_TMPDIR"))).await;
+    proxy.fail(Method::GET, "/apis", 3);
+    let c = Controller::start(&proxy.kubeconfig, &["--leader-elect=false"]).await;
+    assert!(
+        c.log_text()
+            .contains("failed to discover the DeviceTaintRule API; retrying"),
+        "log:\n{}",
+        c.log_text()
+    );
     assert_eq!(c.stop().await, Some(0));
 }

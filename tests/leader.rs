@@ -190,3 +190,44 @@ async fn stopped_leader_releases_the_lease() {
     assert_eq!(replicas[leading].1.metric(DELETIONS).await, Some(1.0));
     assert_eq!(b.stop().await, Some(0));
 }
+
+/// Lease renewals do not go through the `--kube-api-qps` bucket: the bucket here holds enough
+/// for start-up (discovery, the watches) and then refills once every 100 s, yet the replica keeps
+/// renewing its 2-second Lease (a renewal is two requests every second).
+#[tokio::test]
+async fn the_lease_is_not_throttled_with_other_requests() {
+    if support::controller::skip_with_deployed_controller() {
+        return;
+    }
+    let _serial = SERIAL.lock().await;
+    let env = TestEnv::new().await;
+    let c = Controller::start(
+        env.kubeconfig(),
+        &[
+            "--leader-elect=true",
+            &format!("--leader-elect-namespace={}", env.namespace),
+            "--leader-elect-lease-duration=2",
+            "--leader-elect-identity=slow-client",
+            "--kube-api-qps=0.01",
+            "--kube-api-burst=20",
+        ],
+    )
+    .await;
+    let renewed = |lease: &Lease| {
+        let spec = lease.spec.as_ref()?;
+        (spec.holder_identity.as_deref() == Some("slow-client"))
+            .then(|| spec.renew_time.clone())
+            .flatten()
+    };
+    let first = wait_for("the Lease to be taken", TIMEOUT, || async {
+        renewed(&env.api::<Lease>().get_opt(LEASE).await.ok()??)
+    })
+    .await;
+    wait_for("ten seconds of renewals", TIMEOUT, || async {
+        let last = renewed(&env.api::<Lease>().get_opt(LEASE).await.ok()??)?;
+        (last.0.duration_since(first.0) >= k8s_openapi::jiff::SignedDuration::from_secs(10)).then_some(())
+    })
+    .await;
+    assert_eq!(c.metric(LEADER).await, Some(1.0), "log:\n{}", c.log_text());
+    assert_eq!(c.stop().await, Some(0), "log:\n{}", c.log_text());
+}

@@ -136,6 +136,9 @@ pub struct State {
     /// UIDs of pods whose eviction finished; removed when the pod watch reports the pod gone.
     /// Prevents a second eviction while the watch lags behind our own deletion.
     finished: HashSet<String>,
+    /// Pending pods whose last eviction attempt a PodDisruptionBudget refused (evict mode), for
+    /// the rule status. Set by the worker, cleared when the pod is no longer pending.
+    blocked: HashSet<PodRef>,
     /// Rule UID → pods this controller evicted because of it since start. Dropped with the rule.
     evicted_per_rule: HashMap<String, u64>,
     /// Changes not yet taken by the controller.
@@ -324,6 +327,7 @@ impl State {
             }
             None => {
                 if let Some(old) = self.pending.remove(&pod) {
+                    self.blocked.remove(&pod);
                     debug!(pod = %pod, "pod eviction cancelled");
                     self.request_status_of(&old, RULE_STATUS_PERIOD);
                     self.changes.push(Change::Cancel { pod, notify });
@@ -632,13 +636,39 @@ impl State {
     /// A worker finished a pod. `eviction` is what [`State::due`] returned.
     pub fn finish(&mut self, pod: &PodRef, eviction: &Eviction, outcome: Finished) {
         self.pending.remove(pod);
-        self.finished.insert(pod.uid.clone());
+        self.blocked.remove(pod);
+        // Only a pod the watch still shows needs guarding; if its delete event came first, the
+        // UID would otherwise stay in the set for ever.
+        if self
+            .pods
+            .get(&pod.object_name())
+            .is_some_and(|p| p.uid == pod.uid)
+        {
+            self.finished.insert(pod.uid.clone());
+        }
         if outcome == Finished::Evicted {
             for rule in eviction.rules() {
                 *self.evicted_per_rule.entry(rule.uid.clone()).or_default() += 1;
             }
         }
         self.request_status_of(eviction, RULE_STATUS_PERIOD);
+    }
+
+    /// A PodDisruptionBudget refused the eviction of a pending pod; the rule status says so.
+    pub fn eviction_blocked(&mut self, pod: &PodRef) {
+        let Some(eviction) = self.pending.get(pod) else {
+            return;
+        };
+        if self.blocked.insert(pod.clone()) {
+            let eviction = eviction.clone();
+            self.request_status_of(&eviction, Duration::ZERO);
+        }
+    }
+
+    /// Whether a PodDisruptionBudget refused the last eviction attempt of a pending pod.
+    #[must_use]
+    pub fn is_blocked(&self, pod: &PodRef) -> bool {
+        self.blocked.contains(pod)
     }
 
     /// Stores the condition this controller wrote on a rule (see

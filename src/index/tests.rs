@@ -1619,6 +1619,28 @@ fn finished_pod_is_not_scheduled_again_until_gone() {
     assert!(h.state.finished.is_empty(), "bookkeeping released with the pod");
 }
 
+/// A worker that finishes after the pod's delete event (our DELETE raced the watch) leaves no
+/// bookkeeping behind: the set of finished UIDs stays bounded by the pods that exist.
+#[test]
+fn finish_after_the_delete_event_leaves_nothing_behind() {
+    let mut h = Harness::new();
+    for ev in [
+        Ev::Pod(the_pod()),
+        Ev::Claim(the_claim()),
+        Ev::Slice(tainted_slice()),
+    ] {
+        h.apply(&ev);
+    }
+    let pod = the_pod().pod_ref();
+    let Due::Now(eviction) = h.state.due(&pod, t(0)) else {
+        panic!("due")
+    };
+    h.apply(&Ev::DeletePod(the_pod()));
+    h.state.finish(&pod, &eviction, Finished::Evicted);
+    assert!(h.state.finished.is_empty(), "a deleted pod's UID was kept");
+    assert!(h.state.pending.is_empty());
+}
+
 #[test]
 fn due_reports_gone_later_and_now() {
     let mut h = Harness::new();
@@ -1832,4 +1854,38 @@ fn claimless_pod_replacing_a_counting_down_pod_cancels_it() {
     h.state.apply_pod(&the_pod().object_name(), None);
     assert!(h.pending().is_empty());
     assert_eq!(h.state.sizes().pods, 0);
+}
+
+/// SPEC D7: a pod whose eviction a PodDisruptionBudget refused is named in the rule status
+/// until it is gone; the message says nothing about budgets otherwise.
+#[test]
+fn rule_status_names_a_disruption_budget_wait() {
+    let mut h = Harness::new();
+    for ev in [Ev::Pod(the_pod()), Ev::Claim(the_claim()), Ev::Rule(the_rule())] {
+        h.apply(&ev);
+    }
+    let pending = "1 pod needs to be evicted in 1 namespace.";
+    assert_eq!(h.condition("my-rule").1, pending);
+    let pod = the_pod().pod_ref();
+    h.state.eviction_blocked(&pod);
+    assert!(
+        h.state
+            .take_changes()
+            .iter()
+            .any(|c| matches!(c, Change::RuleStatus { after, .. } if after.is_zero())),
+        "the rule status is refreshed at once"
+    );
+    assert_eq!(
+        h.condition("my-rule").1,
+        format!("{pending} 1 pod waits for a PodDisruptionBudget.")
+    );
+    // A pod that is not pending is never counted.
+    h.state.eviction_blocked(&PodRef::new("other", "pod", "uid"));
+    assert_eq!(h.state.blocked.len(), 1);
+    let Due::Now(eviction) = h.state.due(&pod, t(0)) else {
+        panic!("due")
+    };
+    h.state.finish(&pod, &eviction, Finished::Evicted);
+    assert!(h.state.blocked.is_empty());
+    assert_eq!(h.condition("my-rule"), ("Completed".into(), EVICTED_ONE.into()));
 }

@@ -438,22 +438,114 @@ fn observer_only_trusts_our_lease() {
         identity: "me".into(),
         margin: Duration::from_secs(1),
         confirmed: Arc::new(tx),
+        seen: Arc::default(),
     };
-    let ours = serde_json::to_vec(&lease(Some("me"), Some(Timestamp::now()), Some(15))).expect("json");
-    observer.observe(&ours);
+    let json = |lease: &Lease| Bytes::from(serde_json::to_vec(lease).expect("json"));
+    let ours = json(&lease(Some("me"), Some(Timestamp::now()), Some(15)));
+    assert_eq!(
+        observer.observe(ours.clone()),
+        ours,
+        "our own Lease is handed on as is"
+    );
     assert!(rx.borrow().is_some());
 
     let mut other = lease(Some("you"), Some(Timestamp::now()), Some(15));
     other.metadata.name = Some("another-lease".to_owned());
-    observer.observe(&serde_json::to_vec(&other).expect("json"));
-    observer.observe(br#"{"kind":"Status","apiVersion":"v1","status":"Success"}"#);
-    observer.observe(b"not json");
+    observer.observe(json(&other));
+    observer.observe(Bytes::from_static(
+        br#"{"kind":"Status","apiVersion":"v1","status":"Success"}"#,
+    ));
+    observer.observe(Bytes::from_static(b"not json"));
     assert!(
         rx.borrow().is_some(),
         "other objects leave the confirmation alone"
     );
 
-    observer
-        .observe(&serde_json::to_vec(&lease(Some("you"), Some(Timestamp::now()), Some(15))).expect("json"));
+    observer.observe(json(&lease(Some("you"), Some(Timestamp::now()), Some(15))));
     assert!(rx.borrow().is_none(), "another holder ends our confirmation");
+}
+
+/// Another holder's `renewTime` is replaced by the local time at which this process first saw
+/// it, so a skewed clock on the holder's node cannot make its Lease look expired here.
+#[test]
+fn another_holders_renewal_counts_from_when_we_saw_it() {
+    let (tx, _rx) = watch::channel(None);
+    let observer = Observer {
+        lease_name: LEASE.into(),
+        identity: "me".into(),
+        margin: Duration::from_secs(1),
+        confirmed: Arc::new(tx),
+        seen: Arc::default(),
+    };
+    let renew_time = |body: &Bytes| {
+        let lease: Lease = serde_json::from_slice(body).expect("lease");
+        SystemTime::from(lease.spec.and_then(|s| s.renew_time).expect("renewTime").0)
+    };
+    // The holder's clock is an hour behind ours.
+    let skewed = Timestamp::now() - jiff_hours(1);
+    let before = SystemTime::now();
+    let first = observer.observe(Bytes::from(
+        serde_json::to_vec(&lease(Some("you"), Some(skewed), Some(15))).expect("json"),
+    ));
+    let seen_at = renew_time(&first);
+    assert!(seen_at >= before && seen_at <= SystemTime::now(), "{seen_at:?}");
+    // The same record seen again keeps the time it was first seen.
+    std::thread::sleep(Duration::from_millis(5));
+    let again = observer.observe(Bytes::from(
+        serde_json::to_vec(&lease(Some("you"), Some(skewed), Some(15))).expect("json"),
+    ));
+    assert_eq!(renew_time(&again), seen_at);
+    // A renewal (a new renewTime) is a new observation.
+    let renewed = observer.observe(Bytes::from(
+        serde_json::to_vec(&lease(
+            Some("you"),
+            Some(skewed + jiff_hours(0) + jiff_secs(9)),
+            Some(15),
+        ))
+        .expect("json"),
+    ));
+    assert!(renew_time(&renewed) > seen_at);
+}
+
+fn jiff_hours(n: i64) -> k8s_openapi::jiff::SignedDuration {
+    k8s_openapi::jiff::SignedDuration::from_hours(n)
+}
+
+fn jiff_secs(n: i64) -> k8s_openapi::jiff::SignedDuration {
+    k8s_openapi::jiff::SignedDuration::from_secs(n)
+}
+
+/// A holder whose clock is far behind ours keeps renewing: its Lease never looks expired here,
+/// so we never take over while it renews; once it stops, we take over after a lease duration.
+#[tokio::test]
+async fn a_holder_with_a_slow_clock_is_not_overthrown() {
+    let api = FakeApi::default();
+    api.hold("other");
+    let skew = jiff_hours(1);
+    let renewer = {
+        let api = api.clone();
+        tokio::spawn(async move {
+            loop {
+                if let Some(lease) = api.state().lease.as_mut() {
+                    lease["spec"]["renewTime"] =
+                        serde_json::to_value(MicroTime(Timestamp::now() - skew)).expect("time");
+                }
+                tokio::time::sleep(Duration::from_millis(300)).await;
+            }
+        })
+    };
+    let (leadership, mut rx) = Leadership::start(api.client(), config("me"))
+        .await
+        .expect("start");
+    assert!(
+        !becomes(&mut rx, true, Duration::from_millis(4500)).await,
+        "took over from a live holder whose clock is behind"
+    );
+    assert_eq!(api.holder().as_deref(), Some("other"));
+    renewer.abort();
+    assert!(
+        becomes(&mut rx, true, Duration::from_secs(6)).await,
+        "takes over once the holder stops renewing"
+    );
+    leadership.release().await.expect("release");
 }

@@ -686,6 +686,7 @@ mod tests {
                 &RuleCounts {
                     pending_pods,
                     pending_namespaces: usize::from(pending_pods > 0),
+                    blocked_pods: 0,
                     evicted,
                     simulation: None,
                 },

@@ -151,6 +151,12 @@ impl Model {
                 let delay = (5u128 << failures.min(100)).min(1_000_000);
                 (Some(now + u64::try_from(delay).unwrap()), failures + 1)
             }
+            Completion::RetryAfter(d) => {
+                let delay = (5u128 << failures.min(100))
+                    .min(1_000_000)
+                    .max(d.min(MAX_HORIZON).as_millis());
+                (Some(now + u64::try_from(delay).unwrap()), failures + 1)
+            }
         };
         let target = [deferred, own].into_iter().flatten().min();
         match target {

@@ -258,6 +258,30 @@ async fn retry_while_in_flight_uses_the_earlier_backoff_deadline() {
     assert_eq!((q.deadline(&1), q.failures(&1)), (Some(start + ms(5)), 1));
 }
 
+/// A server's `Retry-After` delays the retry beyond a shorter backoff, never below a longer
+/// one, and still counts as a failure.
+#[tokio::test(start_paused = true)]
+async fn retry_after_is_the_longer_of_backoff_and_the_servers_wait() {
+    let q = queue();
+    let start = Instant::now();
+    q.schedule(1, start);
+    let (_, ticket) = q.try_next().unwrap();
+    assert_eq!(
+        q.done(&1, ticket, Completion::RetryAfter(secs(7))),
+        Finished::Requeued { at: start + secs(7) }
+    );
+    assert_eq!(q.failures(&1), 1);
+    tokio::time::advance(secs(7)).await;
+    let (_, ticket) = q.try_next().unwrap();
+    assert_eq!(
+        q.done(&1, ticket, Completion::RetryAfter(ms(1))),
+        Finished::Requeued {
+            at: start + secs(7) + ms(10)
+        }
+    );
+    assert_eq!(q.failures(&1), 2);
+}
+
 #[tokio::test(start_paused = true)]
 async fn cancel_while_waiting_removes_the_key() {
     let q = queue();

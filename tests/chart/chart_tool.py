@@ -8,7 +8,7 @@ Subcommands (every one exits non-zero with a message on stderr when a check fail
       listed with --allow-no-schema (a CRD such as ServiceMonitor): a typo in a core apiVersion must
       not pass as "unknown kind".
   kinds FILE          Print "Kind namespace/name" of every object, sorted.
-  rbac FILE           Print the RBAC rules as sorted "Kind[/namespace] group/resource verb" lines
+  rbac FILE           Print the RBAC rules as sorted "Kind[/namespace] group/resource verb [names]" lines
                       ("core" for the empty API group), plus bindings as "Binding ... -> subject".
   args FILE           Print the controller container's args, one per line.
   values-doc VALUES README [--write]
@@ -106,12 +106,14 @@ def cmd_rbac(args: argparse.Namespace) -> None:
         where = f"{kind}/{ns}" if ns else kind
         if kind in ("ClusterRole", "Role"):
             for rule in doc.get("rules") or []:
-                if rule.get("resourceNames") or rule.get("nonResourceURLs"):
-                    fail(f"{ref(doc)}: unexpected resourceNames/nonResourceURLs in {rule}")
+                if rule.get("nonResourceURLs"):
+                    fail(f"{ref(doc)}: unexpected nonResourceURLs in {rule}")
+                names = rule.get("resourceNames") or []
+                only = f" [{','.join(names)}]" if names else ""
                 for group in rule.get("apiGroups") or []:
                     for resource in rule.get("resources") or []:
                         for verb in rule.get("verbs") or []:
-                            lines.append(f"{where} {group or 'core'}/{resource} {verb}")
+                            lines.append(f"{where} {group or 'core'}/{resource} {verb}{only}")
         elif kind in ("ClusterRoleBinding", "RoleBinding"):
             role = doc["roleRef"]
             for s in doc.get("subjects") or []:

@@ -42,6 +42,14 @@ impl Controller {
     /// Starts `device-taint-eviction controller` with `args` against `kubeconfig` and waits
     /// until it reports ready. Logs go to a file under the cargo target tmp dir.
     pub async fn start(kubeconfig: &Path, args: &[&str]) -> Self {
+        let controller = Self::spawn(kubeconfig, args);
+        controller.wait_ready(Duration::from_secs(60)).await;
+        controller
+    }
+
+    /// Starts the controller like [`Controller::start`] without waiting for it to be ready (it
+    /// may never be, e.g. without permission to list a kind).
+    pub fn spawn(kubeconfig: &Path, args: &[&str]) -> Self {
         let port = free_port();
         let addr: SocketAddr = format!("127.0.0.1:{port}").parse().expect("addr");
         let log = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("controller-{port}.log"));
@@ -58,13 +66,11 @@ impl Controller {
             .spawn()
             .expect("starting the controller binary");
         reap_with_test_process(child.id());
-        let controller = Self {
+        Self {
             child: Mutex::new(Some(child)),
             addr,
             log,
-        };
-        controller.wait_ready(Duration::from_secs(60)).await;
-        controller
+        }
     }
 
     /// Waits for `/readyz` to answer 200.
