@@ -648,8 +648,10 @@ async fn evict_pod_rule_every_version() {
     }
 }
 
-/// X1: a pod deleted during its countdown and recreated with the same name (new UID, claim
-/// recreated with a toleration forever) is not evicted when the old deadline passes.
+/// X1, the seen-delete path: a pod deleted during its countdown and recreated with the same name
+/// (new UID, claim recreated with a toleration forever) is not evicted when the old deadline
+/// passes. The controller sees the DELETE here, so this alone would pass with pods tracked by
+/// name; `tests/relist.rs` has X1 with a missed delete and a finite toleration, which would not.
 #[tokio::test]
 async fn recreated_pod_not_evicted_by_old_deadline() {
     let env = scenario_env().await;

@@ -17,6 +17,10 @@ use super::{TIMEOUT, TestEnv, wait_for};
 
 /// Name of the witness pod (see [`TestEnv::witness`]).
 pub const WITNESS: &str = "witness";
+/// The controller's gauge of pods scheduled for eviction (counting down or being deleted).
+pub const PENDING: &str = "device_taint_eviction_controller_pending_evictions";
+/// The controller's gauge of pods past their deadline that wait for a worker.
+pub const QUEUE_DEPTH: &str = "device_taint_eviction_controller_queue_depth";
 /// Finalizer that keeps a deleted pod readable (see [`TestEnv::keep_pod`]).
 const KEEP: &str = "device-taint-eviction.test/keep";
 
@@ -375,11 +379,52 @@ impl TestEnv {
 
     /// Waits for the witness to be evicted, then asserts that `pod` is not being deleted and
     /// got no "Marking for deletion" Event.
+    ///
+    /// The witness being gone is not enough: a wrong eviction of `pod` due at the same moment
+    /// may still be in flight. So it also waits for the witness's own Event and, with the shared
+    /// controller of this binary at hand, until that controller has nothing pending or queued
+    /// (every eviction it decided on is finished or cancelled), and checks its log: it never
+    /// evicted `pod`.
     pub async fn assert_spared(&self, pod: &str) {
+        self.assert_spared_with(self, pod).await;
+    }
+
+    /// [`Self::assert_spared`] with the witness pod of `witness` (e.g. a sibling namespace).
+    pub async fn assert_spared_with(&self, witness: &TestEnv, pod: &str) {
         wait_for("the witness pod to be evicted", TIMEOUT, || async {
-            self.pod_deleted(WITNESS).await.then_some(())
+            witness.pod_deleted(WITNESS).await.then_some(())
         })
         .await;
+        wait_for("the witness's eviction Event", TIMEOUT, || async {
+            witness
+                .eviction_events(WITNESS)
+                .await
+                .iter()
+                .any(|e| e == "Marking for deletion")
+                .then_some(())
+        })
+        .await;
+        if let Some(Some(ctrl)) = super::CONTROLLER.get() {
+            // Other tests of the binary share the controller: allow for their countdowns.
+            wait_for(
+                "the controller to have nothing pending or queued",
+                3 * TIMEOUT,
+                || async {
+                    let pending = ctrl.metric(PENDING).await?;
+                    let queued = ctrl.metric(QUEUE_DEPTH).await?;
+                    (pending == 0.0 && queued == 0.0).then_some(())
+                },
+            )
+            .await;
+            let needle = format!("{}/{pod} (uid ", self.namespace);
+            let evicted: Vec<String> = ctrl
+                .log_text()
+                .lines()
+                .filter(|l| l.contains("evicted pod") && l.contains(&needle))
+                .map(str::to_owned)
+                .collect();
+            assert!(evicted.is_empty(), "the controller evicted {pod}: {evicted:?}");
+        }
         assert!(!self.pod_deleted(pod).await, "pod {pod} is being deleted");
         self.assert_no_eviction_event(pod).await;
     }
