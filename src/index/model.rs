@@ -285,7 +285,11 @@ pub fn check_sequence(ops: &[Op]) {
         step(&mut state, &mut model, op.clone());
         // Compared first and described only on a mismatch: the fuzzer runs this millions of times.
         let want = model.expected();
-        assert!(state.pending == want, "after step {i} ({op:?}): {:?} != {want:?}", state.pending);
+        assert!(
+            state.pending == want,
+            "after step {i} ({op:?}): {:?} != {want:?}",
+            state.pending
+        );
         check_device_index(&state);
     }
 }
