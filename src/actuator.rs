@@ -2,11 +2,13 @@
 //! Events, and DeviceTaintRule status. Every write builds a fresh object or patch; nothing
 //! received from a watch is modified.
 
-use std::sync::{
-    Arc,
-    atomic::{AtomicUsize, Ordering},
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicUsize, Ordering},
+    },
+    time::Duration,
 };
-use std::time::Duration;
 
 use k8s_openapi::api::core::v1::ObjectReference;
 use kube::{
@@ -656,8 +658,7 @@ fn has_disruption_condition(pod: &Pod) -> bool {
 
 #[cfg(test)]
 mod tests {
-    use std::collections::VecDeque;
-    use std::sync::Mutex;
+    use std::{collections::VecDeque, sync::Mutex};
 
     use http::{Request, Response};
     use kube::client::Body;

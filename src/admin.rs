@@ -7,16 +7,20 @@
 //!   `/readyz?verbose` lists every kind and any detail messages.
 //! - `/metrics`: the Prometheus registry in `OpenMetrics` text.
 
-use std::collections::BTreeMap;
-use std::fmt::Write as _;
-use std::future::Future;
-use std::net::SocketAddr;
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::{
+    collections::BTreeMap,
+    fmt::Write as _,
+    future::Future,
+    net::SocketAddr,
+    sync::{Arc, Mutex, MutexGuard, PoisonError},
+};
 
-use axum::Router;
-use axum::extract::{RawQuery, State};
-use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::{
+    Router,
+    extract::{RawQuery, State},
+    response::{IntoResponse, Response},
+    routing::get,
+};
 use http::{StatusCode, header};
 use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
@@ -290,10 +294,13 @@ pub async fn serve_on(
 
 #[cfg(test)]
 mod tests {
+    use tokio::{
+        io::{AsyncReadExt, AsyncWriteExt},
+        net::TcpStream,
+    };
+
     use super::*;
     use crate::metrics::Metrics;
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    use tokio::net::TcpStream;
 
     struct Reply {
         status: u16,

@@ -7,21 +7,22 @@
 // Doc comments on clap items are the `--help` text, where Markdown backticks would print literally.
 #![allow(clippy::doc_markdown)]
 
-use std::net::SocketAddr;
-use std::path::PathBuf;
-use std::time::Duration;
+use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
-use clap::builder::BoolishValueParser;
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, Parser, Subcommand, builder::BoolishValueParser};
 
-use crate::CONTROLLER_NAME;
-pub use crate::actuator::EvictionMode;
-use crate::client::ClientSettings;
-use crate::controller::{self, LeaseSettings};
-use crate::ops::{self, ExplainRequest, TaintRequest, UntaintRequest};
-pub use crate::ops::{OutputFormat, TaintEffect};
-pub use crate::telemetry::LogFormat;
-use crate::telemetry::LogSettings;
+use crate::{
+    CONTROLLER_NAME,
+    client::ClientSettings,
+    controller::{self, LeaseSettings},
+    ops::{self, ExplainRequest, TaintRequest, UntaintRequest},
+    telemetry::LogSettings,
+};
+pub use crate::{
+    actuator::EvictionMode,
+    ops::{OutputFormat, TaintEffect},
+    telemetry::LogFormat,
+};
 
 /// Evicts pods whose DRA devices carry a NoExecute taint (standalone device-taint-eviction-controller).
 #[derive(Debug, Parser)]
@@ -257,8 +258,7 @@ fn random_suffix() -> String {
     static SUFFIX: std::sync::OnceLock<String> = std::sync::OnceLock::new();
     SUFFIX
         .get_or_init(|| {
-            use rand::RngExt;
-            use rand::distr::Alphanumeric;
+            use rand::{RngExt, distr::Alphanumeric};
             rand::rng()
                 .sample_iter(&Alphanumeric)
                 .take(5)
@@ -532,9 +532,9 @@ pub fn parse_duration(value: &str) -> Result<Duration, String> {
 
 #[cfg(test)]
 mod tests {
+    use clap::{CommandFactory, error::ErrorKind};
+
     use super::*;
-    use clap::CommandFactory;
-    use clap::error::ErrorKind;
 
     fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
         Cli::try_parse_from(std::iter::once("device-taint-eviction").chain(args.iter().copied()))

@@ -13,16 +13,20 @@
 //!   see [`RetryAfterLayer`], so that callers can honour it: kube's errors keep the `Status` but
 //!   not the headers.
 
-use std::path::PathBuf;
-use std::task::{Context, Poll};
-use std::time::Duration;
+use std::{
+    path::PathBuf,
+    task::{Context, Poll},
+    time::Duration,
+};
 
 use futures::future::BoxFuture;
 use http::{Request, Response, StatusCode, header};
 use http_body_util::{BodyExt as _, Full, combinators::UnsyncBoxBody};
-use kube::client::{Body, ClientBuilder};
-use kube::config::{InferConfigError, KubeConfigOptions, Kubeconfig, KubeconfigError};
-use kube::{Client, Config};
+use kube::{
+    Client, Config,
+    client::{Body, ClientBuilder},
+    config::{InferConfigError, KubeConfigOptions, Kubeconfig, KubeconfigError},
+};
 use tokio::sync::watch;
 use tokio_util::bytes::Bytes;
 
@@ -497,8 +501,9 @@ pub fn explain_status(status: &kube::core::Status, permission: &str) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::*;
     use std::io::Write;
+
+    use super::*;
 
     const KUBECONFIG: &str = r"
 apiVersion: v1
@@ -631,6 +636,7 @@ users: []
     #[tokio::test(start_paused = true)]
     async fn writes_are_fenced_by_leadership_after_the_throttle() {
         use std::sync::atomic::{AtomicUsize, Ordering};
+
         use tower::Layer as _;
         let sent = std::sync::Arc::new(AtomicUsize::new(0));
         let counter = sent.clone();

@@ -39,25 +39,25 @@
 //! `watch` or `delete`. The namespaced Role can be narrowed with `resourceNames` for `get` and
 //! `patch`; `create` cannot be restricted by name.
 
-use std::future::Future;
-use std::pin::pin;
-use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::{
+    future::Future,
+    pin::pin,
+    sync::Arc,
+    time::{Duration, SystemTime},
+};
 
-use futures::FutureExt as _;
-use futures::future::{Fuse, FusedFuture as _};
+use futures::{
+    FutureExt as _,
+    future::{Fuse, FusedFuture as _},
+};
 use http::{Request, Response};
-use k8s_openapi::api::coordination::v1::Lease;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
-use k8s_openapi::jiff::Timestamp;
-use kube::Client;
-use kube::client::Body;
+use k8s_openapi::{
+    api::coordination::v1::Lease, apimachinery::pkg::apis::meta::v1::MicroTime, jiff::Timestamp,
+};
+use kube::{Client, client::Body};
 use kube_lease_manager::{LeaseCreateMode, LeaseManager, LeaseManagerBuilder, LeaseManagerError};
-use tokio::sync::watch;
-use tokio::task::JoinHandle;
-use tokio::time::Instant;
-use tokio_util::bytes::Bytes;
-use tokio_util::sync::CancellationToken;
+use tokio::{sync::watch, task::JoinHandle, time::Instant};
+use tokio_util::{bytes::Bytes, sync::CancellationToken};
 
 use crate::CONTROLLER_NAME;
 

@@ -8,8 +8,10 @@ use std::process::ExitCode;
 
 use anyhow::Context as _;
 use clap::Parser as _;
-use device_taint_eviction::cli::{Cli, Command, KubeArgs};
-use device_taint_eviction::{client, controller, ops, telemetry};
+use device_taint_eviction::{
+    cli::{Cli, Command, KubeArgs},
+    client, controller, ops, telemetry,
+};
 
 #[tokio::main]
 async fn main() -> ExitCode {

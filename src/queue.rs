@@ -54,15 +54,16 @@
 //! sleeping workers, which re-check and go back to sleep until the new earliest deadline. There is
 //! no polling loop: a worker only runs when a deadline passes or the head of the queue changes.
 
-use std::collections::{BTreeMap, HashMap};
-use std::fmt;
-use std::hash::Hash;
-use std::pin::pin;
-use std::sync::{Mutex, MutexGuard, PoisonError};
-use std::time::Duration;
+use std::{
+    collections::{BTreeMap, HashMap},
+    fmt,
+    hash::Hash,
+    pin::pin,
+    sync::{Mutex, MutexGuard, PoisonError},
+    time::Duration,
+};
 
-use tokio::sync::Notify;
-use tokio::time::Instant;
+use tokio::{sync::Notify, time::Instant};
 
 /// The furthest in the future a deadline may lie: 365 days after the moment it is set.
 ///

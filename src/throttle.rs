@@ -9,12 +9,14 @@
 //! served in the order they asked, with no polling loop and no wake-up storms. Time is
 //! `tokio::time`, so tests run on a paused clock.
 
-use std::fmt;
-use std::future::Future;
-use std::pin::Pin;
-use std::sync::{Arc, Mutex, PoisonError};
-use std::task::{Context, Poll};
-use std::time::Duration;
+use std::{
+    fmt,
+    future::Future,
+    pin::Pin,
+    sync::{Arc, Mutex, PoisonError},
+    task::{Context, Poll},
+    time::Duration,
+};
 
 use tokio::time::{Instant, Sleep};
 use tower::{Layer, Service};
@@ -201,9 +203,11 @@ where
 
 #[cfg(test)]
 mod tests {
-    use super::*;
     use std::convert::Infallible;
+
     use tower::ServiceExt;
+
+    use super::*;
 
     fn elapsed_ms(start: Instant) -> u128 {
         start.elapsed().as_millis()

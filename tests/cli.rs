@@ -6,14 +6,16 @@
 
 mod support;
 
-use std::path::Path;
-use std::process::Stdio;
+use std::{path::Path, process::Stdio};
 
 use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding};
 use kube::api::{Api, DeleteParams, PostParams};
 use serde_json::{Value, json};
-use support::objects::{DRIVER, toleration};
-use support::{TIMEOUT, TestEnv, wait_for};
+use support::{
+    TIMEOUT, TestEnv,
+    objects::{DRIVER, toleration},
+    wait_for,
+};
 
 const KEY: &str = "example.com/cli";
 

@@ -4,8 +4,7 @@
 
 mod support;
 
-use k8s_openapi::api::core::v1::Pod;
-use k8s_openapi::api::resource::v1;
+use k8s_openapi::api::{core::v1::Pod, resource::v1};
 use kube::api::{Api, DynamicObject, ListParams, PostParams};
 use serde::de::DeserializeOwned;
 use serde_json::json;

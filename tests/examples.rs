@@ -10,11 +10,11 @@ mod support;
 
 use std::path::Path;
 
-use k8s_openapi::api::core::v1::Node;
-use k8s_openapi::api::events::v1::Event;
-use k8s_openapi::api::resource::v1::ResourceClaim;
-use kube::api::{Api, DeleteParams, DynamicObject, ListParams, Patch, PatchParams};
-use kube::discovery::{self, ApiResource, Scope};
+use k8s_openapi::api::{core::v1::Node, events::v1::Event, resource::v1::ResourceClaim};
+use kube::{
+    api::{Api, DeleteParams, DynamicObject, ListParams, Patch, PatchParams},
+    discovery::{self, ApiResource, Scope},
+};
 use serde_json::{Value, json};
 use support::{TIMEOUT, TestEnv, wait_for};
 

@@ -8,19 +8,25 @@
 
 mod support;
 
-use std::path::Path;
-use std::process::Command;
+use std::{path::Path, process::Command};
 
-use k8s_openapi::api::coordination::v1::Lease;
-use k8s_openapi::api::core::v1::Pod;
-use k8s_openapi::api::rbac::v1::{ClusterRole, PolicyRule, Role};
-use kube::api::{Api, DeleteParams, DynamicObject, Patch, PatchParams, PostParams};
-use kube::core::GroupVersionKind;
-use kube::discovery::ApiResource;
+use k8s_openapi::api::{
+    coordination::v1::Lease,
+    core::v1::Pod,
+    rbac::v1::{ClusterRole, PolicyRule, Role},
+};
+use kube::{
+    api::{Api, DeleteParams, DynamicObject, Patch, PatchParams, PostParams},
+    core::GroupVersionKind,
+    discovery::ApiResource,
+};
 use serde_json::Value;
-use support::controller::Controller;
-use support::objects::{taint, toleration};
-use support::{TIMEOUT, TestEnv, wait_for};
+use support::{
+    TIMEOUT, TestEnv,
+    controller::Controller,
+    objects::{taint, toleration},
+    wait_for,
+};
 
 const KEY: &str = "example.com/broken";
 

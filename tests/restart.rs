@@ -9,7 +9,10 @@ mod support;
 
 use std::time::Duration;
 
-use k8s_openapi::{api::core::v1::Pod, jiff::SignedDuration, jiff::Timestamp};
+use k8s_openapi::{
+    api::core::v1::Pod,
+    jiff::{SignedDuration, Timestamp},
+};
 use kube::api::{Patch, PatchParams};
 use serde_json::json;
 use support::{

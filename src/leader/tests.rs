@@ -1,14 +1,13 @@
 //! Leader election against an in-memory Lease API (GET, POST, server-side apply and strategic
 //! merge PATCH, with apply conflicts between holders), in real time with 2-second leases.
 
-use super::*;
-use std::collections::BTreeSet;
-use std::sync::Mutex;
+use std::{collections::BTreeSet, sync::Mutex};
 
 use http::header::CONTENT_TYPE;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
-use k8s_openapi::jiff::Timestamp;
+use k8s_openapi::{apimachinery::pkg::apis::meta::v1::MicroTime, jiff::Timestamp};
 use serde_json::{Value, json};
+
+use super::*;
 
 const LEASE: &str = "test-lease";
 

@@ -11,11 +11,10 @@ mod taint;
 
 use std::time::Duration;
 
-use kube::{Api, core::ApiResource};
-
 pub use explain::{
     ExplainRequest, ExplainRow, OutputFormat, explain, explain_cluster, format_relative, write_table,
 };
+use kube::{Api, core::ApiResource};
 pub use taint::{
     Applied, MAX_NAME_LEN, Progress, ProgressDisplay, TaintEffect, TaintRequest, UntaintRequest,
     derive_rule_name, is_dns_subdomain, parse_progress, rule_manifest, taint, untaint, wait_until_done,

@@ -678,8 +678,10 @@ mod tests {
 
     #[test]
     fn progress_parses_what_the_controller_writes() {
-        use crate::rule_status::{RuleCounts, rule_condition};
-        use crate::view::Effect;
+        use crate::{
+            rule_status::{RuleCounts, rule_condition},
+            view::Effect,
+        };
         for (pending_pods, evicted) in [(0, 0), (1, 0), (7, 0), (1, 1), (40, 960), (0, 1000)] {
             let condition = rule_condition(
                 &Effect::NoExecute,

@@ -1,9 +1,15 @@
-use std::collections::HashSet;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::{
+    collections::HashSet,
+    sync::{
+        Arc,
+        atomic::{AtomicUsize, Ordering},
+    },
+};
 
-use proptest::prelude::*;
-use proptest::test_runner::{RngAlgorithm, TestCaseError};
+use proptest::{
+    prelude::*,
+    test_runner::{RngAlgorithm, TestCaseError},
+};
 
 use super::*;
 

@@ -27,21 +27,29 @@ pub mod kwok;
 pub mod objects;
 pub mod proxy;
 
-use std::collections::BTreeMap;
-use std::future::Future;
-use std::hash::{BuildHasher, Hasher};
-use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, SystemTime};
+use std::{
+    collections::BTreeMap,
+    future::Future,
+    hash::{BuildHasher, Hasher},
+    path::{Path, PathBuf},
+    process::{Command, Stdio},
+    sync::atomic::{AtomicU64, Ordering},
+    time::{Duration, SystemTime},
+};
 
-use k8s_openapi::api::authentication::v1::{TokenRequest, TokenRequestSpec};
-use k8s_openapi::api::core::v1::{Namespace, Node, ServiceAccount};
-use k8s_openapi::api::resource::v1::{DeviceClass, ResourceSlice};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
-use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
-use kube::config::{AuthInfo, KubeConfigOptions, Kubeconfig};
-use kube::{Client, Config};
+use k8s_openapi::{
+    api::{
+        authentication::v1::{TokenRequest, TokenRequestSpec},
+        core::v1::{Namespace, Node, ServiceAccount},
+        resource::v1::{DeviceClass, ResourceSlice},
+    },
+    apimachinery::pkg::apis::meta::v1::ObjectMeta,
+};
+use kube::{
+    Client, Config,
+    api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams},
+    config::{AuthInfo, KubeConfigOptions, Kubeconfig},
+};
 use tokio::sync::OnceCell;
 
 /// Label on every namespace a test creates (value `"true"`), for cleaning up a shared cluster.
