@@ -94,6 +94,25 @@ async fn wait_condition(env: &TestEnv, rule: &str, reason: &str) -> String {
     .await
 }
 
+/// Waits until the rule's condition has this reason and exactly this message.
+async fn wait_condition_message(env: &TestEnv, rule: &str, reason: &str, message: &str) {
+    let mut last = None;
+    let seen = tokio::time::timeout(STATUS_TIMEOUT, async {
+        loop {
+            last = env.rule_condition(rule).await;
+            if last.as_ref().is_some_and(|(r, m)| r == reason && m == message) {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    })
+    .await;
+    assert!(
+        seen.is_ok(),
+        "rule condition never became {reason} {message:?}; last seen {last:?}"
+    );
+}
+
 async fn wait_event(env: &TestEnv, pod: &str, note: &str) {
     wait_for(&format!("Event {note:?} for {pod}"), TIMEOUT, || async {
         env.eviction_events(pod)
@@ -710,10 +729,15 @@ async fn evict_many_pods_same_namespace() {
     env.pod_with_claim("pod-1", "claim-1", "gpu-1", tolerations).await;
     let rule = env.unique_name("rule");
     env.create_rule(&rule, None, taint(KEY, "NoExecute")).await;
-    assert_eq!(
-        wait_condition(&env, &rule, "PodsPendingEviction").await,
-        "2 pods need to be evicted in 1 namespace."
-    );
+    // The controller may see the rule before the second claim's allocation: the first status can
+    // say 1 pod. The count must reach 2 while both countdowns run.
+    wait_condition_message(
+        &env,
+        &rule,
+        "PodsPendingEviction",
+        "2 pods need to be evicted in 1 namespace.",
+    )
+    .await;
     for pod in ["pod-0", "pod-1"] {
         env.wait_evicted(pod).await;
     }
