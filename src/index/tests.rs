@@ -1741,6 +1741,40 @@ fn d14_empty_effect_toleration_seconds() {
     }
 }
 
+/// A NoExecute rule without a selector selects no device: nothing is evicted and no warning is
+/// given; the same rule with an empty selector `{}` evicts the pod.
+#[test]
+fn nil_selector_evicts_nothing_empty_selector_everything() {
+    run(
+        "nil-selector",
+        &Case {
+            events: vec![
+                Ev::Pod(the_pod()),
+                Ev::Claim(the_claim()),
+                Ev::Rule(rule("my-rule")),
+            ],
+            conditions: vec![("my-rule", "NotStarted", "")],
+            steps: vec![Step::Process(vec![])],
+            ..Case::default()
+        },
+    );
+    run(
+        "empty-selector",
+        &Case {
+            events: vec![
+                Ev::Pod(the_pod()),
+                Ev::Claim(the_claim()),
+                Ev::Rule(rule("my-rule").selecting(None, None, None)),
+            ],
+            pending: vec![("default/my-pod", 0)],
+            conditions: vec![("my-rule", "PodsPendingEviction", PENDING_ONE)],
+            steps: vec![Step::Process(vec!["my-pod"])],
+            emitted: vec!["my-pod: Marking for deletion"],
+            ..Case::default()
+        },
+    );
+}
+
 /// A selector with a field this controller does not know fails closed: the rule selects nothing
 /// (no eviction, although its known fields match the pod's device) and a warning says why.
 #[test]
