@@ -7,7 +7,8 @@
 //!
 //! Work is proportional to what an event affects (SPEC D5): a slice event re-evaluates only
 //! claims on devices whose `NoExecute` taints changed; a rule event only claims on devices that
-//! the old or new selector matches; a claim event only the pods in its old and new `reservedFor`.
+//! the old or new selector matches; a claim event only the pods in its old and new `reservedFor`
+//! (directly, or as members of a PodGroup named there).
 
 mod pools;
 mod rules;

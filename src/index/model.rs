@@ -315,7 +315,7 @@ impl Bytes<'_> {
 }
 
 /// Runs `ops` through a fresh [`State`] and the model, comparing the pending evictions and the
-/// device index after every step. Panics with the step and event that diverged.
+/// device and PodGroup indexes after every step. Panics with the step and event that diverged.
 pub fn check_sequence(ops: &[Op]) {
     let mut state = State::new();
     let mut model = Model::default();
@@ -328,7 +328,7 @@ pub fn check_sequence(ops: &[Op]) {
             "after step {i} ({op:?}): {:?} != {want:?}",
             state.pending
         );
-        check_device_index(&state);
+        check_indexes(&state);
     }
 }
 
@@ -580,7 +580,7 @@ pub fn step(state: &mut State, model: &mut Model, op: Op) {
     state.take_changes();
 }
 
-pub fn check_device_index(state: &State) {
+pub fn check_indexes(state: &State) {
     let mut want: BTreeMap<DeviceId, BTreeSet<ObjectName>> = BTreeMap::new();
     for (name, entry) in &state.claims {
         for d in entry.view.allocation.iter().flatten() {
@@ -588,4 +588,11 @@ pub fn check_device_index(state: &State) {
         }
     }
     assert_eq!(state.claims_by_device, want, "device index");
+    let mut groups: HashMap<ObjectName, BTreeSet<ObjectName>> = HashMap::new();
+    for (name, pod) in &state.pods {
+        if let Some(group) = pod.group_name() {
+            groups.entry(group).or_default().insert(name.clone());
+        }
+    }
+    assert_eq!(state.pods_by_group, groups, "PodGroup index");
 }
