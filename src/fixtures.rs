@@ -49,6 +49,7 @@ pub fn pod(namespace: &str, name: &str) -> PodView {
         scheduled: true,
         terminal: false,
         terminating: false,
+        pod_group: None,
         claims: Vec::new(),
     }
 }
@@ -101,6 +102,13 @@ impl PodView {
         self.terminating = true;
         self
     }
+
+    /// A member of this PodGroup.
+    #[must_use]
+    pub fn in_pod_group(mut self, group: &str) -> Self {
+        self.pod_group = Some(group.into());
+        self
+    }
 }
 
 /// An unallocated claim; uid `uid-<name>`.
@@ -111,8 +119,10 @@ pub fn claim(namespace: &str, name: &str) -> ClaimView {
         name: name.into(),
         uid: format!("uid-{name}"),
         controller_uid: None,
+        controller_pod_group: None,
         allocation: None,
         reserved_for: Vec::new(),
+        reserved_for_groups: Vec::new(),
     }
 }
 
@@ -149,6 +159,21 @@ impl ClaimView {
     #[must_use]
     pub fn reserved_for(mut self, pod: &PodView) -> Self {
         self.reserved_for.push((pod.name.clone(), pod.uid.clone()));
+        self
+    }
+
+    /// Reserved for a PodGroup.
+    #[must_use]
+    pub fn reserved_for_pod_group(mut self, group: &str) -> Self {
+        self.reserved_for_groups.push(group.into());
+        self
+    }
+
+    /// Controlled by a PodGroup (a claim generated for the group).
+    #[must_use]
+    pub fn owned_by_pod_group(mut self, group: &str) -> Self {
+        self.controller_pod_group = Some(group.into());
+        self.controller_uid = Some(format!("uid-{group}"));
         self
     }
 

@@ -9,7 +9,9 @@ use std::borrow::Cow;
 
 pub use k8s_openapi::{
     api::{
-        core::v1::{Pod, PodExtendedResourceClaimStatus, PodResourceClaim, PodResourceClaimStatus},
+        core::v1::{
+            Pod, PodExtendedResourceClaimStatus, PodResourceClaim, PodResourceClaimStatus, PodSchedulingGroup,
+        },
         resource::v1::{
             DeviceTaint as ApiDeviceTaint, DeviceToleration as ApiDeviceToleration, ResourceClaim,
             ResourceSlice,
@@ -149,7 +151,7 @@ pub struct WatchedPod {
     /// Namespace, name, UID, resourceVersion and deletionTimestamp; nothing else is kept.
     #[serde(default, deserialize_with = "watched_metadata")]
     pub metadata: ObjectMeta,
-    /// `spec.nodeName` and `spec.resourceClaims`.
+    /// `spec.nodeName`, `spec.resourceClaims` and `spec.schedulingGroup`.
     #[serde(default)]
     pub spec: Option<WatchedPodSpec>,
     /// `status.phase`, `status.resourceClaimStatuses` and `status.extendedResourceClaimStatus`.
@@ -167,6 +169,10 @@ pub struct WatchedPodSpec {
     /// The claims the pod references, directly or through a template.
     #[serde(default)]
     pub resource_claims: Option<Vec<PodResourceClaim>>,
+    /// The PodGroup the pod belongs to (`podGroupName`): claims reserved for that PodGroup count
+    /// for the pod.
+    #[serde(default)]
+    pub scheduling_group: Option<PodSchedulingGroup>,
 }
 
 /// The parts of `status` of a [`WatchedPod`].
@@ -305,7 +311,8 @@ mod tests {
                          "deletionTimestamp": "2026-11-23T10:00:00Z", "labels": {"a": "b"},
                          "managedFields": [{"manager": "m", "fieldsV1": {"f:spec": {}}}]},
             "spec": {"nodeName": "n", "containers": [{"name": "c", "image": "i"}],
-                     "resourceClaims": [{"name": "gpu", "resourceClaimTemplateName": "t"}]},
+                     "resourceClaims": [{"name": "gpu", "resourceClaimTemplateName": "t"}],
+                     "schedulingGroup": {"podGroupName": "g"}},
             "status": {"phase": "Running", "conditions": [{"type": "Ready", "status": "True"}],
                        "resourceClaimStatuses": [{"name": "gpu", "resourceClaimName": "p-gpu"}],
                        "extendedResourceClaimStatus": {"resourceClaimName": "p-ext", "requestMappings": []}}
@@ -323,6 +330,8 @@ mod tests {
         let full_spec = full.spec.unwrap();
         assert_eq!(spec.node_name, full_spec.node_name);
         assert_eq!(spec.resource_claims, full_spec.resource_claims);
+        assert_eq!(spec.scheduling_group, full_spec.scheduling_group);
+        assert!(spec.scheduling_group.is_some());
         let status = pod.status.unwrap();
         let full_status = full.status.unwrap();
         assert_eq!(status.phase, full_status.phase);

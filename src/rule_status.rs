@@ -175,7 +175,7 @@ fn simulate(state: &State, rule: &RuleView) -> Simulation {
         let Some((claim, _)) = state.claim(name) else {
             continue;
         };
-        for pod_name in claim.reserved_pods() {
+        for pod_name in state.claim_consumers(claim) {
             let Some(pod) = state.pod(&pod_name) else {
                 continue;
             };

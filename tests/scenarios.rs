@@ -401,6 +401,50 @@ async fn no_evict_pod_toleration_forever() {
     env.assert_no_eviction_event("my-pod").await;
 }
 
+/// D14: a toleration with an empty effect, `{operator: Exists}`, tolerates every taint, the
+/// rule's `NoExecute` taint included (kube-controller-manager 1.37.2 evicts such a pod at once).
+#[tokio::test]
+async fn d14_empty_effect_toleration_forever() {
+    let env = scenario_env().await;
+    controller().await;
+    env.apply_slice(&env.unique_name("slice"), 1, &[("gpu-0", vec![]), ("w", vec![])])
+        .await;
+    env.pod_with_claim("my-pod", "my-claim", "gpu-0", vec![json!({"operator": "Exists"})])
+        .await;
+    env.witness(vec![]).await;
+    let rule = env.unique_name("rule");
+    env.create_rule(&rule, None, taint(KEY, "NoExecute")).await;
+    env.assert_spared("my-pod").await;
+    assert_eq!(
+        wait_condition(&env, &rule, "Completed").await,
+        "1 pod evicted since starting the controller."
+    );
+    assert!(!env.pod_deleted("my-pod").await);
+}
+
+/// D14 with `tolerationSeconds`: `{operator: Exists, tolerationSeconds: 9}` keeps the pod for
+/// 9 s after the taint (kube-controller-manager 1.37.2 evicts it at once).
+#[tokio::test]
+async fn d14_empty_effect_toleration_seconds() {
+    let env = scenario_env().await;
+    let ctrl = controller().await;
+    env.apply_slice(&env.unique_name("slice"), 1, &[("gpu-0", vec![])])
+        .await;
+    env.pod_with_claim(
+        "my-pod",
+        "my-claim",
+        "gpu-0",
+        vec![json!({"operator": "Exists", "tolerationSeconds": 9})],
+    )
+    .await;
+    env.keep_pod("my-pod").await;
+    let rule = env.unique_name("rule");
+    env.create_rule(&rule, Some("gpu-0"), taint(KEY, "NoExecute"))
+        .await;
+    let added = env.rule_time_added(&rule).await;
+    assert_evicted_at(ctrl, &env, "my-pod", added, 9).await;
+}
+
 /// Upstream case 31, `evict-pod-partial-toleration`: one of two taints tolerated forever, the
 /// other not: evicted.
 #[tokio::test]

@@ -1,12 +1,12 @@
 #!/usr/bin/env bash
-# make soak: runs the scenario, fault, leader, restart, re-list and scale tests again and again on
+# make soak: runs the scenario, PodGroup, fault, leader, restart, re-list and scale tests again and again on
 # one local control plane, and writes a table of runs and failures per test. A failed run's whole
 # output is kept; a passed one's is thrown away.
 #
 # Environment:
 #   SOAK_RUNS       how many rounds (default 200)
-#   SOAK_TESTS      test binaries, space-separated (default: scenarios api_faults leader restart
-#                   relist modes scale)
+#   SOAK_TESTS      test binaries, space-separated (default: scenarios podgroups api_faults leader
+#                   restart relist modes scale)
 #   SOAK_CPU_LOAD   1: a second process keeps one core busy for the whole soak (default 0)
 #   SOAK_DIR        where the report and failure logs go (default target/soak)
 #   SOAK_RUN_TIMEOUT seconds one test binary may take before it counts as a failure (default 900)
@@ -14,7 +14,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 runs=${SOAK_RUNS:-200}
-tests=${SOAK_TESTS:-scenarios api_faults leader restart relist modes scale}
+tests=${SOAK_TESTS:-scenarios podgroups api_faults leader restart relist modes scale}
 load=${SOAK_CPU_LOAD:-0}
 out=${SOAK_DIR:-target/soak}
 run_timeout=${SOAK_RUN_TIMEOUT:-900}
@@ -62,7 +62,13 @@ cleanup() {
 	rm -rf "$cp_dir"
 }
 trap cleanup EXIT
-tests/controlplane/up.sh --controllers=namespace-controller "$cp_dir" >/dev/null
+# On 1.37 it also serves PodGroups, for tests/podgroups.rs (which skips where they are not served).
+up_flags=(--controllers=namespace-controller)
+case ${CONTROLPLANE_K8S_VERSION:-1.37} in
+1.37) up_flags+=(--feature-gates=DRAWorkloadResourceClaims=true,GenericWorkload=true
+	--runtime-config=scheduling.k8s.io/v1beta1=true) ;;
+esac
+tests/controlplane/up.sh "${up_flags[@]}" "$cp_dir" >/dev/null
 export DTE_TEST_KUBECONFIG=$cp_dir/kubeconfig KUBECONFIG=$cp_dir/kubeconfig
 if [[ $load == 1 ]]; then
 	sh -c 'while :; do :; done' &

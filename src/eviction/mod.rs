@@ -125,22 +125,25 @@ pub fn pod_is_evictable(pod: &PodView) -> bool {
 }
 
 /// Whether a claim the pod references (`pod_claim`, resolved to `claim`) counts for the pod's
-/// eviction: it is allocated, reserved for this pod's UID and, if generated for a pod, controlled
-/// by this one (upstream `podEvictionTime`). The decision, the rule status and `explain` all ask
-/// this one question.
+/// eviction: it is allocated, reserved for this pod's UID or for the PodGroup the pod belongs to
+/// and, if generated, controlled by this pod or by its PodGroup (upstream `podEvictionTime` with
+/// `DRAWorkloadResourceClaims`). The decision, the rule status and `explain` all ask this one
+/// question.
 #[must_use]
 pub fn claim_counts_for_pod(pod: &PodView, pod_claim: &PodClaim, claim: &ClaimView) -> bool {
-    claim.allocation.is_some()
-        && claim.reserved_by(&pod.uid)
-        && (!pod_claim.generated || claim.controller_uid.as_deref() == Some(pod.uid.as_str()))
+    let group = pod.pod_group.as_deref();
+    let reserved = claim.reserved_by(&pod.uid) || group.is_some_and(|g| claim.reserved_by_group(g));
+    let owned = !pod_claim.generated
+        || claim.controller_uid.as_deref() == Some(pod.uid.as_str())
+        || group.is_some_and(|g| claim.controller_pod_group.as_deref() == Some(g));
+    claim.allocation.is_some() && reserved && owned
 }
 
 /// The eviction of a pod, given a way to find a claim (by name, in the pod's namespace) and its
 /// cached eviction.
 ///
 /// Only scheduled pods that are neither terminal (SPEC D1) nor already terminating are
-/// evicted; a claim counts only when it is allocated, reserved for this pod's UID and, if
-/// generated for a pod, controlled by this one.
+/// evicted; a claim counts only as [`claim_counts_for_pod`] says.
 pub fn pod_eviction<'a, F>(pod: &PodView, mut claim: F) -> Option<Eviction>
 where
     F: FnMut(&str) -> Option<(&'a ClaimView, Option<&'a Eviction>)>,

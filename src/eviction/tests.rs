@@ -214,6 +214,60 @@ fn pod_eviction_requires_schedule_reservation_and_ownership() {
     assert_eq!(at(&generated, &owned), Some(t(7)), "generated claim owned");
 }
 
+/// KEP-5729: a claim reserved for (or generated for) a PodGroup counts for its member pods only.
+#[test]
+fn pod_eviction_through_a_pod_group() {
+    let member = pod("ns", "p").with_claim("c").in_pod_group("g");
+    let for_group = claimed(
+        claim("ns", "c")
+            .with_device("driver", "pool", "gpu-0")
+            .reserved_for_pod_group("g"),
+    );
+    let at = |pod: &PodView, entry: &(ClaimView, Option<Eviction>)| {
+        pod_eviction(pod, |_| Some((&entry.0, entry.1.as_ref()))).map(|e| e.at)
+    };
+    assert_eq!(
+        at(&member, &for_group),
+        Some(t(7)),
+        "member of the reserving group"
+    );
+    let outsider = pod("ns", "p").with_claim("c");
+    assert_eq!(at(&outsider, &for_group), None, "no PodGroup");
+    let other_group = pod("ns", "p").with_claim("c").in_pod_group("h");
+    assert_eq!(at(&other_group, &for_group), None, "another PodGroup");
+
+    let generated_member = pod("ns", "p").with_generated_claim("c").in_pod_group("g");
+    assert_eq!(
+        at(&generated_member, &for_group),
+        None,
+        "generated claim owned by nobody"
+    );
+    let group_owned = claimed(
+        claim("ns", "c")
+            .with_device("driver", "pool", "gpu-0")
+            .reserved_for_pod_group("g")
+            .owned_by_pod_group("g"),
+    );
+    assert_eq!(
+        at(&generated_member, &group_owned),
+        Some(t(7)),
+        "generated for the group"
+    );
+    let generated_other = pod("ns", "p").with_generated_claim("c").in_pod_group("h");
+    let owned_by_g_reserved_for_both = claimed(
+        claim("ns", "c")
+            .with_device("driver", "pool", "gpu-0")
+            .reserved_for_pod_group("g")
+            .reserved_for_pod_group("h")
+            .owned_by_pod_group("g"),
+    );
+    assert_eq!(
+        at(&generated_other, &owned_by_g_reserved_for_both),
+        None,
+        "generated for another group"
+    );
+}
+
 #[test]
 fn pod_eviction_merges_claims() {
     let p = pod("ns", "p").with_claim("a").with_claim("b");

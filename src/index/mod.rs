@@ -7,7 +7,8 @@
 //!
 //! Work is proportional to what an event affects (SPEC D5): a slice event re-evaluates only
 //! claims on devices whose `NoExecute` taints changed; a rule event only claims on devices that
-//! the old or new selector matches; a claim event only the pods in its old and new `reservedFor`.
+//! the old or new selector matches; a claim event only the pods in its old and new `reservedFor`
+//! (directly, or as members of a PodGroup named there).
 
 mod pools;
 mod rules;
@@ -122,6 +123,9 @@ pub struct Sizes {
 pub struct State {
     /// Pod `namespace/name` → view, for pods that use at least one claim. Pod events.
     pods: HashMap<ObjectName, PodView>,
+    /// PodGroup `namespace/name` → its member pods among `pods` (upstream's `podGroupPerPod`
+    /// index), to find the pods of a claim reserved for a PodGroup. Pod events.
+    pods_by_group: HashMap<ObjectName, BTreeSet<ObjectName>>,
     /// Claim `namespace/name` → view and cached eviction. Claim events; the eviction also
     /// changes on slice and rule events.
     claims: HashMap<ObjectName, ClaimEntry>,
@@ -259,8 +263,37 @@ impl State {
             }
             _ => {}
         }
-        self.pods.insert(name.clone(), view);
+        if let Some(old) = self.pods.insert(name.clone(), view) {
+            self.unindex_group(name, &old);
+        }
+        if let Some(group) = self.pods.get(name).and_then(PodView::group_name) {
+            self.pods_by_group.entry(group).or_default().insert(name.clone());
+        }
         self.evaluate_pod(name);
+    }
+
+    fn unindex_group(&mut self, name: &ObjectName, pod: &PodView) {
+        if let Some(group) = pod.group_name()
+            && let Some(members) = self.pods_by_group.get_mut(&group)
+        {
+            members.remove(name);
+            if members.is_empty() {
+                self.pods_by_group.remove(&group);
+            }
+        }
+    }
+
+    /// Pods that may use a claim: those named in its `reservedFor` and the stored members of the
+    /// PodGroups named there (upstream `handlePods`).
+    #[must_use]
+    pub fn claim_consumers(&self, claim: &ClaimView) -> BTreeSet<ObjectName> {
+        let mut pods = claim.reserved_pods();
+        for group in claim.reserved_groups() {
+            if let Some(members) = self.pods_by_group.get(&group) {
+                pods.extend(members.iter().cloned());
+            }
+        }
+        pods
     }
 
     /// A pod was deleted. A stale delete (another UID) is ignored.
@@ -269,6 +302,7 @@ impl State {
         if self.pods.get(name).is_some_and(|p| p.uid == uid)
             && let Some(pod) = self.pods.remove(name)
         {
+            self.unindex_group(name, &pod);
             self.set_pending(pod.pod_ref(), None, false);
         }
     }
@@ -382,9 +416,9 @@ impl State {
                 }
             }
         }
-        let mut affected: BTreeSet<ObjectName> = view.reserved_pods();
+        let mut affected: BTreeSet<ObjectName> = self.claim_consumers(&view);
         if let Some(old) = &old {
-            affected.extend(old.view.reserved_pods());
+            affected.extend(self.claim_consumers(&old.view));
         }
         if eviction.is_some() {
             debug!(claim = %name, uid = %view.uid, "claim is affected by device taint");
@@ -406,7 +440,7 @@ impl State {
         if let Some(devices) = &old.view.allocation {
             unindex_devices(&mut self.claims_by_device, name, devices);
         }
-        for pod in old.view.reserved_pods() {
+        for pod in self.claim_consumers(&old.view) {
             self.evaluate_pod(&pod);
         }
     }
@@ -448,7 +482,10 @@ impl State {
                 continue;
             }
             entry.eviction = eviction;
-            let pods = entry.view.reserved_pods();
+            let Some(entry) = self.claims.get(&name) else {
+                continue;
+            };
+            let pods = self.claim_consumers(&entry.view);
             for pod in pods {
                 self.evaluate_pod(&pod);
             }

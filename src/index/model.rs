@@ -24,6 +24,8 @@ pub const POOLS: [&str; 2] = ["p0", "p1"];
 pub const DEVICES: [&str; 3] = ["x0", "x1", "x2"];
 pub const KEYS: [&str; 2] = ["k0", "k1"];
 pub const NS: [&str; 2] = ["a", "b"];
+/// PodGroups pods may belong to and claims may be reserved for or owned by.
+pub const GROUPS: [&str; 2] = ["g0", "g1"];
 /// Taint effects drawn (NoExecute twice as often; `Odd` is an effect unknown to the controller).
 pub const EFFECTS: [&str; 5] = ["NoExecute", "NoExecute", "NoSchedule", "None", "Odd"];
 
@@ -84,9 +86,16 @@ pub fn toleration(k: usize, exists: bool, effect: Option<&str>, seconds: Option<
     }
 }
 
-/// The n-th pod (UID variant `uid`) using claims `(claim index, generated)`.
+/// The n-th pod (UID variant `uid`), member of PodGroup `GROUPS[group]`, using claims
+/// `(claim index, generated)`.
 #[must_use]
-pub fn pod_op(n: usize, uid: usize, scheduled: bool, terminal: bool, claims: Vec<(usize, bool)>) -> Op {
+pub fn pod_op(
+    n: usize,
+    uid: usize,
+    (scheduled, terminal): (bool, bool),
+    group: Option<usize>,
+    claims: Vec<(usize, bool)>,
+) -> Op {
     let (namespace, name) = pod_name(n);
     Op::Pod(PodView {
         namespace,
@@ -95,6 +104,7 @@ pub fn pod_op(n: usize, uid: usize, scheduled: bool, terminal: bool, claims: Vec
         scheduled,
         terminal,
         terminating: false,
+        pod_group: group.map(|g| GROUPS[g % GROUPS.len()].to_owned()),
         claims: claims
             .into_iter()
             .map(|(c, generated)| PodClaim {
@@ -105,20 +115,42 @@ pub fn pod_op(n: usize, uid: usize, scheduled: bool, terminal: bool, claims: Vec
     })
 }
 
-/// Claim `c` (UID variant `uid`) in namespace `NS[ns]`, owned by pod `owner`, allocated to
-/// `(device index, tolerations)` and reserved for pods `(index, uid variant)`.
+/// Who controls a claim.
+#[derive(Clone, Copy, Debug)]
+pub enum Owner {
+    /// Pod (index, UID variant).
+    Pod(usize, usize),
+    /// PodGroup `GROUPS[i]`.
+    Group(usize),
+}
+
+/// Claim `c` (UID variant `uid`) in namespace `NS[ns]`, controlled by `owner`, allocated to
+/// `(device index, tolerations)` and reserved for pods `(index, uid variant)` and PodGroups
+/// `GROUPS[i]`.
 #[must_use]
 pub fn claim_op(
     (c, uid, ns): (usize, usize, usize),
-    owner: Option<(usize, usize)>,
+    owner: Option<Owner>,
     allocation: Option<Vec<(usize, Vec<Toleration>)>>,
     reserved: Vec<(usize, usize)>,
+    reserved_groups: Vec<usize>,
 ) -> Op {
     Op::Claim(ClaimView {
         namespace: NS[ns % NS.len()].to_owned(),
         name: format!("claim-{c}"),
         uid: format!("cu{c}-{uid}"),
-        controller_uid: owner.map(|(p, u)| format!("pu{p}-{u}")),
+        controller_uid: owner.map(|o| match o {
+            Owner::Pod(p, u) => format!("pu{p}-{u}"),
+            Owner::Group(g) => format!("gu{}", g % GROUPS.len()),
+        }),
+        controller_pod_group: owner.and_then(|o| match o {
+            Owner::Pod(..) => None,
+            Owner::Group(g) => Some(GROUPS[g % GROUPS.len()].to_owned()),
+        }),
+        reserved_for_groups: reserved_groups
+            .into_iter()
+            .map(|g| GROUPS[g % GROUPS.len()].to_owned())
+            .collect(),
         allocation: allocation.map(|a| {
             a.into_iter()
                 .map(|(d, tolerations)| AllocatedDevice {
@@ -241,18 +273,24 @@ impl Bytes<'_> {
             0 => {
                 let (n, uid, scheduled) = (self.below(4), self.below(2), self.bool());
                 let terminal = self.below(7) == 0;
+                let group = self.bool().then(|| self.below(GROUPS.len()));
                 let claims = self.list(2, |b| (b.below(3), b.bool()));
-                pod_op(n, uid, scheduled, terminal, claims)
+                pod_op(n, uid, (scheduled, terminal), group, claims)
             }
             1 => Op::DeletePod(self.below(4), self.below(2)),
             2 => {
                 let ids = (self.below(3), self.below(2), self.below(2));
-                let owner = self.bool().then(|| (self.below(4), self.below(2)));
+                let owner = match self.below(4) {
+                    0 | 1 => None,
+                    2 => Some(Owner::Pod(self.below(4), self.below(2))),
+                    _ => Some(Owner::Group(self.below(GROUPS.len()))),
+                };
                 let allocation = self
                     .bool()
                     .then(|| self.list(2, |b| (b.below(12), b.list(2, Bytes::toleration))));
                 let reserved = self.list(2, |b| (b.below(4), b.below(2)));
-                claim_op(ids, owner, allocation, reserved)
+                let reserved_groups = self.list(1, |b| b.below(GROUPS.len()));
+                claim_op(ids, owner, allocation, reserved, reserved_groups)
             }
             3 => Op::DeleteClaim(self.below(3), self.below(2)),
             4 => {
@@ -277,7 +315,7 @@ impl Bytes<'_> {
 }
 
 /// Runs `ops` through a fresh [`State`] and the model, comparing the pending evictions and the
-/// device index after every step. Panics with the step and event that diverged.
+/// device and PodGroup indexes after every step. Panics with the step and event that diverged.
 pub fn check_sequence(ops: &[Op]) {
     let mut state = State::new();
     let mut model = Model::default();
@@ -290,7 +328,7 @@ pub fn check_sequence(ops: &[Op]) {
             "after step {i} ({op:?}): {:?} != {want:?}",
             state.pending
         );
-        check_device_index(&state);
+        check_indexes(&state);
     }
 }
 
@@ -359,10 +397,15 @@ impl Model {
                     continue;
                 };
                 let Some(devices) = &c.allocation else { continue };
-                if !c.reserved_for.iter().any(|(_, uid)| *uid == pod.uid) {
+                let group = pod.pod_group.as_ref();
+                let reserved_for_pod = c.reserved_for.iter().any(|(_, uid)| *uid == pod.uid);
+                let reserved_for_group = group.is_some_and(|g| c.reserved_for_groups.contains(g));
+                if !reserved_for_pod && !reserved_for_group {
                     continue;
                 }
-                if pc.generated && c.controller_uid.as_deref() != Some(pod.uid.as_str()) {
+                let owned_by_pod = c.controller_uid.as_deref() == Some(pod.uid.as_str());
+                let owned_by_group = group.is_some_and(|g| c.controller_pod_group.as_ref() == Some(g));
+                if pc.generated && !owned_by_pod && !owned_by_group {
                     continue;
                 }
                 for d in devices {
@@ -537,7 +580,7 @@ pub fn step(state: &mut State, model: &mut Model, op: Op) {
     state.take_changes();
 }
 
-pub fn check_device_index(state: &State) {
+pub fn check_indexes(state: &State) {
     let mut want: BTreeMap<DeviceId, BTreeSet<ObjectName>> = BTreeMap::new();
     for (name, entry) in &state.claims {
         for d in entry.view.allocation.iter().flatten() {
@@ -545,4 +588,11 @@ pub fn check_device_index(state: &State) {
         }
     }
     assert_eq!(state.claims_by_device, want, "device index");
+    let mut groups: HashMap<ObjectName, BTreeSet<ObjectName>> = HashMap::new();
+    for (name, pod) in &state.pods {
+        if let Some(group) = pod.group_name() {
+            groups.entry(group).or_default().insert(name.clone());
+        }
+    }
+    assert_eq!(state.pods_by_group, groups, "PodGroup index");
 }

@@ -4,8 +4,8 @@
 use proptest::prelude::*;
 
 use super::model::{
-    DEVICES, DRIVERS, EFFECTS, Op, POOLS, check_sequence, claim_op, pod_op, rule_op, slice_op, taint,
-    toleration,
+    DEVICES, DRIVERS, EFFECTS, GROUPS, Op, Owner, POOLS, check_sequence, claim_op, pod_op, rule_op, slice_op,
+    taint, toleration,
 };
 
 fn taint_strategy() -> impl Strategy<Value = crate::view::Taint> {
@@ -28,19 +28,29 @@ fn op_strategy() -> impl Strategy<Value = Op> {
         0..2usize,
         any::<bool>(),
         prop::bool::weighted(0.15),
+        prop::option::of(0..GROUPS.len()),
         prop::collection::vec((0..3usize, any::<bool>()), 0..3),
     )
-        .prop_map(|(n, uid, scheduled, terminal, claims)| pod_op(n, uid, scheduled, terminal, claims));
+        .prop_map(|(n, uid, scheduled, terminal, group, claims)| {
+            pod_op(n, uid, (scheduled, terminal), group, claims)
+        });
+    let owner = prop_oneof![
+        (0..4usize, 0..2usize).prop_map(|(p, u)| Owner::Pod(p, u)),
+        (0..GROUPS.len()).prop_map(Owner::Group),
+    ];
     let claim = (
         (0..3usize, 0..2usize, 0..2usize),
-        prop::option::of((0..4usize, 0..2usize)),
+        prop::option::of(owner),
         prop::option::of(prop::collection::vec(
             (0..12usize, prop::collection::vec(toleration_strategy(), 0..3)),
             0..3,
         )),
         prop::collection::vec((0..4usize, 0..2usize), 0..3),
+        prop::collection::vec(0..GROUPS.len(), 0..2),
     )
-        .prop_map(|(ids, owner, allocation, reserved)| claim_op(ids, owner, allocation, reserved));
+        .prop_map(|(ids, owner, allocation, reserved, groups)| {
+            claim_op(ids, owner, allocation, reserved, groups)
+        });
     let slice = (
         0..3usize,
         0..4usize,

@@ -730,6 +730,164 @@ fn none_many_pods_same_namespace() {
     );
 }
 
+// === PodGroups (KEP-5729) ===
+
+const GROUP: &str = "my-pod-group";
+
+/// A member of `GROUP` that uses the group's claim.
+fn group_member(name: &str) -> PodView {
+    pod(NS, name).with_claim("group-claim").in_pod_group(GROUP)
+}
+
+/// The claim reserved for `GROUP` (not for any pod by name).
+fn group_claim() -> ClaimView {
+    claim(NS, "group-claim")
+        .with_device(DRIVER, POOL, DEVICE)
+        .reserved_for_pod_group(GROUP)
+}
+
+#[test]
+fn evict_pod_resourceclaim_podgroup() {
+    run(
+        "evict-pod-resourceclaim-podgroup",
+        &Case {
+            events: vec![
+                Ev::Pod(group_member("member-0")),
+                Ev::Pod(group_member("member-1")),
+                Ev::Claim(group_claim()),
+                Ev::Slice(tainted_slice()),
+            ],
+            pending: vec![("default/member-0", 0), ("default/member-1", 0)],
+            reasons: vec![
+                ("default/member-0", vec![slice_reason(DEVICE, 0)]),
+                ("default/member-1", vec![slice_reason(DEVICE, 0)]),
+            ],
+            steps: vec![Step::Process(vec!["member-0", "member-1"])],
+            emitted: vec!["member-0: Marking for deletion", "member-1: Marking for deletion"],
+            ..Case::default()
+        },
+    );
+}
+
+#[test]
+fn no_evict_pod_in_podgroup_without_claim() {
+    run(
+        "no-evict-pod-in-podgroup-without-claim",
+        &Case {
+            events: vec![
+                Ev::Pod(group_member("member")),
+                // Same PodGroup, but it does not reference the claim (it uses another one).
+                Ev::Pod(pod(NS, "bystander").with_claim("other-claim").in_pod_group(GROUP)),
+                Ev::Claim(group_claim()),
+                Ev::Rule(the_rule()),
+            ],
+            pending: vec![("default/member", 0)],
+            conditions: vec![("my-rule", "PodsPendingEviction", PENDING_ONE)],
+            steps: vec![Step::Process(vec!["member"])],
+            final_conditions: vec![("my-rule", "Completed", EVICTED_ONE)],
+            emitted: vec!["member: Marking for deletion"],
+            ..Case::default()
+        },
+    );
+}
+
+/// A pod outside the PodGroup that references the group's claim by name does not get it
+/// through the group (nor through `reservedFor`), and leaving the group cancels the eviction.
+#[test]
+fn podgroup_membership_decides() {
+    run(
+        "podgroup-membership-decides",
+        &Case {
+            events: vec![
+                Ev::Pod(pod(NS, "outsider").with_claim("group-claim")),
+                Ev::Pod(
+                    pod(NS, "other-group")
+                        .with_claim("group-claim")
+                        .in_pod_group("other"),
+                ),
+                Ev::Claim(group_claim()),
+                Ev::Slice(tainted_slice()),
+            ],
+            ..Case::default()
+        },
+    );
+    run(
+        "podgroup-claim-released",
+        &Case {
+            initial: vec![
+                Ev::Pod(group_member("member")),
+                Ev::Claim(group_claim()),
+                Ev::Slice(tainted_slice()),
+            ],
+            events: vec![Ev::Claim(
+                claim(NS, "group-claim").with_device(DRIVER, POOL, DEVICE),
+            )],
+            emitted: vec!["member: Cancelling deletion"],
+            ..Case::default()
+        },
+    );
+    run(
+        "podgroup-member-deleted-then-claim-changes",
+        &Case {
+            initial: vec![
+                Ev::Pod(group_member("member")),
+                Ev::Claim(group_claim()),
+                Ev::DeletePod(group_member("member")),
+            ],
+            events: vec![Ev::Slice(tainted_slice())],
+            ..Case::default()
+        },
+    );
+}
+
+/// A claim generated from a template for the PodGroup is controlled by the PodGroup, not by the
+/// pod: it counts for the members.
+#[test]
+fn evict_pod_resourceclaimtemplate_podgroup() {
+    let p = pod(NS, "member")
+        .with_generated_claim("group-claim-xyz")
+        .in_pod_group(GROUP);
+    let c = claim(NS, "group-claim-xyz")
+        .with_device(DRIVER, POOL, DEVICE)
+        .reserved_for_pod_group(GROUP)
+        .owned_by_pod_group(GROUP);
+    run(
+        "evict-pod-resourceclaimtemplate-podgroup",
+        &Case {
+            events: vec![Ev::Pod(p), Ev::Claim(c), Ev::Slice(tainted_slice())],
+            pending: vec![("default/member", 0)],
+            steps: vec![Step::Process(vec!["member"])],
+            emitted: vec!["member: Marking for deletion"],
+            ..Case::default()
+        },
+    );
+}
+
+#[test]
+fn none_podgroup_rule() {
+    run(
+        "none-podgroup-rule",
+        &Case {
+            initial: vec![Ev::Slice(untainted_slice())],
+            events: vec![
+                Ev::Pod(group_member("member-0")),
+                Ev::Pod(group_member("member-1")),
+                Ev::Claim(group_claim()),
+                Ev::Rule(none_rule()),
+            ],
+            conditions: vec![(
+                "my-rule",
+                "NoEffect",
+                "1 published device selected. 1 allocated device selected. 2 pods would be evicted in 1 \
+                 namespace if the effect was NoExecute. This information will not be updated again. Recreate \
+                 the DeviceTaintRule to trigger an update.",
+            )],
+            steps: vec![Step::Process(vec![])],
+            ..Case::default()
+        },
+    );
+}
+
 #[test]
 fn multiple_claims_same_rule() {
     let r = rule("my-rule").selecting(Some(DRIVER), Some(POOL), None);
@@ -1536,6 +1694,84 @@ fn d10_empty_selector_warns_with_device_count() {
             .take_changes()
             .iter()
             .any(|c| matches!(c, Change::EmptySelector { .. }))
+    );
+}
+
+/// D14: a toleration with an empty effect matches every effect, `NoExecute` included, as the
+/// API documents (kube-controller-manager 1.37.2 only honours tolerations whose effect is exactly
+/// `NoExecute` and evicts such pods at once). "Tolerate everything" keeps the pod for ever.
+#[test]
+fn d14_empty_effect_toleration_forever() {
+    let tolerate_all = toleration("", "Exists", "", "", None);
+    for taint_event in [Ev::Slice(tainted_slice()), Ev::Rule(the_rule())] {
+        run(
+            "d14-empty-effect-forever",
+            &Case {
+                events: vec![
+                    Ev::Pod(the_pod()),
+                    Ev::Claim(tolerating_claim(tolerate_all.clone())),
+                    taint_event,
+                ],
+                steps: vec![Step::At(1_000_000), Step::Process(vec![])],
+                ..Case::default()
+            },
+        );
+    }
+}
+
+/// D14 with `tolerationSeconds`: evicted after them, not at once.
+#[test]
+fn d14_empty_effect_toleration_seconds() {
+    let tolerate_all_for_9s = toleration("", "Exists", "", "", Some(9));
+    for taint_event in [Ev::Slice(tainted_slice()), Ev::Rule(the_rule())] {
+        run(
+            "d14-empty-effect-seconds",
+            &Case {
+                events: vec![
+                    Ev::Pod(the_pod()),
+                    Ev::Claim(tolerating_claim(tolerate_all_for_9s.clone())),
+                    taint_event,
+                ],
+                pending: vec![("default/my-pod", 9)],
+                steps: evicted_at(9),
+                emitted: vec!["my-pod: Marking for deletion"],
+                ..Case::default()
+            },
+        );
+    }
+}
+
+/// A NoExecute rule without a selector selects no device: nothing is evicted and no warning is
+/// given; the same rule with an empty selector `{}` evicts the pod.
+#[test]
+fn nil_selector_evicts_nothing_empty_selector_everything() {
+    run(
+        "nil-selector",
+        &Case {
+            events: vec![
+                Ev::Pod(the_pod()),
+                Ev::Claim(the_claim()),
+                Ev::Rule(rule("my-rule")),
+            ],
+            conditions: vec![("my-rule", "NotStarted", "")],
+            steps: vec![Step::Process(vec![])],
+            ..Case::default()
+        },
+    );
+    run(
+        "empty-selector",
+        &Case {
+            events: vec![
+                Ev::Pod(the_pod()),
+                Ev::Claim(the_claim()),
+                Ev::Rule(rule("my-rule").selecting(None, None, None)),
+            ],
+            pending: vec![("default/my-pod", 0)],
+            conditions: vec![("my-rule", "PodsPendingEviction", PENDING_ONE)],
+            steps: vec![Step::Process(vec!["my-pod"])],
+            emitted: vec!["my-pod: Marking for deletion"],
+            ..Case::default()
+        },
     );
 }
 

@@ -28,6 +28,9 @@ pub struct PodView {
     pub terminal: bool,
     /// `metadata.deletionTimestamp` is set: someone is deleting it already.
     pub terminating: bool,
+    /// `spec.schedulingGroup.podGroupName`: the PodGroup (in the pod's namespace) the pod belongs
+    /// to. A claim reserved for that PodGroup counts for the pod (KEP-5729).
+    pub pod_group: Option<String>,
     /// Claims in use, resolved from `spec.resourceClaims`, `status.resourceClaimStatuses` and
     /// `status.extendedResourceClaimStatus` (SPEC D6).
     pub claims: Vec<PodClaim>,
@@ -92,6 +95,12 @@ impl PodView {
                 .is_some_and(|n| !n.is_empty()),
             terminal: matches!(phase, Some("Succeeded" | "Failed")),
             terminating: meta.deletion_timestamp.is_some(),
+            pod_group: pod
+                .spec
+                .as_ref()
+                .and_then(|s| s.scheduling_group.as_ref())
+                .and_then(|g| g.pod_group_name.clone())
+                .filter(|g| !g.is_empty()),
             claims,
         }))
     }
@@ -100,6 +109,14 @@ impl PodView {
     #[must_use]
     pub fn object_name(&self) -> ObjectName {
         ObjectName::new(&self.namespace, &self.name)
+    }
+
+    /// The pod's PodGroup as `namespace/name`, if it belongs to one.
+    #[must_use]
+    pub fn group_name(&self) -> Option<ObjectName> {
+        self.pod_group
+            .as_ref()
+            .map(|g| ObjectName::new(&self.namespace, g))
     }
 
     /// The pod's reference including its UID.
@@ -169,6 +186,20 @@ mod tests {
         }));
         let view = PodView::from_api(&p).unwrap().unwrap();
         assert!(!view.scheduled && view.terminal && view.terminating);
+        assert_eq!(view.pod_group, None);
+    }
+
+    #[test]
+    fn keeps_the_pod_group() {
+        let p = pod(serde_json::json!({
+            "metadata": {"namespace": "ns", "name": "p", "uid": "u"},
+            "spec": {"containers": [], "schedulingGroup": {"podGroupName": "g"},
+                     "resourceClaims": [{"name": "a", "resourceClaimName": "c"}]}
+        }));
+        assert_eq!(
+            PodView::from_api(&p).unwrap().unwrap().pod_group.as_deref(),
+            Some("g")
+        );
     }
 
     #[test]

@@ -175,4 +175,31 @@ mod tests {
         });
         assert!(!rule.selects(&d));
     }
+
+    /// As decoded from the API: `deviceSelector` absent or `null` selects nothing, `{}` selects
+    /// every device (upstream's documented semantics; D10 warns about the latter).
+    #[test]
+    fn decoded_selector_semantics() {
+        let d = DeviceId::new("d", "p", "x");
+        let decode = |selector: Option<serde_json::Value>| {
+            let mut spec = serde_json::json!({"taint": {"key": "k", "effect": "NoExecute"}});
+            if let Some(selector) = selector {
+                spec["deviceSelector"] = selector;
+            }
+            let api: DeviceTaintRule = serde_json::from_value(serde_json::json!({
+                "metadata": {"name": "r", "uid": "u"}, "spec": spec
+            }))
+            .expect("rule");
+            RuleView::from_api(&api).expect("valid rule")
+        };
+        let absent = decode(None);
+        assert_eq!(absent.selector, None);
+        assert!(!absent.selects(&d));
+        let null = decode(Some(serde_json::Value::Null));
+        assert_eq!(null.selector, None);
+        assert!(!null.selects(&d));
+        let empty = decode(Some(serde_json::json!({})));
+        assert!(empty.selector.as_ref().is_some_and(Selector::is_empty));
+        assert!(empty.selects(&d));
+    }
 }

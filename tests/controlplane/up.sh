@@ -4,12 +4,17 @@
 # under DIR. Exits 0 once the API server answers /readyz, leaving the processes running in their
 # own sessions; stop them with down.sh DIR. See README.md in this directory.
 #
-# Usage: up.sh [--with-scheduler] [--controllers=LIST] [--kwok-nodes=N] DIR
+# Usage: up.sh [--with-scheduler] [--controllers=LIST] [--kwok-nodes=N] [--feature-gates=LIST]
+#              [--runtime-config=LIST] DIR
 #
 #   --kwok-nodes=N  also run KWOK (build-kwok.sh), which plays the kubelet of every node annotated
 #                   kwok.x-k8s.io/node=fake: such a node turns Ready and keeps a fresh Lease, a pod
 #                   bound to it is Running, a deleted one is removed once its grace period is over.
 #                   Creates N such nodes, node-1 ... node-N (0: none, only KWOK).
+#   --feature-gates=LIST   extra feature gates (k=v,...) for every component, after those of
+#                          CONTROLPLANE_FEATURE_GATES
+#   --runtime-config=LIST  extra kube-apiserver --runtime-config entries (k=v,...), after those of
+#                          CONTROLPLANE_RUNTIME_CONFIG
 #
 # Environment:
 #   CONTROLPLANE_K8S_VERSION    Kubernetes minor to run (build.sh): the newest (default) or an older
@@ -20,13 +25,15 @@
 set -euo pipefail
 
 usage() {
-	echo "usage: $0 [--with-scheduler] [--controllers=LIST] [--kwok-nodes=N] DIR" >&2
+	echo "usage: $0 [--with-scheduler] [--controllers=LIST] [--kwok-nodes=N] [--feature-gates=LIST] [--runtime-config=LIST] DIR" >&2
 	exit 2
 }
 
 with_scheduler=false
 controllers=
 kwok_nodes=
+extra_gates=
+extra_runtime_config=
 dir=
 for arg in "$@"; do
 	case $arg in
@@ -36,6 +43,8 @@ for arg in "$@"; do
 		[[ $kwok_nodes =~ ^[0-9]+$ ]] || usage
 		;;
 	--controllers=*) controllers=${arg#--controllers=} ;;
+	--feature-gates=*) extra_gates=${arg#--feature-gates=} ;;
+	--runtime-config=*) extra_runtime_config=${arg#--runtime-config=} ;;
 	-h | --help) usage ;;
 	-*) echo "up.sh: unknown flag $arg" >&2 && usage ;;
 	*)
@@ -280,6 +289,8 @@ k8s-v1.35.*)
 esac
 [[ -z ${CONTROLPLANE_FEATURE_GATES:-} ]] || feature_gates+=,$CONTROLPLANE_FEATURE_GATES
 [[ -z ${CONTROLPLANE_RUNTIME_CONFIG:-} ]] || runtime_config+=,$CONTROLPLANE_RUNTIME_CONFIG
+[[ -z $extra_gates ]] || feature_gates+=,$extra_gates
+[[ -z $extra_runtime_config ]] || runtime_config+=,$extra_runtime_config
 started=$SECONDS
 # Set by pick_port in the ports_* functions; cmd and url too.
 etcd_port='' etcd_peer_port='' api_port='' scheduler_port='' kcm_port='' kwok_port='' cmd=() url=''
