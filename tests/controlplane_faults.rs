@@ -205,3 +205,65 @@ async fn etcd_killed_mid_countdown() {
     check_eviction(&run, SystemTime::now()).await;
     assert_eq!(run.controller.stop().await, Some(0));
 }
+
+/// The kinds the controller watches, by the path of their list and watch requests.
+const KINDS: [&str; 4] = [
+    "/api/v1/pods",
+    "/apis/resource.k8s.io/v1/resourceclaims",
+    "/apis/resource.k8s.io/v1/resourceslices",
+    "/apis/resource.k8s.io/v1/devicetaintrules",
+];
+
+/// etcd's history is compacted mid-countdown, then kube-apiserver restarts (as in a rollout),
+/// so its watch cache starts afresh after the compaction: every kind's watch resumes from a
+/// revision that neither the cache nor etcd has any more, gets 410 ("too old resource version"),
+/// and the controller lists that kind again. The pod is still evicted at its original deadline,
+/// once.
+#[tokio::test]
+async fn etcd_compaction_makes_every_watch_list_again() {
+    let _serial = SERIAL.lock().await;
+    let Some(cp) = OwnedControlPlane::start().await else {
+        return;
+    };
+    let run = counting_down(&cp, toleration_for(&cp)).await;
+    // A write the controller does not watch moves etcd's revision past every watch's.
+    let namespaces: kube::Api<k8s_openapi::api::core::v1::Namespace> = kube::Api::all(run.env.client.clone());
+    namespaces
+        .patch(
+            &run.env.namespace,
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Merge(serde_json::json!({"metadata": {"annotations": {"moved": "on"}}})),
+        )
+        .await
+        .expect("annotate the namespace");
+    let compacted = cp.compact().await;
+    let seen = run.proxy.records().len();
+    cp.kill("kube-apiserver").await;
+    cp.restart("kube-apiserver").await;
+    let restored = SystemTime::now();
+    wait_for(
+        "every kind's watch to get 410 and list again",
+        TIMEOUT,
+        || async {
+            let expired = run.proxy.expired_watches();
+            let after = &run.proxy.records()[seen..];
+            KINDS
+                .iter()
+                .all(|kind| {
+                    let is_kind = |p: &str| p.split('?').next() == Some(*kind);
+                    expired.iter().any(|p| is_kind(p))
+                        && after
+                            .iter()
+                            .any(|r| is_kind(&r.path) && !r.path.contains("watch=") && r.status == Some(200))
+                })
+                .then_some(())
+        },
+    )
+    .await;
+    eprintln!(
+        "compacted etcd at revision {compacted}; watches ended with 410: {:#?}",
+        run.proxy.expired_watches()
+    );
+    check_eviction(&run, restored).await;
+    assert_eq!(run.controller.stop().await, Some(0));
+}
