@@ -9,6 +9,8 @@ mod support;
 
 use std::time::Duration;
 
+use http::Method;
+
 use k8s_openapi::{
     api::core::v1::Pod,
     jiff::{SignedDuration, Timestamp},
@@ -19,9 +21,10 @@ use support::{
     TIMEOUT, TestEnv,
     controller::Controller,
     objects::{taint, toleration},
+    proxy::{Proxy, assert_evicted_exactly},
     wait_for,
 };
-use tokio::sync::Mutex;
+use tokio::{sync::Mutex, time::Instant};
 
 static SERIAL: Mutex<()> = Mutex::const_new(());
 
@@ -175,4 +178,81 @@ async fn deadline_passed_while_down_evicts_at_start() {
     .await;
     assert_eq!(b.stop().await, Some(0));
     set_finalizer(&env, "my-pod", false).await;
+}
+
+/// What the chart gives the pod to shut down after SIGTERM (`terminationGracePeriodSeconds`).
+const GRACE: Duration = Duration::from_secs(30);
+
+/// `--api-timeout` of the stalled-DELETE test. On SIGTERM the controller lets in-flight calls
+/// finish, so a hung call holds the exit for up to `--api-timeout` after it was sent: with the
+/// default (30 s, as long as the grace period) the exit comes just under 30 s, with no margin.
+const API_TIMEOUT: &str = "--api-timeout=20";
+
+/// SIGTERM while the pod's DELETE hangs at the proxy (the connection open, no answer, the API
+/// server never sees it): the controller exits 0 within the chart's grace period, and the next
+/// instance evicts the pod exactly once; the bystander gets no write.
+#[tokio::test]
+async fn sigterm_while_a_delete_is_stalled() {
+    if support::controller::skip_with_deployed_controller() {
+        return;
+    }
+    let _serial = SERIAL.lock().await;
+    let env = TestEnv::new().await;
+    let slice = env.unique_name("slice");
+    env.apply_slice(&slice, 1, &[("gpu-0", vec![]), ("gpu-1", vec![])])
+        .await;
+    env.pod_with_claim("doomed", "claim-0", "gpu-0", vec![]).await;
+    env.pod_with_claim("bystander", "claim-1", "gpu-1", vec![]).await;
+    let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR"));
+    let first = Proxy::start(env.client.clone(), dir).await;
+    let doomed = format!("/api/v1/namespaces/{}/pods/doomed", env.namespace);
+    first.stall(Some(Method::DELETE), &doomed, 1);
+    let a = Controller::start(&first.kubeconfig, &["--leader-elect=false", API_TIMEOUT]).await;
+    env.apply_slice(
+        &slice,
+        1,
+        &[("gpu-0", vec![taint(KEY, "NoExecute")]), ("gpu-1", vec![])],
+    )
+    .await;
+    wait_for("the DELETE to hang at the proxy", TIMEOUT, || async {
+        first
+            .writes_for_pod(&env.namespace, "doomed")
+            .iter()
+            .any(|r| r.method == Method::DELETE && r.status.is_none())
+            .then_some(())
+    })
+    .await;
+
+    let stopping = Instant::now();
+    let code = a.stop().await;
+    let took = stopping.elapsed();
+    eprintln!("stopped {took:?} after SIGTERM");
+    assert_eq!(code, Some(0), "exit code after SIGTERM; log:\n{}", a.log_text());
+    assert!(
+        took < GRACE,
+        "took {took:?} to exit after SIGTERM, more than the {GRACE:?} grace period; log:\n{}",
+        a.log_text()
+    );
+    assert!(
+        !env.pod_deleted("doomed").await,
+        "the hung DELETE never reached the API server"
+    );
+    first.release_stalls();
+
+    let second = Proxy::start(env.client.clone(), dir).await;
+    let b = Controller::start(&second.kubeconfig, &["--leader-elect=false"]).await;
+    wait_for("the next instance to evict the pod", TIMEOUT, || async {
+        env.pod_deleted("doomed").await.then_some(())
+    })
+    .await;
+    wait_for("B to have nothing pending", TIMEOUT, || async {
+        (b.metric(PENDING).await == Some(0.0)).then_some(())
+    })
+    .await;
+    let deleted = assert_evicted_exactly(&[&first, &second], &env.namespace, &["doomed"]);
+    assert!(
+        second.deletions_of(&env.namespace, "doomed") == deleted,
+        "the accepted DELETE came from the second instance"
+    );
+    assert_eq!(b.stop().await, Some(0));
 }
