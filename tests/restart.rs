@@ -256,3 +256,104 @@ async fn sigterm_while_a_delete_is_stalled() {
     );
     assert_eq!(b.stop().await, Some(0));
 }
+
+/// Clock skew, shown and bounded: the deadline is the taint's `timeAdded` (written by the API
+/// server's clock, or by whoever sets it) plus the toleration, compared with the controller's own
+/// clock. A `timeAdded` written by a clock `skew` ahead of the controller's (here: set explicitly,
+/// since one machine has one clock) moves the eviction exactly `skew` later; one behind, exactly
+/// `skew` earlier. The error is the clock offset, never more: each pod goes at `timeAdded` plus
+/// its toleration by the controller's clock, within the slack, whatever the offset.
+#[tokio::test]
+async fn skewed_time_added_moves_the_eviction_by_the_skew() {
+    if support::controller::skip_with_deployed_controller() {
+        return;
+    }
+    let _serial = SERIAL.lock().await;
+    let env = TestEnv::new().await;
+    let slice = env.unique_name("slice");
+    let skew = SignedDuration::from_secs(6);
+    let tolerated = 4;
+    env.apply_slice(&slice, 1, &[("gpu-0", vec![]), ("gpu-1", vec![])])
+        .await;
+    env.pod_with_claim(
+        "ahead",
+        "claim-0",
+        "gpu-0",
+        vec![toleration(KEY, Some(tolerated))],
+    )
+    .await;
+    env.pod_with_claim(
+        "behind",
+        "claim-1",
+        "gpu-1",
+        vec![toleration(KEY, Some(tolerated + 8))],
+    )
+    .await;
+    let proxy = Proxy::start(
+        env.client.clone(),
+        std::path::Path::new(env!("CARGO_TARGET_TMPDIR")),
+    )
+    .await;
+    let c = Controller::start(&proxy.kubeconfig, &["--leader-elect=false"]).await;
+    let now = Timestamp::now();
+    let skewed = |by: SignedDuration| {
+        let mut t = taint(KEY, "NoExecute");
+        t["timeAdded"] = json!(
+            (now + by)
+                .round(k8s_openapi::jiff::Unit::Second)
+                .expect("round")
+                .to_string()
+        );
+        t
+    };
+    let applied = env
+        .apply_slice(
+            &slice,
+            1,
+            &[("gpu-0", vec![skewed(skew)]), ("gpu-1", vec![skewed(-skew)])],
+        )
+        .await;
+    let added: Vec<Timestamp> = applied.spec.devices.as_ref().expect("devices")[..2]
+        .iter()
+        .map(|d| {
+            d.taints.as_ref().expect("taints")[0]
+                .time_added
+                .clone()
+                .expect("timeAdded")
+                .0
+        })
+        .collect();
+    assert_eq!(
+        added[0]
+            .duration_since(added[1])
+            .round(k8s_openapi::jiff::SignedDurationRound::new().smallest(k8s_openapi::jiff::Unit::Second))
+            .expect("round"),
+        skew * 2,
+        "the API server keeps a timeAdded it is given"
+    );
+    wait_for("both pods to be evicted", TIMEOUT, || async {
+        (env.pod_deleted("ahead").await && env.pod_deleted("behind").await).then_some(())
+    })
+    .await;
+    wait_for("the controller to have nothing pending", TIMEOUT, || async {
+        (c.metric(PENDING).await == Some(0.0)).then_some(())
+    })
+    .await;
+    let deleted = assert_evicted_exactly(&[&proxy], &env.namespace, &["ahead", "behind"]);
+    for ((pod, record), (added, tolerated)) in ["ahead", "behind"]
+        .iter()
+        .zip(&deleted)
+        .zip(added.iter().zip([tolerated, tolerated + 8]))
+    {
+        let deadline = *added + SignedDuration::from_secs(tolerated);
+        let at = Timestamp::try_from(record.at).expect("timestamp");
+        let off = at.duration_since(deadline);
+        eprintln!("{pod}: timeAdded {added}, evicted {off} after timeAdded + toleration");
+        assert!(
+            off >= SignedDuration::ZERO && off < SignedDuration::from_secs(3),
+            "{pod} evicted {off} after timeAdded + toleration; log:\n{}",
+            c.log_text()
+        );
+    }
+    assert_eq!(c.stop().await, Some(0));
+}
