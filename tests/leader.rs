@@ -112,7 +112,10 @@ fn taint_devices<'a>(tainted: &[&str], all: &'a [&'a str]) -> Vec<(&'a str, Vec<
         .collect()
 }
 
-/// Exactly one of two replicas leads and evicts; killed, the standby takes over and evicts.
+/// Exactly one of two replicas leads and evicts; killed, the standby takes over and evicts. Each
+/// replica talks through a proxy of its own, which counts its writes: the standby sends none
+/// (but Lease calls) while the leader lives, and each pod is deleted exactly once, by the replica
+/// that led at the time.
 #[tokio::test]
 async fn standby_takes_over_after_leader_dies() {
     if support::controller::skip_with_deployed_controller() {
@@ -121,16 +124,26 @@ async fn standby_takes_over_after_leader_dies() {
     let _serial = SERIAL.lock().await;
     let env = TestEnv::new().await;
     let slice = env.unique_name("slice");
-    let devices = ["gpu-0", "gpu-1"];
+    let devices = ["gpu-0", "gpu-1", "gpu-2"];
     env.apply_slice(&slice, 1, &taint_devices(&[], &devices)).await;
     env.pod_with_claim("pod-0", "claim-0", "gpu-0", vec![]).await;
     env.pod_with_claim("pod-1", "claim-1", "gpu-1", vec![]).await;
+    env.pod_with_claim("bystander", "claim-2", "gpu-2", vec![]).await;
 
-    let a = replica(&env, "replica-a", 3).await;
-    let b = replica(&env, "replica-b", 3).await;
+    let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR"));
+    let proxies = [
+        Proxy::start(env.client.clone(), dir).await,
+        Proxy::start(env.client.clone(), dir).await,
+    ];
+    let lease_seconds = 3;
+    let started = Instant::now();
+    let a = replica_via(&env, "replica-a", lease_seconds, &proxies[0]).await;
+    let b = replica_via(&env, "replica-b", lease_seconds, &proxies[1]).await;
+    let startup = started.elapsed() / 2;
     let replicas = [("replica-a", &a), ("replica-b", &b)];
     let first = leader_of(&env, &replicas, TIMEOUT).await;
     let (leader, standby) = (replicas[first].1, replicas[1 - first].1);
+    let (leader_proxy, standby_proxy) = (&proxies[first], &proxies[1 - first]);
     for (name, c) in &replicas {
         let ready = c.get("/readyz").await.map(|(code, _)| code);
         assert_eq!(ready, Some(200), "{name} (leader or standby) must be ready");
@@ -144,24 +157,45 @@ async fn standby_takes_over_after_leader_dies() {
         (leader.metric(DELETIONS).await == Some(1.0)).then_some(())
     })
     .await;
+    let leases = lease_prefix(&env);
+    let standby_writes: Vec<Record> = standby_proxy
+        .writes()
+        .into_iter()
+        .filter(|r| !r.path.starts_with(&leases))
+        .collect();
+    assert!(
+        standby_writes.is_empty(),
+        "the standby wrote while the leader lived: {standby_writes:#?}"
+    );
     assert_eq!(
-        standby.metric(DELETIONS).await,
-        Some(0.0),
-        "the standby must not evict"
+        leader_proxy.deletions_of(&env.namespace, "pod-0").len(),
+        1,
+        "the leader deleted pod-0"
     );
 
     leader.kill().await;
     let killed = Instant::now();
     env.apply_slice(&slice, 1, &taint_devices(&["gpu-0", "gpu-1"], &devices))
         .await;
-    // One lease duration (3 s) for the Lease to run out, plus margin for the standby's poll, a
-    // busy machine and the deletion itself.
-    evicted_once(&env, "pod-1", Duration::from_secs(3 + 7)).await;
+    // One lease duration for the Lease to run out and the standby's next read of it (every 2 s),
+    // plus three times a replica's measured start-up for a busy machine and the deletion itself.
+    let window = Duration::from_secs(u64::from(lease_seconds) + 2) + 3 * startup.max(Duration::from_secs(1));
+    evicted_once(&env, "pod-1", window).await;
     let took = killed.elapsed();
     let now_leading = leader_of(&env, &replicas[1 - first..=1 - first], TIMEOUT).await;
     assert_eq!(now_leading, 0);
     assert_eq!(standby.metric(DELETIONS).await, Some(1.0));
-    eprintln!("standby evicted {took:?} after the leader was killed");
+    eprintln!("standby evicted {took:?} after the leader was killed (window {window:?})");
+    assert_eq!(
+        standby_proxy.deletions_of(&env.namespace, "pod-1").len(),
+        1,
+        "the new leader deleted pod-1"
+    );
+    assert_evicted_exactly(
+        &proxies.iter().collect::<Vec<_>>(),
+        &env.namespace,
+        &["pod-0", "pod-1"],
+    );
     assert_eq!(standby.stop().await, Some(0));
 }
 
