@@ -57,7 +57,7 @@ ci: lint chart-check test image-check
 demo:
 	bash tests/demo.sh
 
-## soak: the scenario, fault, leader, restart, re-list, mode and scale tests SOAK_RUNS times (default
+## soak: the scenario, fault (API, control plane, bad input, proxy), leader, restart, re-list, mode and scale tests SOAK_RUNS times (default
 ## 200) on one local control plane; SOAK_CPU_LOAD=1 keeps a core busy meanwhile. Writes
 ## target/soak/report.md (runs and failures per test) and keeps each failed run's log.
 soak:

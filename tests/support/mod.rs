@@ -169,10 +169,13 @@ pub struct OwnedControlPlane {
 
 impl OwnedControlPlane {
     /// Starts a control plane (etcd and kube-apiserver) for the calling test alone. `None`, with
-    /// the reason on stderr, when the tests run against an existing cluster ([`TEST_KUBECONFIG_VAR`]):
-    /// its components are not the tests' to kill.
+    /// the reason on stderr, when the tests run against an existing cluster ([`TEST_KUBECONFIG_VAR`]),
+    /// which may have no binaries to start one from (kind), unless `DTE_OWN_CONTROLPLANES=1`
+    /// says that local control planes can be started beside it (`make soak`).
     pub async fn start() -> Option<Self> {
-        if existing_cluster_kubeconfig().is_some() {
+        // `make soak` names its own local control plane in DTE_TEST_KUBECONFIG and allows this.
+        let allowed = std::env::var("DTE_OWN_CONTROLPLANES").is_ok_and(|v| v == "1");
+        if existing_cluster_kubeconfig().is_some() && !allowed {
             eprintln!(
                 "skipped: {TEST_KUBECONFIG_VAR} names an existing cluster, whose etcd and kube-apiserver \
                  this test cannot kill or restart"
