@@ -152,9 +152,12 @@ async fn standby_takes_over_after_leader_dies() {
 
     env.apply_slice(&slice, 1, &taint_devices(&["gpu-0"], &devices))
         .await;
-    evicted_once(&env, "pod-0", TIMEOUT).await;
-    wait_for("the leader to count its deletion", TIMEOUT, || async {
-        (leader.metric(DELETIONS).await == Some(1.0)).then_some(())
+    // Whichever replica deletes pod-0, its DELETE shows at its proxy.
+    wait_for("a DELETE of pod-0", TIMEOUT, || async {
+        let deleted = proxies
+            .iter()
+            .any(|p| !p.deletions_of(&env.namespace, "pod-0").is_empty());
+        deleted.then_some(())
     })
     .await;
     let leases = lease_prefix(&env);
@@ -167,11 +170,16 @@ async fn standby_takes_over_after_leader_dies() {
         standby_writes.is_empty(),
         "the standby wrote while the leader lived: {standby_writes:#?}"
     );
+    wait_for("the leader to count its deletion", TIMEOUT, || async {
+        (leader.metric(DELETIONS).await == Some(1.0)).then_some(())
+    })
+    .await;
     assert_eq!(
         leader_proxy.deletions_of(&env.namespace, "pod-0").len(),
         1,
         "the leader deleted pod-0"
     );
+    evicted_once(&env, "pod-0", TIMEOUT).await;
 
     leader.kill().await;
     let killed = Instant::now();
@@ -395,9 +403,10 @@ async fn leader_cut_off_from_its_lease_steps_down() {
         "the standby leads {:?} after the cut",
         took_over.duration_since(cut).unwrap_or_default()
     );
-    for pod in ["pod-0", "pod-1"] {
-        evicted_once(&env, pod, TIMEOUT + toleration).await;
-    }
+    wait_for("both pods to be evicted", TIMEOUT + toleration, || async {
+        (env.pod_deleted("pod-0").await && env.pod_deleted("pod-1").await).then_some(())
+    })
+    .await;
     wait_for("the new leader to have nothing pending", TIMEOUT, || async {
         (standby.metric(PENDING).await == Some(0.0)).then_some(())
     })
@@ -422,6 +431,9 @@ async fn leader_cut_off_from_its_lease_steps_down() {
         } else {
             assert!(late < SLACK, "{pod} deleted {late:?} after its deadline");
         }
+    }
+    for pod in ["pod-0", "pod-1"] {
+        evicted_once(&env, pod, TIMEOUT).await;
     }
     assert!(
         leader.log_text().contains("lost the leader lease"),
