@@ -330,6 +330,18 @@ fn assert_no_write_after_lease(env: &TestEnv, proxy: &Proxy, lease: Duration, re
     );
 }
 
+/// The server-set `timeAdded` of the first taint of the first device of `slice`.
+fn first_time_added(slice: &k8s_openapi::api::resource::v1::ResourceSlice) -> k8s_openapi::jiff::Timestamp {
+    slice.spec.devices.as_ref().expect("devices")[0]
+        .taints
+        .as_ref()
+        .expect("taints")[0]
+        .time_added
+        .clone()
+        .expect("timeAdded")
+        .0
+}
+
 /// The leader is cut off from its Lease (its Lease calls hang at its own proxy; its other calls
 /// pass) while two pods count down. It steps down before its Lease can have run out and sends no
 /// write after that; the standby takes over once the Lease has run out and evicts both pods at
@@ -378,15 +390,7 @@ async fn leader_cut_off_from_its_lease_steps_down() {
     let applied = env
         .apply_slice(&slice, 1, &taint_devices(&["gpu-0", "gpu-1"], &devices))
         .await;
-    let added = applied.spec.devices.as_ref().expect("devices")[0]
-        .taints
-        .as_ref()
-        .expect("taints")[0]
-        .time_added
-        .clone()
-        .expect("timeAdded")
-        .0;
-    let deadline = std::time::SystemTime::from(added) + toleration;
+    let deadline = std::time::SystemTime::from(first_time_added(&applied)) + toleration;
     wait_for("the leader to schedule both evictions", TIMEOUT, || async {
         (leader.metric(PENDING).await == Some(2.0)).then_some(())
     })
