@@ -222,7 +222,10 @@ async fn stopped_leader_releases_the_lease() {
     env.apply_slice(&slice, 1, &taint_devices(&[], &devices)).await;
     env.pod_with_claim("pod-0", "claim-0", "gpu-0", vec![]).await;
 
-    let lease_seconds = 15;
+    // Long enough that a Lease left held (not released) cannot run out within a third of it:
+    // the holder renews 2/5 of a duration before expiry, so at least 12 s remain of a 30 s Lease,
+    // and a third (10 s) is room for a slow takeover after a release.
+    let lease_seconds = 30;
     let a = replica(&env, "replica-a", lease_seconds).await;
     let first = leader_of(&env, &[("replica-a", &a)], TIMEOUT).await;
     assert_eq!(first, 0);
