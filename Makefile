@@ -57,8 +57,9 @@ ci: lint chart-check test image-check
 demo:
 	bash tests/demo.sh
 
-## soak: the scenario, PodGroup, fault, leader, restart, re-list, mode and scale tests SOAK_RUNS
-## times (default 200) on one local control plane; SOAK_CPU_LOAD=1 keeps a core busy meanwhile. Writes
+## soak: the scenario, PodGroup, fault (API, control plane, bad input, proxy), leader, restart,
+## re-list, mode and scale tests SOAK_RUNS times (default 200) on one local control plane;
+## SOAK_CPU_LOAD=1 keeps a core busy meanwhile. Writes
 ## target/soak/report.md (runs and failures per test) and keeps each failed run's log.
 soak:
 	bash tests/soak.sh

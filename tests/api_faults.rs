@@ -7,10 +7,16 @@
 
 mod support;
 
-use std::{path::Path, time::Duration};
+use std::path::Path;
 
 use http::Method;
-use support::{TIMEOUT, TestEnv, controller::Controller, objects::taint, proxy::Proxy, wait_for};
+use support::{
+    TIMEOUT, TestEnv,
+    controller::Controller,
+    objects::taint,
+    proxy::{Proxy, assert_evicted_exactly},
+    wait_for,
+};
 
 const KEY: &str = "example.com/broken";
 
@@ -61,19 +67,29 @@ async fn server_errors_are_retried_without_delaying_other_pods() {
     )
     .await;
 
-    wait_for("the fast pod to be evicted", Duration::from_secs(10), || async {
-        env.pod_deleted("fast").await.then_some(())
+    wait_for("both pods to be evicted", TIMEOUT, || async {
+        (env.pod_deleted("fast").await && env.pod_deleted("slow").await).then_some(())
     })
     .await;
+    // Not delayed: the fast pod's DELETE went out while the slow pod was still failing, i.e.
+    // before the last failed request for the slow pod. Read from the proxy's record of what was
+    // sent when, so a slow machine stretches both sides alike.
+    let records = proxy.records();
+    let fast_deleted = records
+        .iter()
+        .find(|r| r.method == Method::DELETE && r.is_for_pod(&env.namespace, "fast") && r.succeeded())
+        .expect("the fast pod's DELETE")
+        .at;
+    let slow_last_failure = records
+        .iter()
+        .filter(|r| r.is_for_pod(&env.namespace, "slow") && r.status == Some(500))
+        .map(|r| r.at)
+        .max()
+        .expect("failures for the slow pod");
     assert!(
-        !env.pod_deleted("slow").await,
-        "the slow pod should still be failing when the fast one is evicted"
+        fast_deleted < slow_last_failure,
+        "the fast pod was deleted only after the slow pod's failures ended; requests: {records:#?}"
     );
-
-    wait_for("the slow pod to be evicted", TIMEOUT, || async {
-        env.pod_deleted("slow").await.then_some(())
-    })
-    .await;
     for (verb, count) in [
         ("get", GET_FAILURES),
         ("patch", PATCH_FAILURES),
@@ -201,6 +217,80 @@ async fn start_up_retries_discovery() {
             .contains("failed to discover the DeviceTaintRule API; retrying"),
         "log:\n{}",
         c.log_text()
+    );
+    assert_eq!(c.stop().await, Some(0));
+}
+
+/// A 429 with `Retry-After: 3` on one pod's DELETE is retried no sooner than the server asked; a
+/// 409 "the object has been modified" on another pod's status PATCH is a conflict to retry, not
+/// a sign the pod is gone. Both pods are evicted exactly once, a third pod gets no write (all
+/// counted at the proxy).
+#[tokio::test]
+async fn throttled_and_conflicting_writes_are_retried() {
+    if support::controller::skip_with_deployed_controller() {
+        return;
+    }
+    let _serial = SERIAL.lock().await;
+    let env = TestEnv::new().await;
+    let slice = env.unique_name("slice");
+    env.apply_slice(
+        &slice,
+        1,
+        &[("gpu-0", vec![]), ("gpu-1", vec![]), ("gpu-2", vec![])],
+    )
+    .await;
+    env.pod_with_claim("throttled", "claim-0", "gpu-0", vec![]).await;
+    env.pod_with_claim("conflicted", "claim-1", "gpu-1", vec![]).await;
+    env.pod_with_claim("bystander", "claim-2", "gpu-2", vec![]).await;
+
+    let proxy = Proxy::start(env.client.clone(), Path::new(env!("CARGO_TARGET_TMPDIR"))).await;
+    let c = Controller::start(&proxy.kubeconfig, &["--leader-elect=false"]).await;
+    let pods = format!("/api/v1/namespaces/{}/pods", env.namespace);
+    let retry_after = 3;
+    proxy.throttle(Method::DELETE, &format!("{pods}/throttled"), 1, retry_after);
+    proxy.conflict(Method::PATCH, &format!("{pods}/conflicted/status"), 1);
+    let tainted = || vec![taint(KEY, "NoExecute")];
+    env.apply_slice(
+        &slice,
+        1,
+        &[("gpu-0", tainted()), ("gpu-1", tainted()), ("gpu-2", vec![])],
+    )
+    .await;
+
+    wait_for("both pods to be evicted", TIMEOUT, || async {
+        (env.pod_deleted("throttled").await && env.pod_deleted("conflicted").await).then_some(())
+    })
+    .await;
+    wait_for("nothing pending", TIMEOUT, || async {
+        (c.metric(support::objects::PENDING).await == Some(0.0)).then_some(())
+    })
+    .await;
+    assert_evicted_exactly(&[&proxy], &env.namespace, &["throttled", "conflicted"]);
+    let deletes: Vec<_> = proxy
+        .writes_for_pod(&env.namespace, "throttled")
+        .into_iter()
+        .filter(|r| r.method == Method::DELETE)
+        .collect();
+    assert_eq!(
+        deletes.iter().map(|r| r.status).collect::<Vec<_>>(),
+        vec![Some(429), Some(200)],
+        "DELETEs of the throttled pod"
+    );
+    let waited = deletes[1].at.duration_since(deletes[0].at).unwrap_or_default();
+    assert!(
+        waited >= std::time::Duration::from_secs(retry_after.into()),
+        "retried {waited:?} after a 429 with Retry-After: {retry_after}"
+    );
+    let patches: Vec<_> = proxy
+        .writes_for_pod(&env.namespace, "conflicted")
+        .into_iter()
+        .filter(|r| r.method == Method::PATCH)
+        .map(|r| r.status)
+        .collect();
+    assert_eq!(
+        patches,
+        vec![Some(409), Some(200)],
+        "status PATCHes of the conflicted pod"
     );
     assert_eq!(c.stop().await, Some(0));
 }

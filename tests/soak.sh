@@ -6,7 +6,8 @@
 # Environment:
 #   SOAK_RUNS       how many rounds (default 200)
 #   SOAK_TESTS      test binaries, space-separated (default: scenarios podgroups api_faults leader
-#                   restart relist modes scale)
+#                   restart relist modes scale bad_input fault_proxy controlplane_faults; the last starts
+#                   control planes of its own, which DTE_OWN_CONTROLPLANES=1 allows here)
 #   SOAK_CPU_LOAD   1: a second process keeps one core busy for the whole soak (default 0)
 #   SOAK_DIR        where the report and failure logs go (default target/soak)
 #   SOAK_RUN_TIMEOUT seconds one test binary may take before it counts as a failure (default 900)
@@ -14,7 +15,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 runs=${SOAK_RUNS:-200}
-tests=${SOAK_TESTS:-scenarios podgroups api_faults leader restart relist modes scale}
+tests=${SOAK_TESTS:-scenarios podgroups api_faults leader restart relist modes scale bad_input fault_proxy controlplane_faults}
 load=${SOAK_CPU_LOAD:-0}
 out=${SOAK_DIR:-target/soak}
 run_timeout=${SOAK_RUN_TIMEOUT:-900}
@@ -70,6 +71,9 @@ case ${CONTROLPLANE_K8S_VERSION:-1.37} in
 esac
 tests/controlplane/up.sh "${up_flags[@]}" "$cp_dir" >/dev/null
 export DTE_TEST_KUBECONFIG=$cp_dir/kubeconfig KUBECONFIG=$cp_dir/kubeconfig
+# The soak's control plane is local too, so tests that kill components of a control plane of their
+# own (controlplane_faults) may start one beside it.
+export DTE_OWN_CONTROLPLANES=1
 if [[ $load == 1 ]]; then
 	sh -c 'while :; do :; done' &
 	loader=$!

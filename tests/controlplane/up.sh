@@ -235,13 +235,32 @@ launch() {
 		rc=0
 		wait_ready "$name" "$url" "$@" || rc=$?
 		case $rc in
-		0) return 0 ;;
+		0)
+			remember "$name" "$@"
+			return 0
+			;;
 		1) fail "$name" "$name was not ready after ${timeout}s" ;;
 		2) fail "$name" "$name exited" ;;
 		3) log "$name: a port was taken meanwhile; retrying on other ports (attempt $attempt)" ;;
 		esac
 	done
 	fail "$name" "$name could not bind its ports"
+}
+
+# remember NAME CURL-ARGS...: records how NAME was started (command line, ready URL and curl
+# arguments, shell-quoted) in DIR/run/NAME.cmd, so that component.sh can start it again with the
+# same flags, ports and data directory after a test killed it.
+remember() {
+	local name=$1
+	shift
+	{
+		printf 'cmd=('
+		printf '%q ' "${cmd[@]}"
+		printf ')\nurl=%q\ncurl_args=(' "$url"
+		(($# == 0)) || printf '%q ' "$@"
+		printf ')\n'
+	} >"$dir/run/$name.cmd.tmp"
+	mv "$dir/run/$name.cmd.tmp" "$dir/run/$name.cmd"
 }
 
 write_kubeconfig() { # FILE USER TOKEN

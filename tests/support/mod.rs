@@ -153,6 +153,147 @@ async fn config_from(kubeconfig: Kubeconfig) -> Result<Config, String> {
         .map_err(|e| format!("loading the kubeconfig: {e}"))
 }
 
+/// A control plane of one test's own, for faults of its components (kill and restart etcd or
+/// kube-apiserver, compact etcd) that must not hit the other tests of the binary. Dropping it stops
+/// the control plane (`down.sh`); the reaper of [`start_control_plane`] covers a test process that
+/// dies first.
+pub struct OwnedControlPlane {
+    /// The cluster, leaked so that a [`TestEnv`] can borrow it (a few bytes per test).
+    pub cluster: &'static Cluster,
+    /// The control plane directory (`up.sh`'s `DIR`).
+    pub dir: PathBuf,
+    /// How long `up.sh` took: a measure of how slow this machine is right now, from which tests
+    /// derive their timing windows.
+    pub startup: Duration,
+}
+
+impl OwnedControlPlane {
+    /// Starts a control plane (etcd and kube-apiserver) for the calling test alone. `None`, with
+    /// the reason on stderr, when the tests run against an existing cluster ([`TEST_KUBECONFIG_VAR`]),
+    /// which may have no binaries to start one from (kind), unless `DTE_OWN_CONTROLPLANES=1`
+    /// says that local control planes can be started beside it (`make soak`).
+    pub async fn start() -> Option<Self> {
+        // `make soak` names its own local control plane in DTE_TEST_KUBECONFIG and allows this.
+        let allowed = std::env::var("DTE_OWN_CONTROLPLANES").is_ok_and(|v| v == "1");
+        if existing_cluster_kubeconfig().is_some() && !allowed {
+            eprintln!(
+                "skipped: {TEST_KUBECONFIG_VAR} names an existing cluster, whose etcd and kube-apiserver \
+                 this test cannot kill or restart"
+            );
+            return None;
+        }
+        let started = std::time::Instant::now();
+        let dir = tokio::task::spawn_blocking(|| start_control_plane(&[]))
+            .await
+            .expect("starting the control plane")
+            .unwrap_or_else(|e| panic!("starting a control plane of the test's own: {e}"));
+        let startup = started.elapsed();
+        let kubeconfig = dir.join("kubeconfig");
+        let config = config_from(Kubeconfig::read_from(&kubeconfig).expect("reading the kubeconfig"))
+            .await
+            .expect("the kubeconfig");
+        let cluster = Box::leak(Box::new(Cluster {
+            kubeconfig,
+            config,
+            dir: Some(dir.clone()),
+            up_flags: Vec::new(),
+        }));
+        eprintln!("own control plane in {} up in {startup:?}", dir.display());
+        Some(Self {
+            cluster,
+            dir,
+            startup,
+        })
+    }
+
+    /// Runs `tests/controlplane/component.sh <action> <component> <dir>`; panics if it fails.
+    pub async fn component(&self, action: &str, component: &str) {
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/controlplane/component.sh");
+        let mut command = tokio::process::Command::new(script);
+        command
+            .env_remove("KUBECONFIG")
+            .args([action, component])
+            .arg(&self.dir)
+            .stdin(Stdio::null());
+        let status = command.status().await.expect("running component.sh");
+        assert!(
+            status.success(),
+            "component.sh {action} {component} failed ({status})"
+        );
+    }
+
+    /// SIGKILL to `component` (`etcd`, `kube-apiserver`): a crash.
+    pub async fn kill(&self, component: &str) {
+        self.component("kill", component).await;
+    }
+
+    /// Starts `component` again with its old flags, ports and data; returns once it is ready.
+    pub async fn restart(&self, component: &str) {
+        self.component("start", component).await;
+    }
+
+    /// The etcd client URL (`ETCD_ENDPOINT` of `cluster.env`).
+    pub fn etcd_endpoint(&self) -> String {
+        let env = std::fs::read_to_string(self.dir.join("cluster.env")).expect("cluster.env");
+        env.lines()
+            .find_map(|l| l.strip_prefix("ETCD_ENDPOINT="))
+            .expect("ETCD_ENDPOINT in cluster.env")
+            .trim_matches(['\'', '"'])
+            .to_owned()
+    }
+
+    /// POSTs `body` to etcd's JSON gateway at `path` (e.g. `/v3/kv/range`) and returns the answer.
+    async fn etcd(&self, path: &str, body: &str) -> serde_json::Value {
+        let output = tokio::process::Command::new("curl")
+            .args(["-sS", "--fail", "--max-time", "30", "-X", "POST", "-d", body])
+            .arg(format!("{}{path}", self.etcd_endpoint()))
+            .stdin(Stdio::null())
+            .output()
+            .await
+            .expect("running curl");
+        assert!(
+            output.status.success(),
+            "etcd {path}: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        serde_json::from_slice(&output.stdout).expect("etcd's answer is JSON")
+    }
+
+    /// etcd's current revision.
+    pub async fn etcd_revision(&self) -> i64 {
+        let answer = self.etcd("/v3/kv/range", r#"{"key":"AA=="}"#).await;
+        answer["header"]["revision"]
+            .as_str()
+            .and_then(|r| r.parse().ok())
+            .expect("header.revision")
+    }
+
+    /// Compacts etcd's history up to its current revision, which it returns: every watch that
+    /// resumes from an older revision gets "too old resource version" (410).
+    pub async fn compact(&self) -> i64 {
+        let revision = self.etcd_revision().await;
+        self.etcd(
+            "/v3/kv/compaction",
+            &format!(r#"{{"revision":"{revision}","physical":true}}"#),
+        )
+        .await;
+        revision
+    }
+}
+
+impl Drop for OwnedControlPlane {
+    fn drop(&mut self) {
+        let down = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/controlplane/down.sh");
+        let _ = Command::new(down)
+            .env_remove("KUBECONFIG")
+            .arg(&self.dir)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+    }
+}
+
 /// Runs `up.sh` into a fresh directory and arranges for `down.sh` to run when this process exits.
 fn start_control_plane(up_flags: &[String]) -> Result<PathBuf, String> {
     let scripts = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/controlplane");
@@ -230,7 +371,11 @@ impl TestEnv {
 
     /// [`TestEnv::new`] on a control plane started with these `up.sh` flags (see [`cluster_with`]).
     pub async fn with_up_flags(up_flags: &[&str]) -> Self {
-        let cluster = cluster_with(up_flags).await;
+        Self::on(cluster_with(up_flags).await).await
+    }
+
+    /// [`TestEnv::new`] on `cluster`, e.g. an [`OwnedControlPlane`]'s.
+    pub async fn on(cluster: &'static Cluster) -> Self {
         let client = Client::try_from(cluster.config.clone()).expect("admin client");
         let suffix = random_suffix();
         let namespace = format!("dte-{}-{suffix}", test_name_for_dns());
