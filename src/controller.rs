@@ -51,6 +51,8 @@ pub struct Config {
     pub max_evictions_burst: u32,
     /// Decide, log, count and emit "would evict" Events, but never touch a pod.
     pub dry_run: bool,
+    /// A watch that receives nothing, not even a bookmark, for this long is restarted.
+    pub watch_idle_timeout: Duration,
     /// Address of the HTTP server for health and metrics.
     pub http_addr: SocketAddr,
     /// Serve metrics only here instead of on `http_addr`.
@@ -366,8 +368,13 @@ impl watch::Sink for Shared {
 }
 
 /// Runs a watch; returns what to call it when it ends (it should not).
-async fn named_watch<K: watch::Kind>(shared: Arc<Shared>, readiness: Readiness, api: Api<K>) -> String {
-    watch::watch(shared, readiness, api).await;
+async fn named_watch<K: watch::Kind>(
+    shared: Arc<Shared>,
+    readiness: Readiness,
+    api: Api<K>,
+    idle: watch::Idle,
+) -> String {
+    watch::watch(shared, readiness, api, idle).await;
     format!("{} watch", K::PLURAL)
 }
 
@@ -378,21 +385,25 @@ fn spawn_watches(
     shared: &Arc<Shared>,
     readiness: &Readiness,
     rule_resource: Option<&ApiResource>,
+    idle: &watch::Idle,
 ) {
     tasks.spawn(named_watch(
         shared.clone(),
         readiness.clone(),
         Api::<WatchedPod>::all(client.clone()),
+        idle.clone(),
     ));
     tasks.spawn(named_watch(
         shared.clone(),
         readiness.clone(),
         Api::<ResourceClaim>::all(client.clone()),
+        idle.clone(),
     ));
     tasks.spawn(named_watch(
         shared.clone(),
         readiness.clone(),
         Api::<ResourceSlice>::all(client.clone()),
+        idle.clone(),
     ));
     match rule_resource {
         Some(ar) => {
@@ -400,6 +411,7 @@ fn spawn_watches(
                 shared.clone(),
                 readiness.clone(),
                 Api::<DeviceTaintRule>::all_with(client.clone(), ar),
+                idle.clone(),
             ));
         }
         None => readiness.mark_synced(DeviceTaintRule::PLURAL),
@@ -444,7 +456,13 @@ pub async fn run_until(config: Config, shutdown: impl Future<Output = ()>) -> Re
     let kube_config = client::load_config(&config.client).await?;
     // Reads and writes share one --kube-api-qps bucket; the Lease has a client of its own.
     let bucket = TokenBucket::new(config.client.qps, config.client.burst);
-    let client = client::client_from_config(kube_config.clone(), bucket.clone(), config.client.timeout)?;
+    let progress = client::WatchProgress::default();
+    let client = client::client_from_config(
+        kube_config.clone(),
+        bucket.clone(),
+        config.client.timeout,
+        &progress,
+    )?;
     let mut registry = Registry::default();
     let metrics = Metrics::register(&mut registry);
     let readiness = Readiness::new(&watch::KINDS);
@@ -496,6 +514,7 @@ pub async fn run_until(config: Config, shutdown: impl Future<Output = ()>) -> Re
                 kube_config.clone(),
                 TokenBucket::unlimited(),
                 config.client.timeout,
+                &client::WatchProgress::default(),
             )?;
             until_ok(
                 "start leader election",
@@ -540,7 +559,18 @@ pub async fn run_until(config: Config, shutdown: impl Future<Output = ()>) -> Re
     );
 
     let mut watches = JoinSet::new();
-    spawn_watches(&mut watches, &client, &shared, &readiness, rule_resource.as_ref());
+    let idle = watch::Idle {
+        timeout: config.watch_idle_timeout,
+        progress,
+    };
+    spawn_watches(
+        &mut watches,
+        &client,
+        &shared,
+        &readiness,
+        rule_resource.as_ref(),
+        &idle,
+    );
 
     // Workers start once every initial list is in (nothing is deleted before) and this replica leads.
     let mut workers = JoinSet::new();

@@ -3,7 +3,7 @@
 //! API objects into views; the controller runs [`watch`] for every kind, and `explain` feeds a
 //! one-shot listing through [`reset`].
 
-use std::{fmt::Debug, sync::Arc};
+use std::{fmt::Debug, sync::Arc, time::Duration};
 
 use futures::StreamExt as _;
 use kube::{
@@ -11,10 +11,12 @@ use kube::{
     runtime::{WatchStreamExt as _, watcher},
 };
 use serde::de::DeserializeOwned;
+use tokio::time::Instant;
 use tracing::{info, warn};
 
 use crate::{
     admin::Readiness,
+    client::WatchProgress,
     index::State,
     k8s::{self, DeviceTaintRule, ResourceClaim, ResourceSlice, Timestamp, WatchedPod},
     metrics::Metrics,
@@ -200,38 +202,89 @@ fn apply<K: Kind, S: Sink>(sink: &S, obj: &K, now: Time) {
     }
 }
 
+/// The default `--watch-idle-timeout`: the server-side timeout kube's watcher asks for (290 s),
+/// after which a healthy server ends the watch, plus a margin.
+pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(330);
+
+/// When a watch counts as silent and is restarted (`--watch-idle-timeout`).
+#[derive(Clone, Debug)]
+pub struct Idle {
+    /// How long a watch may receive nothing at all, not even a bookmark.
+    pub timeout: Duration,
+    /// What the client's watches received, bookmarks included (kube's watcher hides those).
+    pub progress: WatchProgress,
+}
+
 /// Watches every object of kind `K` through `api` and applies the events to the state; marks the
 /// kind synced in `readiness` after each initial list. Runs until the stream ends (never,
-/// normally); a failed watch is retried with kube's default backoff.
-pub async fn watch<K: Kind, S: Sink>(sink: Arc<S>, readiness: Readiness, api: Api<K>) {
+/// normally); a failed watch is retried with kube's default backoff, and a watch that receives
+/// nothing, not even a bookmark, for `idle.timeout` is dropped and started afresh (a new list,
+/// then a new watch): a connection that went silent without closing must not leave the index
+/// stale for ever.
+pub async fn watch<K: Kind, S: Sink>(sink: Arc<S>, readiness: Readiness, api: Api<K>, idle: Idle) {
     let kind = K::PLURAL;
-    let mut stream = std::pin::pin!(watcher(api, watcher::Config::default()).default_backoff());
-    let mut listing: Option<Vec<K::View>> = None;
-    while let Some(event) = stream.next().await {
-        let event = match event {
-            Ok(event) => event,
-            Err(error) => {
-                sink.metrics().watch_restart(kind);
-                warn!(kind, %error, "watch failed; retrying with backoff");
-                continue;
-            }
-        };
-        let now = Timestamp::now();
-        match event {
-            watcher::Event::Init => listing = Some(Vec::new()),
-            watcher::Event::InitApply(obj) => match obj.project() {
-                Ok(view) => listing.get_or_insert_with(Vec::new).push(view),
-                Err(invalid) => skip(sink.metrics(), kind, &invalid),
-            },
-            watcher::Event::InitDone => {
-                let views = listing.take().unwrap_or_default();
-                info!(kind, objects = views.len(), "initial list received");
-                sink.update(|state| K::reset(state, views, now));
-                readiness.mark_synced(kind);
-            }
-            watcher::Event::Apply(obj) => apply(&*sink, &obj, now),
-            watcher::Event::Delete(obj) => sink.update(|state| obj.delete(state)),
+    loop {
+        let mut stream = std::pin::pin!(watcher(api.clone(), watcher::Config::default()).default_backoff());
+        let mut listing: Option<Vec<K::View>> = None;
+        // Last sign of life of this watcher: its start, an event, or anything its requests received.
+        let mut last = Instant::now();
+        loop {
+            let alive = |last: Instant| idle.progress.last(kind).map_or(last, |p| p.max(last));
+            let event = tokio::select! {
+                event = stream.next() => event,
+                () = tokio::time::sleep_until(alive(last) + idle.timeout) => {
+                    if Instant::now() < alive(last) + idle.timeout {
+                        continue;
+                    }
+                    sink.metrics().watch_idle_restart(kind);
+                    warn!(
+                        kind,
+                        idle_timeout = ?idle.timeout,
+                        "watch received nothing, not even a bookmark, within --watch-idle-timeout; restarting it"
+                    );
+                    break;
+                }
+            };
+            let Some(event) = event else {
+                return;
+            };
+            last = Instant::now();
+            handle(&*sink, &readiness, &mut listing, event);
         }
+    }
+}
+
+/// Applies one item of a watch stream.
+fn handle<K: Kind, S: Sink>(
+    sink: &S,
+    readiness: &Readiness,
+    listing: &mut Option<Vec<K::View>>,
+    event: Result<watcher::Event<K>, watcher::Error>,
+) {
+    let kind = K::PLURAL;
+    let event = match event {
+        Ok(event) => event,
+        Err(error) => {
+            sink.metrics().watch_restart(kind);
+            warn!(kind, %error, "watch failed; retrying with backoff");
+            return;
+        }
+    };
+    let now = Timestamp::now();
+    match event {
+        watcher::Event::Init => *listing = Some(Vec::new()),
+        watcher::Event::InitApply(obj) => match obj.project() {
+            Ok(view) => listing.get_or_insert_with(Vec::new).push(view),
+            Err(invalid) => skip(sink.metrics(), kind, &invalid),
+        },
+        watcher::Event::InitDone => {
+            let views = listing.take().unwrap_or_default();
+            info!(kind, objects = views.len(), "initial list received");
+            sink.update(|state| K::reset(state, views, now));
+            readiness.mark_synced(kind);
+        }
+        watcher::Event::Apply(obj) => apply(sink, &obj, now),
+        watcher::Event::Delete(obj) => sink.update(|state| obj.delete(state)),
     }
 }
 
@@ -239,10 +292,14 @@ pub async fn watch<K: Kind, S: Sink>(sink: Arc<S>, readiness: Readiness, api: Ap
 mod tests {
     use std::sync::Mutex;
 
+    use http::{Request, Response};
+    use http_body_util::{BodyExt as _, StreamBody};
+    use kube::client::{Body, ClientBuilder};
     use prometheus_client::registry::Registry;
+    use tokio_util::bytes::Bytes;
 
     use super::*;
-    use crate::fixtures::t;
+    use crate::{client::WatchProgressLayer, fixtures::t};
 
     struct TestSink {
         state: Mutex<State>,
@@ -289,5 +346,137 @@ mod tests {
                 .device_taints(&device)
                 .is_empty()
         );
+    }
+
+    /// How the scripted API server answers a watch after the (empty) list.
+    #[derive(Clone, Copy)]
+    enum WatchBody {
+        /// Answers, then sends nothing and never closes (a connection that went silent).
+        Silent,
+        /// A bookmark every minute and nothing else (a quiet cluster).
+        Bookmarks,
+    }
+
+    /// An API server for ResourceSlices: every list is empty, every watch answers as `body`.
+    /// Returns the client (its watches reporting to `progress`) and the requests it received.
+    fn slice_server(body: WatchBody, progress: &WatchProgress) -> (kube::Client, Arc<Mutex<Vec<String>>>) {
+        let sent = Arc::new(Mutex::new(Vec::new()));
+        let log = sent.clone();
+        let service = tower::service_fn(move |request: Request<Body>| {
+            let watching = request.uri().query().is_some_and(|q| q.contains("watch=true"));
+            log.lock()
+                .expect("sent")
+                .push(if watching { "watch" } else { "list" }.to_owned());
+            async move {
+                let body = if watching {
+                    let frames = futures::stream::unfold(0_u64, move |n| async move {
+                        if matches!(body, WatchBody::Silent) {
+                            return std::future::pending().await;
+                        }
+                        tokio::time::sleep(Duration::from_secs(60)).await;
+                        let line = serde_json::json!({"type": "BOOKMARK", "object": {
+                            "apiVersion": "resource.k8s.io/v1", "kind": "ResourceSlice",
+                            "metadata": {"resourceVersion": (n + 2).to_string()}}});
+                        let frame = http_body::Frame::data(Bytes::from(format!("{line}\n")));
+                        Some((Ok::<_, std::convert::Infallible>(frame), n + 1))
+                    });
+                    StreamBody::new(frames).boxed_unsync()
+                } else {
+                    let list = serde_json::json!({"apiVersion": "resource.k8s.io/v1",
+                        "kind": "ResourceSliceList", "metadata": {"resourceVersion": "1"}, "items": []});
+                    http_body_util::Full::new(Bytes::from(list.to_string()))
+                        .map_err(|never| match never {})
+                        .boxed_unsync()
+                };
+                Ok::<_, std::convert::Infallible>(Response::new(body))
+            }
+        });
+        let client = ClientBuilder::new(service, "default")
+            .with_layer(&WatchProgressLayer::new(progress.clone()))
+            .build();
+        (client, sent)
+    }
+
+    fn sink() -> Arc<TestSink> {
+        Arc::new(TestSink {
+            state: Mutex::new(State::new()),
+            metrics: Metrics::register(&mut Registry::default()),
+        })
+    }
+
+    /// Runs a ResourceSlice watch against the scripted server for `run` of virtual time; returns
+    /// the requests sent.
+    async fn run_slice_watch(body: WatchBody, idle_timeout: Duration, run: Duration) -> Vec<String> {
+        let progress = WatchProgress::default();
+        let (client, sent) = slice_server(body, &progress);
+        let readiness = Readiness::new(&KINDS);
+        let idle = Idle {
+            timeout: idle_timeout,
+            progress,
+        };
+        let task = tokio::spawn(watch(
+            sink(),
+            readiness.clone(),
+            Api::<ResourceSlice>::all(client),
+            idle,
+        ));
+        tokio::time::sleep(run).await;
+        assert!(!task.is_finished(), "a watch runs until aborted");
+        task.abort();
+        sent.lock().expect("sent").clone()
+    }
+
+    /// A watch that answers and then stays silent is restarted after --watch-idle-timeout,
+    /// with a new list, and counted.
+    #[tokio::test(start_paused = true)]
+    async fn silent_watch_is_restarted_after_the_idle_timeout() {
+        let progress = WatchProgress::default();
+        let (client, sent) = slice_server(WatchBody::Silent, &progress);
+        let sink = sink();
+        let idle = Idle {
+            timeout: Duration::from_secs(5),
+            progress,
+        };
+        let task = tokio::spawn(watch(
+            sink.clone(),
+            Readiness::new(&KINDS),
+            Api::<ResourceSlice>::all(client),
+            idle,
+        ));
+        tokio::time::sleep(Duration::from_millis(4900)).await;
+        assert_eq!(
+            *sent.lock().expect("sent"),
+            ["list", "watch"],
+            "not restarted early"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert_eq!(
+            *sent.lock().expect("sent"),
+            ["list", "watch", "list", "watch"],
+            "restarted (a new list) once the watch was silent for 5 s"
+        );
+        task.abort();
+        assert_eq!(sink.metrics.idle_restarts(ResourceSlice::PLURAL), 1);
+    }
+
+    /// A quiet watch that receives a bookmark every minute is never restarted, even though kube's
+    /// watcher yields no event for the bookmarks.
+    #[tokio::test(start_paused = true)]
+    async fn bookmarks_keep_a_quiet_watch_alive() {
+        let sent = run_slice_watch(
+            WatchBody::Bookmarks,
+            Duration::from_secs(90),
+            Duration::from_secs(1000),
+        )
+        .await;
+        assert_eq!(sent, ["list", "watch"], "never restarted");
+        // The same silence without bookmarks is restarted (the bookmarks above are what count).
+        let sent = run_slice_watch(
+            WatchBody::Silent,
+            Duration::from_secs(90),
+            Duration::from_secs(1000),
+        )
+        .await;
+        assert!(sent.len() > 2, "{sent:?}");
     }
 }
