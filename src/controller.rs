@@ -12,7 +12,7 @@
 use std::{
     future::Future,
     net::SocketAddr,
-    sync::{Arc, Mutex, MutexGuard, PoisonError},
+    sync::{Arc, Mutex, MutexGuard},
     time::Duration,
 };
 
@@ -170,8 +170,16 @@ pub(crate) fn enqueue(queue: &WorkQueue<Work>, changes: Vec<Change>, now: Time) 
 }
 
 impl Shared {
+    /// The state. A poisoned lock (a task panicked while it updated the state, which a release
+    /// build turns into an abort) is fatal: the index may be half-updated, and acting on it could
+    /// evict the wrong pod or miss one. The task that finds it panics, and supervision stops the
+    /// process with a non-zero exit (`/healthz` fails first).
     fn lock(&self) -> MutexGuard<'_, State> {
-        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+        let Ok(state) = self.state.lock() else {
+            error!("the index state is poisoned (a task panicked while updating it); stopping");
+            panic!("index state poisoned");
+        };
+        state
     }
 
     fn is_leader(&self) -> bool {
@@ -839,6 +847,49 @@ mod tests {
         assert!(
             matches!(&error, Error::TaskEnded(task) if task.starts_with("worker (") && task.contains("panicked")),
             "{error:?}"
+        );
+        assert!(!liveness.is_alive());
+    }
+
+    /// A poisoned state is never used again: the task that finds it stops, and supervision stops
+    /// the controller on it.
+    #[tokio::test]
+    async fn a_poisoned_state_stops_the_controller() {
+        let sent = Arc::new(Mutex::new(Vec::new()));
+        let shared = shared(recording_client(&sent), TokenBucket::unlimited());
+        let holder = shared.clone();
+        let _ = std::thread::spawn(move || {
+            let _state = holder.state.lock();
+            panic!("a bug while the state is held");
+        })
+        .join();
+        assert!(shared.state.is_poisoned());
+        let used = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let mut watches = JoinSet::new();
+        watches.spawn({
+            let shared = shared.clone();
+            let used = used.clone();
+            async move {
+                shared.update(|_| used.store(true, std::sync::atomic::Ordering::SeqCst));
+                std::future::pending::<String>().await
+            }
+        });
+        let mut workers = JoinSet::new();
+        workers.spawn(std::future::pending::<String>());
+        let liveness = Liveness::new();
+        let error = tokio::time::timeout(
+            Duration::from_secs(10),
+            supervise(&mut watches, &mut workers, &liveness),
+        )
+        .await
+        .expect("the task that met the poisoned state ended");
+        assert!(
+            matches!(&error, Error::TaskEnded(task) if task.contains("panicked")),
+            "{error:?}"
+        );
+        assert!(
+            !used.load(std::sync::atomic::Ordering::SeqCst),
+            "the state was not used"
         );
         assert!(!liveness.is_alive());
     }
