@@ -12,7 +12,10 @@
 use std::{
     future::Future,
     net::SocketAddr,
-    sync::{Arc, Mutex, MutexGuard},
+    sync::{
+        Arc, Mutex, MutexGuard, PoisonError,
+        atomic::{AtomicBool, AtomicUsize, Ordering},
+    },
     time::Duration,
 };
 
@@ -127,6 +130,92 @@ struct Shared {
     metrics: Metrics,
     leader: channel::Receiver<bool>,
     evictions: TokenBucket,
+    workers: WorkerBeat,
+}
+
+/// What the watchdog sees of the workers.
+#[derive(Debug)]
+struct WorkerBeat {
+    /// Whether workers run (this replica leads and every initial list is in); only then must
+    /// due work be taken.
+    running: AtomicBool,
+    /// When a worker last took or finished a key.
+    last: Mutex<Instant>,
+    /// Workers waiting for an eviction token (`--max-evictions-per-second`): busy by design.
+    pacing: AtomicUsize,
+}
+
+impl WorkerBeat {
+    fn new() -> Self {
+        Self {
+            running: AtomicBool::new(false),
+            last: Mutex::new(Instant::now()),
+            pacing: AtomicUsize::new(0),
+        }
+    }
+
+    fn beat(&self) {
+        *self.last.lock().unwrap_or_else(PoisonError::into_inner) = Instant::now();
+    }
+
+    fn last(&self) -> Instant {
+        *self.last.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// How long due work may wait while no worker takes or finishes anything before the workers
+/// count as stuck, in multiples of `--api-timeout` (a key's work is a few calls, each bounded by it).
+const WORK_STALL_TIMEOUTS: u32 = 10;
+
+/// What is stuck, if anything, at `now`: a watch whose loop has not turned for twice the idle
+/// timeout (it turns at least once per idle timeout), or due work that waited longer than
+/// `work_bound` while running workers took or finished nothing and none was pacing.
+fn stuck(
+    shared: &Shared,
+    beats: &watch::Beats,
+    idle_timeout: Duration,
+    work_bound: Duration,
+) -> Option<String> {
+    let now = Instant::now();
+    if let Some((kind, at)) = beats.stalest()
+        && now.duration_since(at) > idle_timeout * 2
+    {
+        return Some(format!(
+            "the {kind} watch has not made progress for {:?}",
+            now.duration_since(at)
+        ));
+    }
+    let workers = &shared.workers;
+    if !workers.running.load(Ordering::SeqCst) || workers.pacing.load(Ordering::SeqCst) > 0 {
+        return None;
+    }
+    let overdue = shared
+        .queue
+        .next_deadline()
+        .is_some_and(|due| now.duration_since(due) > work_bound);
+    let idle = now.duration_since(workers.last()) > work_bound;
+    (overdue && idle).then(|| format!("due work has not been taken by any worker for {work_bound:?}"))
+}
+
+/// Checks every `period` whether a watch or the workers are stuck ([`stuck`]); the first time
+/// they are, fails `/healthz` with the reason (the kubelet then restarts the process) and
+/// returns it.
+async fn watchdog(
+    shared: Arc<Shared>,
+    beats: watch::Beats,
+    idle_timeout: Duration,
+    work_bound: Duration,
+    liveness: Liveness,
+) -> String {
+    let period = (work_bound.min(idle_timeout) / 4).max(Duration::from_millis(100));
+    loop {
+        tokio::time::sleep(period).await;
+        if let Some(reason) = stuck(&shared, &beats, idle_timeout, work_bound) {
+            error!(reason = %reason, "stuck; failing /healthz");
+            liveness.set_failed(reason.clone());
+            return reason;
+        }
+    }
 }
 
 /// The instant at which a wall-clock time arrives (now if it has passed), `now` being the
@@ -241,7 +330,9 @@ impl Shared {
         if !wait.is_zero() {
             self.metrics.eviction_rate_limited();
             debug!(pod = %pod, ?wait, "eviction paced by --max-evictions-per-second");
+            self.workers.pacing.fetch_add(1, Ordering::SeqCst);
             tokio::time::sleep(wait).await;
+            self.workers.pacing.fetch_sub(1, Ordering::SeqCst);
             // The index may have changed while this worker waited (taint removed, pod gone).
             eviction = match self.due_now(pod) {
                 Ok(eviction) => eviction,
@@ -439,8 +530,10 @@ async fn wait_until_active(readiness: &Readiness, leader: &mut channel::Receiver
 /// A worker: takes due keys and processes them, until the queue shuts down.
 async fn worker(shared: Arc<Shared>) {
     while let Some((work, ticket)) = shared.queue.next().await {
+        shared.workers.beat();
         let completion = shared.process(&work).await;
         shared.queue.done(&work, ticket, completion);
+        shared.workers.beat();
         shared
             .metrics
             .set_queue_depth(i64::try_from(shared.queue.len()).unwrap_or(i64::MAX));
@@ -556,6 +649,7 @@ pub async fn run_until(config: Config, shutdown: impl Future<Output = ()>) -> Re
         } else {
             TokenBucket::unlimited()
         },
+        workers: WorkerBeat::new(),
     });
     info!(
         identity = %identity,
@@ -570,6 +664,7 @@ pub async fn run_until(config: Config, shutdown: impl Future<Output = ()>) -> Re
     let idle = watch::Idle {
         timeout: config.watch_idle_timeout,
         progress,
+        beats: watch::Beats::default(),
     };
     spawn_watches(
         &mut watches,
@@ -579,6 +674,13 @@ pub async fn run_until(config: Config, shutdown: impl Future<Output = ()>) -> Re
         rule_resource.as_ref(),
         &idle,
     );
+    let watchdog = tokio::spawn(watchdog(
+        shared.clone(),
+        idle.beats.clone(),
+        idle.timeout,
+        config.client.timeout * WORK_STALL_TIMEOUTS,
+        liveness.clone(),
+    ));
 
     // Workers start once every initial list is in (nothing is deleted before) and this replica leads.
     let mut workers = JoinSet::new();
@@ -593,6 +695,8 @@ pub async fn run_until(config: Config, shutdown: impl Future<Output = ()>) -> Re
             }
             info!("caches synced and leading: starting workers");
             shared.metrics.set_leader(true);
+            shared.workers.beat();
+            shared.workers.running.store(true, Ordering::SeqCst);
             let mut set = JoinSet::new();
             for _ in 0..count {
                 set.spawn(worker(shared.clone()));
@@ -646,6 +750,7 @@ pub async fn run_until(config: Config, shutdown: impl Future<Output = ()>) -> Re
         }
     }
     watches.abort_all();
+    watchdog.abort();
     if result.is_ok()
         && let Err(error) = leadership.release().await
     {
@@ -754,6 +859,7 @@ mod tests {
             metrics,
             leader,
             evictions,
+            workers: WorkerBeat::new(),
         })
     }
 
@@ -849,6 +955,77 @@ mod tests {
             "{error:?}"
         );
         assert!(!liveness.is_alive());
+    }
+
+    /// Due work that no running worker takes within the bound fails `/healthz`; on a standby
+    /// (workers not running) or with a worker taking the work, health stays green.
+    #[tokio::test(start_paused = true)]
+    async fn watchdog_fails_health_when_due_work_is_not_taken() {
+        let bound = Duration::from_secs(300);
+        let idle = Duration::from_secs(330);
+        let run = |running: bool, take: bool| async move {
+            let sent = Arc::new(Mutex::new(Vec::new()));
+            let shared = shared(recording_client(&sent), TokenBucket::unlimited());
+            shared.workers.running.store(running, Ordering::SeqCst);
+            set_taint(&shared, true);
+            assert!(shared.queue.next_deadline().is_some(), "a pod is due");
+            let liveness = Liveness::new();
+            let beats = watch::Beats::default();
+            let dog = tokio::spawn(watchdog(shared.clone(), beats, idle, bound, liveness.clone()));
+            tokio::time::sleep(Duration::from_secs(290)).await;
+            assert!(liveness.is_alive(), "not stuck before the bound");
+            if take {
+                let (work, ticket) = shared.queue.try_next().expect("due");
+                shared.workers.beat();
+                shared.queue.done(&work, ticket, Completion::Forget);
+                shared.workers.beat();
+            }
+            tokio::time::sleep(Duration::from_secs(100)).await;
+            dog.abort();
+            liveness.is_alive()
+        };
+        assert!(
+            !run(true, false).await,
+            "due work not taken for 300 s fails /healthz"
+        );
+        assert!(run(false, false).await, "a standby runs no workers: not stuck");
+        assert!(run(true, true).await, "a worker took the work: not stuck");
+    }
+
+    /// A watch whose loop stops turning for twice the idle timeout fails `/healthz`; one that
+    /// turns (here once per idle timeout, as an idle watch does) does not.
+    #[tokio::test(start_paused = true)]
+    async fn watchdog_fails_health_when_a_watch_is_stuck() {
+        let idle = Duration::from_secs(10);
+        let bound = Duration::from_secs(300);
+        let sent = Arc::new(Mutex::new(Vec::new()));
+        let shared = shared(recording_client(&sent), TokenBucket::unlimited());
+        let beats = watch::Beats::default();
+        let liveness = Liveness::new();
+        let turning = tokio::spawn({
+            let beats = beats.clone();
+            async move {
+                loop {
+                    beats.beat("pods");
+                    tokio::time::sleep(idle).await;
+                }
+            }
+        });
+        beats.beat("resourceslices");
+        let dog = tokio::spawn(watchdog(
+            shared.clone(),
+            beats.clone(),
+            idle,
+            bound,
+            liveness.clone(),
+        ));
+        tokio::time::sleep(Duration::from_secs(19)).await;
+        assert!(liveness.is_alive());
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        assert!(!liveness.is_alive(), "the slices watch stopped turning 24 s ago");
+        let reason = dog.await.expect("watchdog");
+        assert!(reason.contains("resourceslices watch"), "{reason}");
+        turning.abort();
     }
 
     /// A poisoned state is never used again: the task that finds it stops, and supervision stops

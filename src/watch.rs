@@ -3,7 +3,12 @@
 //! API objects into views; the controller runs [`watch`] for every kind, and `explain` feeds a
 //! one-shot listing through [`reset`].
 
-use std::{fmt::Debug, sync::Arc, time::Duration};
+use std::{
+    collections::HashMap,
+    fmt::Debug,
+    sync::{Arc, Mutex, PoisonError},
+    time::Duration,
+};
 
 use futures::StreamExt as _;
 use kube::{
@@ -213,6 +218,37 @@ pub struct Idle {
     pub timeout: Duration,
     /// What the client's watches received, bookmarks included (kube's watcher hides those).
     pub progress: WatchProgress,
+    /// Where each watch's loop reports that it turns, for the watchdog.
+    pub beats: Beats,
+}
+
+/// When each watch's loop last turned (started, handled an event, checked its idle timer, which
+/// it does at least every idle timeout), by kind. A loop that stops turning for longer is stuck
+/// (e.g. blocked on the state), which the controller's watchdog reports on `/healthz`.
+#[derive(Clone, Debug, Default)]
+pub struct Beats {
+    last: Arc<Mutex<HashMap<&'static str, Instant>>>,
+}
+
+impl Beats {
+    /// The loop of `kind`'s watch turns now.
+    pub fn beat(&self, kind: &'static str) {
+        self.lock().insert(kind, Instant::now());
+    }
+
+    /// The watch whose loop turned least recently, and when.
+    #[must_use]
+    pub fn stalest(&self) -> Option<(&'static str, Instant)> {
+        self.lock()
+            .iter()
+            .map(|(kind, at)| (*kind, *at))
+            .min_by_key(|(_, at)| *at)
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<&'static str, Instant>> {
+        // A map of instants cannot be left half-updated: a poisoned lock is still consistent.
+        self.last.lock().unwrap_or_else(PoisonError::into_inner)
+    }
 }
 
 /// Watches every object of kind `K` through `api` and applies the events to the state; marks the
@@ -229,6 +265,7 @@ pub async fn watch<K: Kind, S: Sink>(sink: Arc<S>, readiness: Readiness, api: Ap
         // Last sign of life of this watcher: its start, an event, or anything its requests received.
         let mut last = Instant::now();
         loop {
+            idle.beats.beat(kind);
             let alive = |last: Instant| idle.progress.last(kind).map_or(last, |p| p.max(last));
             let event = tokio::select! {
                 event = stream.next() => event,
@@ -413,6 +450,7 @@ mod tests {
         let idle = Idle {
             timeout: idle_timeout,
             progress,
+            beats: Beats::default(),
         };
         let task = tokio::spawn(watch(
             sink(),
@@ -436,6 +474,7 @@ mod tests {
         let idle = Idle {
             timeout: Duration::from_secs(5),
             progress,
+            beats: Beats::default(),
         };
         let task = tokio::spawn(watch(
             sink.clone(),
