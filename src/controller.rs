@@ -730,25 +730,12 @@ pub async fn run_until(config: Config, shutdown: impl Future<Output = ()>) -> Re
         }
         error = supervise(&mut watches, &mut workers, &liveness) => Err(error),
     };
-    shared.queue.shutdown();
-    if matches!(result, Err(Error::LostLeadership)) {
-        // A successor may already act: abort waiting and in-flight work at once (the fence
-        // refuses any write still on its way) instead of draining it.
-        workers.abort_all();
-        while workers.join_next().await.is_some() {}
-    } else {
-        // Stop taking work; in-flight calls finish (workers exit when next() returns None).
-        let drain = async { while workers.join_next().await.is_some() {} };
-        if tokio::time::timeout(Duration::from_secs(30), drain)
-            .await
-            .is_err()
-        {
-            warn!("in-flight work did not finish within 30s");
-        }
-        if !shared.actuator.flush_events(Duration::from_secs(5)).await {
-            warn!("some Events were not published within 5s");
-        }
-    }
+    stop_workers(
+        &shared,
+        &mut workers,
+        matches!(result, Err(Error::LostLeadership)),
+    )
+    .await;
     watches.abort_all();
     watchdog.abort();
     if result.is_ok()
@@ -760,6 +747,29 @@ pub async fn run_until(config: Config, shutdown: impl Future<Output = ()>) -> Re
     let _ = stop_admin.send(());
     let _ = stop_metrics.send(());
     result
+}
+
+/// Stops the workers once the controller stops. After a lost Lease (`lost`) a successor may
+/// already act: waiting work (paced, or not yet due) and in-flight work are aborted at once, with
+/// no further request (the fence refuses any write still on its way). Otherwise workers stop
+/// taking work and in-flight calls finish, for at most 30 s, then queued Events for 5 s.
+async fn stop_workers(shared: &Shared, workers: &mut JoinSet<String>, lost: bool) {
+    shared.queue.shutdown();
+    if lost {
+        workers.abort_all();
+        while workers.join_next().await.is_some() {}
+        return;
+    }
+    let drain = async { while workers.join_next().await.is_some() {} };
+    if tokio::time::timeout(Duration::from_secs(30), drain)
+        .await
+        .is_err()
+    {
+        warn!("in-flight work did not finish within 30s");
+    }
+    if !shared.actuator.flush_events(Duration::from_secs(5)).await {
+        warn!("some Events were not published within 5s");
+    }
 }
 
 /// Completes when any watch or the worker group ends (they should run until shutdown), with the
@@ -1026,6 +1036,49 @@ mod tests {
         let reason = dog.await.expect("watchdog");
         assert!(reason.contains("resourceslices watch"), "{reason}");
         turning.abort();
+    }
+
+    /// Work waiting when the Lease is lost (a worker paced by --max-evictions-per-second, a pod
+    /// not yet due) is aborted at once: not one request leaves after the loss.
+    #[tokio::test(start_paused = true)]
+    async fn waiting_work_is_aborted_when_leadership_is_lost() {
+        let sent = Arc::new(Mutex::new(Vec::new()));
+        let (leading, leader) = channel::channel(true);
+        let metrics = Metrics::register(&mut Registry::default());
+        let client = recording_client(&sent);
+        let shared = Arc::new(Shared {
+            state: Mutex::new(State::new()),
+            queue: WorkQueue::new(Backoff::default()),
+            actuator: Actuator::new(client, "test", EvictionMode::Delete, false, None, metrics.clone()),
+            metrics,
+            leader,
+            evictions: TokenBucket::new(1.0, 1),
+            workers: WorkerBeat::new(),
+        });
+        assert_eq!(shared.evictions.reserve(), Duration::ZERO, "the burst is spent");
+        set_taint(&shared, true);
+        shared.queue.schedule(
+            Work::Rule(RuleRef::new("later", "uid-later")),
+            Instant::now() + Duration::from_secs(10),
+        );
+        let mut workers = JoinSet::new();
+        for _ in 0..2 {
+            let shared = shared.clone();
+            workers.spawn(async move {
+                worker(shared).await;
+                "worker".to_owned()
+            });
+        }
+        while shared.workers.pacing.load(Ordering::SeqCst) == 0 {
+            tokio::task::yield_now().await;
+        }
+        leading.send_replace(false);
+        let start = Instant::now();
+        stop_workers(&shared, &mut workers, true).await;
+        assert_eq!(start.elapsed(), Duration::ZERO, "stopped at once");
+        tokio::time::sleep(Duration::from_secs(60)).await;
+        let sent = sent.lock().expect("sent").clone();
+        assert_eq!(sent, Vec::<String>::new(), "no request after the loss");
     }
 
     /// A poisoned state is never used again: the task that finds it stops, and supervision stops
