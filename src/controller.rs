@@ -470,7 +470,7 @@ impl watch::Sink for Shared {
 async fn named_watch<K: watch::Kind>(
     shared: Arc<Shared>,
     readiness: Readiness,
-    api: Api<K>,
+    api: Api<watch::Decoded<K>>,
     idle: watch::Idle,
 ) -> String {
     watch::watch(shared, readiness, api, idle).await;
@@ -489,19 +489,19 @@ fn spawn_watches(
     tasks.spawn(named_watch(
         shared.clone(),
         readiness.clone(),
-        Api::<WatchedPod>::all(client.clone()),
+        Api::<watch::Decoded<WatchedPod>>::all(client.clone()),
         idle.clone(),
     ));
     tasks.spawn(named_watch(
         shared.clone(),
         readiness.clone(),
-        Api::<ResourceClaim>::all(client.clone()),
+        Api::<watch::Decoded<ResourceClaim>>::all(client.clone()),
         idle.clone(),
     ));
     tasks.spawn(named_watch(
         shared.clone(),
         readiness.clone(),
-        Api::<ResourceSlice>::all(client.clone()),
+        Api::<watch::Decoded<ResourceSlice>>::all(client.clone()),
         idle.clone(),
     ));
     match rule_resource {
@@ -509,7 +509,7 @@ fn spawn_watches(
             tasks.spawn(named_watch(
                 shared.clone(),
                 readiness.clone(),
-                Api::<DeviceTaintRule>::all_with(client.clone(), ar),
+                Api::<watch::Decoded<DeviceTaintRule>>::all_with(client.clone(), ar),
                 idle.clone(),
             ));
         }

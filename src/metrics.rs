@@ -245,6 +245,18 @@ impl Metrics {
             .inc();
     }
 
+    /// Objects of `kind` skipped for `reason` so far.
+    #[cfg(test)]
+    pub(crate) fn skipped_count(&self, kind: &str, reason: &str) -> u64 {
+        self.inner
+            .skipped_objects
+            .get_or_create(&SkipLabels {
+                kind: kind.to_owned(),
+                reason: reason.to_owned(),
+            })
+            .get()
+    }
+
     /// Idle restarts of `kind`'s watch so far.
     #[cfg(test)]
     pub(crate) fn idle_restarts(&self, kind: &str) -> u64 {

@@ -4,6 +4,7 @@
 //! one-shot listing through [`reset`].
 
 use std::{
+    borrow::Cow,
     collections::HashMap,
     fmt::Debug,
     sync::{Arc, Mutex, PoisonError},
@@ -15,7 +16,7 @@ use kube::{
     Api,
     runtime::{WatchStreamExt as _, watcher},
 };
-use serde::de::DeserializeOwned;
+use serde::{Deserialize, Deserializer, de::DeserializeOwned};
 use tokio::time::Instant;
 use tracing::{info, warn};
 
@@ -54,8 +55,8 @@ pub trait Kind: kube::Resource + Clone + DeserializeOwned + Debug + Send + 'stat
     /// An object was added or changed. `now` stands in for a missing `timeAdded` (SPEC D2).
     fn apply(state: &mut State, view: Self::View, now: Time);
 
-    /// The object was deleted.
-    fn delete(&self, state: &mut State);
+    /// The object with this metadata was deleted (or can no longer be read).
+    fn delete(meta: &k8s::ObjectMeta, state: &mut State);
 
     /// A complete list of the kind: what it does not contain is gone (SPEC D3).
     fn reset(state: &mut State, views: Vec<Self::View>, now: Time);
@@ -89,11 +90,8 @@ impl Kind for WatchedPod {
         state.apply_pod(&name, view);
     }
 
-    fn delete(&self, state: &mut State) {
-        state.delete_pod(
-            &object_name(&self.metadata),
-            self.metadata.uid.as_deref().unwrap_or_default(),
-        );
+    fn delete(meta: &k8s::ObjectMeta, state: &mut State) {
+        state.delete_pod(&object_name(meta), meta.uid.as_deref().unwrap_or_default());
     }
 
     fn reset(state: &mut State, pods: Vec<PodEntry>, _: Time) {
@@ -114,11 +112,8 @@ impl Kind for ResourceClaim {
         state.apply_claim(view);
     }
 
-    fn delete(&self, state: &mut State) {
-        state.delete_claim(
-            &object_name(&self.metadata),
-            self.metadata.uid.as_deref().unwrap_or_default(),
-        );
+    fn delete(meta: &k8s::ObjectMeta, state: &mut State) {
+        state.delete_claim(&object_name(meta), meta.uid.as_deref().unwrap_or_default());
     }
 
     fn reset(state: &mut State, views: Vec<ClaimView>, _: Time) {
@@ -138,8 +133,8 @@ impl Kind for ResourceSlice {
         state.apply_slice(view, now);
     }
 
-    fn delete(&self, state: &mut State) {
-        state.delete_slice(self.metadata.name.as_deref().unwrap_or_default());
+    fn delete(meta: &k8s::ObjectMeta, state: &mut State) {
+        state.delete_slice(meta.name.as_deref().unwrap_or_default());
     }
 
     fn reset(state: &mut State, views: Vec<SliceView>, now: Time) {
@@ -159,16 +154,116 @@ impl Kind for DeviceTaintRule {
         state.apply_rule(view, now);
     }
 
-    fn delete(&self, state: &mut State) {
+    fn delete(meta: &k8s::ObjectMeta, state: &mut State) {
         state.delete_rule(
-            self.metadata.name.as_deref().unwrap_or_default(),
-            self.metadata.uid.as_deref().unwrap_or_default(),
+            meta.name.as_deref().unwrap_or_default(),
+            meta.uid.as_deref().unwrap_or_default(),
         );
     }
 
     fn reset(state: &mut State, views: Vec<RuleView>, now: Time) {
         state.reset_rules(views, now);
     }
+}
+
+/// An object of a watched kind as the API server sent it: decoded, or why it could not be, with
+/// what could be read of its metadata. Lists and watches decode through this type item by item,
+/// so one undecodable object is skipped and counted instead of failing its whole list page (the
+/// kind would never sync) or vanishing from a watch stream. Each item is read as a JSON value
+/// first, then decoded from that value. (Raw JSON text would be cheaper, but a watch event's
+/// object reaches us through serde's buffering of the adjacently tagged `WatchEvent`, which
+/// cannot hand out raw text.)
+#[derive(Clone, Debug)]
+pub enum Decoded<K> {
+    /// The object.
+    Ok(K),
+    /// An object that does not decode as `K`.
+    Bad {
+        /// Its name, namespace, UID and resourceVersion as far as they could be read (the
+        /// watcher needs the resourceVersion to resume). Boxed: the rare case stays small.
+        meta: Box<k8s::ObjectMeta>,
+        /// The decoding error.
+        error: String,
+    },
+}
+
+impl<'de, K: DeserializeOwned> Deserialize<'de> for Decoded<K> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let value = serde_json::Value::deserialize(deserializer)?;
+        let meta = readable_meta(&value);
+        Ok(match K::deserialize(value) {
+            Ok(object) => Self::Ok(object),
+            Err(error) => Self::Bad {
+                meta: Box::new(meta),
+                error: error.to_string(),
+            },
+        })
+    }
+}
+
+/// What can be read of an undecodable object's metadata: each of name, namespace, uid and
+/// resourceVersion that is a string.
+fn readable_meta(object: &serde_json::Value) -> k8s::ObjectMeta {
+    let field = |name: &str| object["metadata"][name].as_str().map(str::to_owned);
+    k8s::ObjectMeta {
+        name: field("name"),
+        namespace: field("namespace"),
+        uid: field("uid"),
+        resource_version: field("resourceVersion"),
+        ..k8s::ObjectMeta::default()
+    }
+}
+
+impl<K: kube::Resource> kube::Resource for Decoded<K> {
+    type DynamicType = K::DynamicType;
+    type Scope = K::Scope;
+
+    fn kind(dt: &Self::DynamicType) -> Cow<'_, str> {
+        K::kind(dt)
+    }
+
+    fn group(dt: &Self::DynamicType) -> Cow<'_, str> {
+        K::group(dt)
+    }
+
+    fn version(dt: &Self::DynamicType) -> Cow<'_, str> {
+        K::version(dt)
+    }
+
+    fn api_version(dt: &Self::DynamicType) -> Cow<'_, str> {
+        K::api_version(dt)
+    }
+
+    fn plural(dt: &Self::DynamicType) -> Cow<'_, str> {
+        K::plural(dt)
+    }
+
+    fn meta(&self) -> &k8s::ObjectMeta {
+        match self {
+            Self::Ok(object) => object.meta(),
+            Self::Bad { meta, .. } => meta,
+        }
+    }
+
+    fn meta_mut(&mut self) -> &mut k8s::ObjectMeta {
+        match self {
+            Self::Ok(object) => object.meta_mut(),
+            Self::Bad { meta, .. } => meta,
+        }
+    }
+}
+
+/// Skips an object that could not be decoded: logged by reference and counted, never fatal.
+fn skip_undecodable(metrics: &Metrics, kind: &str, meta: &k8s::ObjectMeta, error: &str) {
+    metrics.skipped(kind, "undecodable");
+    warn!(
+        kind,
+        namespace = meta.namespace.as_deref().unwrap_or_default(),
+        name = meta.name.as_deref().unwrap_or_default(),
+        uid = meta.uid.as_deref().unwrap_or_default(),
+        %error,
+        "skipping an object that cannot be decoded"
+    );
 }
 
 /// Replaces what `state` holds of kind `K` with `objects`, a complete list read at `now`, as a
@@ -202,7 +297,7 @@ fn apply<K: Kind, S: Sink>(sink: &S, obj: &K, now: Time) {
         Ok(view) => sink.update(|state| K::apply(state, view, now)),
         Err(invalid) => {
             skip(sink.metrics(), K::PLURAL, &invalid);
-            sink.update(|state| obj.delete(state));
+            sink.update(|state| K::delete(obj.meta(), state));
         }
     }
 }
@@ -257,7 +352,7 @@ impl Beats {
 /// nothing, not even a bookmark, for `idle.timeout` is dropped and started afresh (a new list,
 /// then a new watch): a connection that went silent without closing must not leave the index
 /// stale for ever.
-pub async fn watch<K: Kind, S: Sink>(sink: Arc<S>, readiness: Readiness, api: Api<K>, idle: Idle) {
+pub async fn watch<K: Kind, S: Sink>(sink: Arc<S>, readiness: Readiness, api: Api<Decoded<K>>, idle: Idle) {
     let kind = K::PLURAL;
     loop {
         let mut stream = std::pin::pin!(watcher(api.clone(), watcher::Config::default()).default_backoff());
@@ -296,7 +391,7 @@ fn handle<K: Kind, S: Sink>(
     sink: &S,
     readiness: &Readiness,
     listing: &mut Option<Vec<K::View>>,
-    event: Result<watcher::Event<K>, watcher::Error>,
+    event: Result<watcher::Event<Decoded<K>>, watcher::Error>,
 ) {
     let kind = K::PLURAL;
     let event = match event {
@@ -310,18 +405,26 @@ fn handle<K: Kind, S: Sink>(
     let now = Timestamp::now();
     match event {
         watcher::Event::Init => *listing = Some(Vec::new()),
-        watcher::Event::InitApply(obj) => match obj.project() {
+        watcher::Event::InitApply(Decoded::Ok(obj)) => match obj.project() {
             Ok(view) => listing.get_or_insert_with(Vec::new).push(view),
             Err(invalid) => skip(sink.metrics(), kind, &invalid),
         },
+        watcher::Event::InitApply(Decoded::Bad { meta, error }) => {
+            skip_undecodable(sink.metrics(), kind, &meta, &error);
+        }
         watcher::Event::InitDone => {
             let views = listing.take().unwrap_or_default();
             info!(kind, objects = views.len(), "initial list received");
             sink.update(|state| K::reset(state, views, now));
             readiness.mark_synced(kind);
         }
-        watcher::Event::Apply(obj) => apply(sink, &obj, now),
-        watcher::Event::Delete(obj) => sink.update(|state| obj.delete(state)),
+        watcher::Event::Apply(Decoded::Ok(obj)) => apply(sink, &obj, now),
+        // An object that became undecodable is removed from the index, not kept stale.
+        watcher::Event::Apply(Decoded::Bad { meta, error }) => {
+            skip_undecodable(sink.metrics(), kind, &meta, &error);
+            sink.update(|state| K::delete(&meta, state));
+        }
+        watcher::Event::Delete(obj) => sink.update(|state| K::delete(kube::Resource::meta(&obj), state)),
     }
 }
 
@@ -434,6 +537,86 @@ mod tests {
         (client, sent)
     }
 
+    /// A ResourceSlice of its own pool with one `NoExecute`-tainted device `dev`.
+    fn slice_json(name: &str, resource_version: &str) -> serde_json::Value {
+        serde_json::json!({
+            "apiVersion": "resource.k8s.io/v1", "kind": "ResourceSlice",
+            "metadata": {"name": name, "uid": format!("uid-{name}"), "resourceVersion": resource_version},
+            "spec": {
+                "driver": "d", "pool": {"name": name, "generation": 1, "resourceSliceCount": 1},
+                "nodeName": "n",
+                "devices": [{"name": "dev", "taints": [{"key": "k", "effect": "NoExecute"}]}]
+            }
+        })
+    }
+
+    /// A ResourceSlice that does not decode: `spec.devices` is not a list.
+    fn undecodable_slice_json(name: &str, resource_version: &str) -> serde_json::Value {
+        let mut slice = slice_json(name, resource_version);
+        slice["spec"]["devices"] = serde_json::json!("not-a-list");
+        slice
+    }
+
+    /// One undecodable object in a list page and one in a watch stream are skipped, logged and
+    /// counted; the others are indexed, the kind syncs, and the watch goes on (no re-list).
+    #[tokio::test(start_paused = true)]
+    async fn undecodable_objects_are_skipped_one_by_one() {
+        let sent = Arc::new(Mutex::new(Vec::new()));
+        let log = sent.clone();
+        let service = tower::service_fn(move |request: Request<Body>| {
+            let watching = request.uri().query().is_some_and(|q| q.contains("watch=true"));
+            log.lock()
+                .expect("sent")
+                .push(if watching { "watch" } else { "list" }.to_owned());
+            async move {
+                let body = if watching {
+                    let lines = [
+                        serde_json::json!({"type": "ADDED", "object": undecodable_slice_json("bad-watched", "11")}),
+                        serde_json::json!({"type": "ADDED", "object": slice_json("c", "12")}),
+                    ]
+                    .map(|line| Ok::<_, std::convert::Infallible>(http_body::Frame::data(Bytes::from(format!("{line}\n")))));
+                    StreamBody::new(futures::stream::iter(lines).chain(futures::stream::pending()))
+                        .boxed_unsync()
+                } else {
+                    let list = serde_json::json!({"apiVersion": "resource.k8s.io/v1",
+                        "kind": "ResourceSliceList", "metadata": {"resourceVersion": "10"},
+                        "items": [slice_json("a", "1"), undecodable_slice_json("bad-listed", "2"), slice_json("b", "3")]});
+                    http_body_util::Full::new(Bytes::from(list.to_string()))
+                        .map_err(|never| match never {})
+                        .boxed_unsync()
+                };
+                Ok::<_, std::convert::Infallible>(Response::new(body))
+            }
+        });
+        let client = ClientBuilder::new(service, "default").build();
+        let sink = sink();
+        let readiness = Readiness::new(&[ResourceSlice::PLURAL]);
+        let idle = Idle {
+            timeout: DEFAULT_IDLE_TIMEOUT,
+            progress: WatchProgress::default(),
+            beats: Beats::default(),
+        };
+        let task = tokio::spawn(watch(
+            sink.clone(),
+            readiness.clone(),
+            Api::<Decoded<ResourceSlice>>::all(client),
+            idle,
+        ));
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        task.abort();
+        assert!(readiness.is_ready(), "the kind synced despite the bad item");
+        assert_eq!(*sent.lock().expect("sent"), ["list", "watch"], "no re-list");
+        let state = sink.state.lock().expect("state");
+        for pool in ["a", "b", "c"] {
+            let device = crate::view::DeviceId::new("d", pool, "dev");
+            assert_eq!(state.device_taints(&device).len(), 1, "slice {pool} is indexed");
+        }
+        assert_eq!(
+            sink.metrics.skipped_count(ResourceSlice::PLURAL, "undecodable"),
+            2
+        );
+    }
+
     fn sink() -> Arc<TestSink> {
         Arc::new(TestSink {
             state: Mutex::new(State::new()),
@@ -455,7 +638,7 @@ mod tests {
         let task = tokio::spawn(watch(
             sink(),
             readiness.clone(),
-            Api::<ResourceSlice>::all(client),
+            Api::<Decoded<ResourceSlice>>::all(client),
             idle,
         ));
         tokio::time::sleep(run).await;
@@ -479,7 +662,7 @@ mod tests {
         let task = tokio::spawn(watch(
             sink.clone(),
             Readiness::new(&KINDS),
-            Api::<ResourceSlice>::all(client),
+            Api::<Decoded<ResourceSlice>>::all(client),
             idle,
         ));
         tokio::time::sleep(Duration::from_millis(4900)).await;
