@@ -148,7 +148,7 @@ impl Metrics {
         );
         r.register(
             "queue_depth",
-            "Pods whose eviction deadline has passed and that wait for a worker",
+            "Work items waiting in the queue, due or not: pod keys (a cancelled eviction's key stays until its old deadline) and DeviceTaintRule status refreshes",
             inner.queue_depth.clone(),
         );
         r.register(
@@ -219,9 +219,9 @@ impl Metrics {
         self.inner.pending_evictions.set(pods);
     }
 
-    /// Number of due pods waiting for a worker.
-    pub fn set_queue_depth(&self, pods: i64) {
-        self.inner.queue_depth.set(pods);
+    /// Number of work items waiting in the queue (see the metric's help).
+    pub fn set_queue_depth(&self, items: i64) {
+        self.inner.queue_depth.set(items);
     }
 
     /// An API request failed; `verb` is one of [`API_VERBS`] or another short lowercase verb.
