@@ -172,7 +172,8 @@ impl Kind for DeviceTaintRule {
 /// kind would never sync) or vanishing from a watch stream. Each item is read as a JSON value
 /// first, then decoded from that value. (Raw JSON text would be cheaper, but a watch event's
 /// object reaches us through serde's buffering of the adjacently tagged `WatchEvent`, which
-/// cannot hand out raw text.)
+/// cannot hand out raw text.) The price is paid on every object: `cargo bench --bench core --
+/// decode_pod` compares it with decoding a `WatchedPod` directly.
 #[derive(Clone, Debug)]
 pub enum Decoded<K> {
     /// The object.
