@@ -192,6 +192,21 @@ fn decode_pod_watched(bencher: divan::Bencher) {
     });
 }
 
+/// Decoding the same pod as the controller's watch does since lists and watches decode item by
+/// item: read as a JSON value, then as a `WatchedPod` (an undecodable pod is then skipped alone).
+#[divan::bench(sample_count = 100, sample_size = 100)]
+fn decode_pod_watched_item_by_item(bencher: divan::Bencher) {
+    let json = watch_event_pod_json();
+    bencher.bench(|| {
+        let pod: device_taint_eviction::watch::Decoded<device_taint_eviction::k8s::WatchedPod> =
+            serde_json::from_slice(divan::black_box(&json)).expect("pod");
+        let device_taint_eviction::watch::Decoded::Ok(pod) = pod else {
+            panic!("the pod decodes")
+        };
+        device_taint_eviction::view::PodView::from_api(&pod).expect("valid pod")
+    });
+}
+
 /// The timed queue with one million keys: insert them with scrambled deadlines, move every tenth
 /// one earlier, cancel every hundredth, then take and finish the 1000 that are due.
 #[divan::bench(sample_count = 3, sample_size = 1)]

@@ -19,7 +19,7 @@ use kube::{
 };
 use serde_json::json;
 use tokio::sync::{Notify, mpsc};
-use tracing::{debug, info, warn};
+use tracing::{debug, error, info, warn};
 
 use crate::{
     CONTROLLER_NAME, client,
@@ -359,7 +359,10 @@ impl Actuator {
     }
 
     /// Queues an Event for publication without delaying the caller. When the queue is full the
-    /// Event is dropped, logged and counted (`skipped_objects_total{kind="events"}`).
+    /// Event is dropped, logged and counted (`skipped_objects_total{kind="events",
+    /// reason="event_queue_full"}`); when the publisher task is gone (it panicked) it is dropped
+    /// with an error and counted under `reason="event_publisher_closed"`, which no amount of
+    /// waiting fixes.
     fn publish(
         &self,
         reference: ObjectReference,
@@ -378,14 +381,22 @@ impl Actuator {
         self.backlog.pending.fetch_add(1, Ordering::SeqCst);
         if let Err(error) = self.events.try_send((event, reference)) {
             self.backlog.done();
-            let (event, reference) = match error {
-                mpsc::error::TrySendError::Full(item) | mpsc::error::TrySendError::Closed(item) => item,
-            };
-            self.metrics.skipped("events", "event_queue_full");
-            warn!(
-                object = ?reference.name, namespace = ?reference.namespace, reason = %event.reason,
-                "event queue full; dropping event"
-            );
+            match error {
+                mpsc::error::TrySendError::Full((event, reference)) => {
+                    self.metrics.skipped("events", "event_queue_full");
+                    warn!(
+                        object = ?reference.name, namespace = ?reference.namespace, uid = ?reference.uid,
+                        reason = %event.reason, "event queue full; dropping event"
+                    );
+                }
+                mpsc::error::TrySendError::Closed((event, reference)) => {
+                    self.metrics.skipped("events", "event_publisher_closed");
+                    error!(
+                        object = ?reference.name, namespace = ?reference.namespace, uid = ?reference.uid,
+                        reason = %event.reason, "event publisher stopped; dropping event"
+                    );
+                }
+            }
         }
     }
 

@@ -1,7 +1,10 @@
 //! The admin HTTP server: `/healthz`, `/readyz` and `/metrics`.
 //!
 //! - `/healthz` (also `/livez`): 200 `ok` while the process runs, 503 once a task has reported a fatal condition
-//!   through [`Liveness::set_failed`], so the kubelet restarts a wedged process.
+//!   through [`Liveness::set_failed`], so the kubelet restarts a wedged process: a long-lived task
+//!   ended, or the controller's watchdog found a watch whose loop stopped turning (twice
+//!   `--watch-idle-timeout`) or due work that no running worker took or finished for ten times
+//!   `--api-timeout`.
 //! - `/readyz`: 200 once every watch has delivered its initial list ([`Readiness`]), 503 with the
 //!   missing kinds before that. A standby replica is as ready as the leader: its caches are warm.
 //!   `/readyz?verbose` lists every kind and any detail messages.

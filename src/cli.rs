@@ -151,6 +151,12 @@ pub struct ControllerArgs {
         default_missing_value = "true", value_parser = BoolishValueParser::new())]
     pub dry_run: bool,
 
+    /// Restart a watch that receives nothing, not even a bookmark, for this long (a new list,
+    /// then a new watch): seconds, or a duration such as 90s or 5m. The default is the
+    /// server-side watch timeout (290s) plus a margin.
+    #[arg(long, env = "DTE_WATCH_IDLE_TIMEOUT", default_value = "330s", value_parser = positive_duration)]
+    pub watch_idle_timeout: Duration,
+
     /// Address of the HTTP server for /healthz, /readyz and /metrics.
     #[arg(long, env = "DTE_HTTP_ADDR", default_value = "0.0.0.0:8080")]
     pub http_addr: SocketAddr,
@@ -197,6 +203,7 @@ impl ControllerArgs {
             max_evictions_per_second: self.max_evictions_per_second,
             max_evictions_burst: self.max_evictions_burst,
             dry_run: self.dry_run,
+            watch_idle_timeout: self.watch_idle_timeout,
             http_addr: self.http_addr,
             metrics_addr: self.metrics_addr,
             identity: self.leader_elect_identity(),
@@ -528,6 +535,14 @@ pub fn parse_duration(value: &str) -> Result<Duration, String> {
         rest = tail;
     }
     Ok(Duration::from_secs(total))
+}
+
+/// A duration as [`parse_duration`] reads it, greater than zero.
+fn positive_duration(value: &str) -> Result<Duration, String> {
+    match parse_duration(value)? {
+        Duration::ZERO => Err("must be greater than 0".to_owned()),
+        duration => Ok(duration),
+    }
 }
 
 #[cfg(test)]
@@ -946,6 +961,22 @@ mod tests {
             controller(&["--leader-elect=false"]).config().leader_config(),
             None
         );
+    }
+
+    #[test]
+    fn watch_idle_timeout() {
+        assert_eq!(
+            controller(&[]).config().watch_idle_timeout,
+            crate::watch::DEFAULT_IDLE_TIMEOUT
+        );
+        assert_eq!(
+            controller(&["--watch-idle-timeout=5s"])
+                .config()
+                .watch_idle_timeout,
+            Duration::from_secs(5)
+        );
+        assert!(parse(&["controller", "--watch-idle-timeout=0"]).is_err());
+        assert!(parse(&["controller", "--watch-idle-timeout=5x"]).is_err());
     }
 
     #[test]

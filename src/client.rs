@@ -12,9 +12,16 @@
 //! - A 429 answer carries its `Retry-After` header into the `Status` (`details.retryAfterSeconds`),
 //!   see [`RetryAfterLayer`], so that callers can honour it: kube's errors keep the `Status` but
 //!   not the headers.
+//! - API connections use TCP keepalive ([`http_connector`]): kube's own connector sets none, so a
+//!   peer that vanished without closing (a dead node, a dropped NAT or load-balancer entry) would
+//!   leave a watch or a pooled connection hanging until the kernel gives up hours later.
+//! - Watches report every frame they receive, bookmarks included, to a [`WatchProgress`], so that
+//!   a watch that receives nothing at all can be told from a quiet one (`--watch-idle-timeout`).
 
 use std::{
+    collections::HashMap,
     path::PathBuf,
+    sync::{Arc, Mutex, PoisonError},
     task::{Context, Poll},
     time::Duration,
 };
@@ -22,13 +29,18 @@ use std::{
 use futures::future::BoxFuture;
 use http::{Request, Response, StatusCode, header};
 use http_body_util::{BodyExt as _, Full, combinators::UnsyncBoxBody};
+use hyper_util::{
+    client::legacy::{self as hyper_client, connect::HttpConnector},
+    rt::TokioExecutor,
+};
 use kube::{
     Client, Config,
-    client::{Body, ClientBuilder},
+    client::{Body, ClientBuilder, ConfigExt as _},
     config::{InferConfigError, KubeConfigOptions, Kubeconfig, KubeconfigError},
 };
-use tokio::sync::watch;
+use tokio::{sync::watch, time::Instant};
 use tokio_util::bytes::Bytes;
+use tower::{ServiceBuilder, ServiceExt as _, util::BoxService};
 
 use crate::throttle::{ThrottleLayer, TokenBucket};
 
@@ -124,22 +136,85 @@ pub async fn client(settings: &ClientSettings) -> Result<Client, Error> {
         config,
         TokenBucket::new(settings.qps, settings.burst),
         settings.timeout,
+        &WatchProgress::default(),
+    )
+}
+
+/// Idle time of an API connection before TCP keepalive probes start.
+pub const KEEPALIVE_IDLE: Duration = Duration::from_secs(30);
+/// Interval between unanswered keepalive probes; after [`KEEPALIVE_RETRIES`] of them the kernel
+/// fails the connection (about a minute after the peer went silent).
+pub const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
+/// Unanswered keepalive probes before the connection is failed.
+pub const KEEPALIVE_RETRIES: u32 = 3;
+
+/// The TCP connector of every API client: kube's (any scheme, the configured connect timeout)
+/// plus TCP keepalive.
+#[must_use]
+pub fn http_connector(config: &Config) -> HttpConnector {
+    let mut http = HttpConnector::new();
+    http.enforce_http(false);
+    http.set_connect_timeout(config.connect_timeout);
+    http.set_keepalive(Some(KEEPALIVE_IDLE));
+    http.set_keepalive_interval(Some(KEEPALIVE_INTERVAL));
+    http.set_keepalive_retries(Some(KEEPALIVE_RETRIES));
+    http
+}
+
+/// The bottom of every client's stack, before our layers.
+type BaseService = BoxService<Request<Body>, Response<RetryAfterBody>, tower::BoxError>;
+
+/// kube's client stack for `config` (TLS, base URI, authentication, extra headers) over
+/// [`http_connector`], with kube's retry off. A proxy (which this build does not support) is
+/// left to kube's builder, which says so.
+fn base_builder(mut config: Config) -> Result<ClientBuilder<BaseService>, Error> {
+    config.default_retry = false;
+    if config.proxy_url.is_some() {
+        let builder = ClientBuilder::try_from(config).map_err(Error::BuildClient)?;
+        return Ok(builder.with_layer(&tower::layer::layer_fn(boxed)));
+    }
+    let https = config
+        .rustls_https_connector_with_connector(http_connector(&config))
+        .map_err(Error::BuildClient)?;
+    let client: hyper_client::Client<_, Body> = hyper_client::Builder::new(TokioExecutor::new()).build(https);
+    let service = ServiceBuilder::new()
+        .layer(config.base_uri_layer())
+        .option_layer(config.auth_layer().map_err(Error::BuildClient)?)
+        .layer(config.extra_headers_layer().map_err(Error::BuildClient)?)
+        .map_err(tower::BoxError::from)
+        .service(client);
+    Ok(ClientBuilder::new(boxed(service), config.default_namespace))
+}
+
+fn boxed<S, B>(service: S) -> BaseService
+where
+    S: tower::Service<Request<Body>, Response = Response<B>> + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Into<tower::BoxError>,
+    B: http_body::Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<tower::BoxError>,
+{
+    BoxService::new(
+        service
+            .map_err(Into::into)
+            .map_response(|r| r.map(|b| b.map_err(Into::into).boxed_unsync())),
     )
 }
 
 /// A client for `config`, paced by `bucket`, each request other than a watch bounded by
-/// `timeout`. `default_retry` is forced off whatever `config` says.
+/// `timeout`, each watch reporting what it receives to `progress`. `default_retry` is forced
+/// off whatever `config` says.
 ///
 /// # Errors
 /// When the TLS or authentication stack cannot be built from `config`.
 pub fn client_from_config(
-    mut config: Config,
+    config: Config,
     bucket: TokenBucket,
     timeout: Duration,
+    progress: &WatchProgress,
 ) -> Result<Client, Error> {
-    config.default_retry = false;
-    let builder = ClientBuilder::try_from(config).map_err(Error::BuildClient)?;
-    Ok(builder
+    Ok(base_builder(config)?
+        .with_layer(&WatchProgressLayer::new(progress.clone()))
         .with_layer(&DeadlineLayer::new(timeout))
         .with_layer(&RetryAfterLayer)
         .with_layer(&ThrottleLayer::new(bucket))
@@ -152,14 +227,12 @@ pub fn client_from_config(
 /// # Errors
 /// When the TLS or authentication stack cannot be built from `config`.
 pub fn writer_from_config(
-    mut config: Config,
+    config: Config,
     bucket: TokenBucket,
     timeout: Duration,
     leader: watch::Receiver<bool>,
 ) -> Result<Client, Error> {
-    config.default_retry = false;
-    let builder = ClientBuilder::try_from(config).map_err(Error::BuildClient)?;
-    Ok(builder
+    Ok(base_builder(config)?
         .with_layer(&FenceLayer::new(leader))
         .with_layer(&DeadlineLayer::new(timeout))
         .with_layer(&RetryAfterLayer)
@@ -329,6 +402,118 @@ where
             tokio::time::timeout(timeout, exchange)
                 .await
                 .unwrap_or_else(|_| Err(RequestTimeout(timeout).into()))
+        })
+    }
+}
+
+/// When each watched resource's watch last received anything from the API server (its response,
+/// an event, a bookmark, any bytes), by the resource's plural (the last segment of the watch
+/// path). Fed by [`WatchProgressLayer`]; read by the watches to tell a silent watch from a quiet
+/// one, since kube's watcher does not surface bookmarks.
+#[derive(Clone, Debug, Default)]
+pub struct WatchProgress {
+    last: Arc<Mutex<HashMap<String, Instant>>>,
+}
+
+impl WatchProgress {
+    /// When a watch of `resource` last received something, if ever.
+    #[must_use]
+    pub fn last(&self, resource: &str) -> Option<Instant> {
+        self.lock().get(resource).copied()
+    }
+
+    /// A watch of `resource` received something now.
+    pub fn touch(&self, resource: &str) {
+        let now = Instant::now();
+        let mut last = self.lock();
+        match last.get_mut(resource) {
+            Some(at) => *at = now,
+            None => {
+                last.insert(resource.to_owned(), now);
+            }
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Instant>> {
+        // A map of instants cannot be left half-updated: a poisoned lock is still consistent.
+        self.last.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// The resource a watch request watches: the last segment of its path.
+fn watched_resource<B>(request: &Request<B>) -> Option<String> {
+    is_watch(request).then(|| {
+        let path = request.uri().path().trim_end_matches('/');
+        path.rsplit('/').next().unwrap_or(path).to_owned()
+    })
+}
+
+/// A tower layer that reports the response and every body frame of a watch to a
+/// [`WatchProgress`]. It sits at the bottom of the stack, where every byte arrives.
+#[derive(Clone, Debug)]
+pub struct WatchProgressLayer {
+    progress: WatchProgress,
+}
+
+impl WatchProgressLayer {
+    #[must_use]
+    pub fn new(progress: WatchProgress) -> Self {
+        Self { progress }
+    }
+}
+
+impl<S> tower::Layer<S> for WatchProgressLayer {
+    type Service = WatchProgressService<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        WatchProgressService {
+            inner,
+            progress: self.progress.clone(),
+        }
+    }
+}
+
+/// The service made by [`WatchProgressLayer`].
+#[derive(Clone, Debug)]
+pub struct WatchProgressService<S> {
+    inner: S,
+    progress: WatchProgress,
+}
+
+impl<S, B> tower::Service<Request<Body>> for WatchProgressService<S>
+where
+    S: tower::Service<Request<Body>, Response = Response<B>>,
+    S::Future: Send + 'static,
+    S::Error: Into<tower::BoxError>,
+    B: http_body::Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<tower::BoxError>,
+{
+    type Response = Response<RetryAfterBody>;
+    type Error = tower::BoxError;
+    type Future = BoxFuture<'static, Result<Self::Response, tower::BoxError>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx).map_err(Into::into)
+    }
+
+    fn call(&mut self, request: Request<Body>) -> Self::Future {
+        let resource = watched_resource(&request);
+        let progress = self.progress.clone();
+        let response = self.inner.call(request);
+        Box::pin(async move {
+            let response = response.await.map_err(Into::into)?;
+            let Some(resource) = resource else {
+                return Ok(response.map(|body| body.map_err(Into::into).boxed_unsync()));
+            };
+            progress.touch(&resource);
+            Ok(response.map(|body| {
+                body.map_err(Into::into)
+                    .map_frame(move |frame| {
+                        progress.touch(&resource);
+                        frame
+                    })
+                    .boxed_unsync()
+            }))
         })
     }
 }
@@ -727,6 +912,30 @@ users: []
         assert!(body.is_err(), "the watch body is not cut by the deadline");
     }
 
+    /// The API clients' connections carry TCP keepalive (kube's connector sets none).
+    #[tokio::test]
+    async fn api_connections_use_tcp_keepalive() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let config = Config::new(format!("https://{addr}").parse().expect("url"));
+        let mut connector = http_connector(&config);
+        let uri: http::Uri = format!("http://{addr}").parse().expect("uri");
+        let io = tower::ServiceExt::oneshot(&mut connector, uri)
+            .await
+            .expect("connect");
+        let socket = socket2::SockRef::from(io.inner());
+        assert!(socket.keepalive().expect("SO_KEEPALIVE"), "keepalive is on");
+        assert_eq!(socket.tcp_keepalive_time().expect("TCP_KEEPIDLE"), KEEPALIVE_IDLE);
+        assert_eq!(
+            socket.tcp_keepalive_interval().expect("TCP_KEEPINTVL"),
+            KEEPALIVE_INTERVAL
+        );
+        assert_eq!(
+            socket.tcp_keepalive_retries().expect("TCP_KEEPCNT"),
+            KEEPALIVE_RETRIES
+        );
+    }
+
     #[tokio::test]
     async fn a_503_is_not_retried_inside_the_client() {
         use std::sync::atomic::Ordering;
@@ -737,6 +946,7 @@ users: []
             config.clone(),
             TokenBucket::new(100.0, 10),
             Duration::from_secs(30),
+            &WatchProgress::default(),
         )
         .expect("client");
         let err = get_pod(client).await.expect_err("503");

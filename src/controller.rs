@@ -12,7 +12,10 @@
 use std::{
     future::Future,
     net::SocketAddr,
-    sync::{Arc, Mutex, MutexGuard, PoisonError},
+    sync::{
+        Arc, Mutex, MutexGuard, PoisonError,
+        atomic::{AtomicBool, AtomicUsize, Ordering},
+    },
     time::Duration,
 };
 
@@ -51,6 +54,8 @@ pub struct Config {
     pub max_evictions_burst: u32,
     /// Decide, log, count and emit "would evict" Events, but never touch a pod.
     pub dry_run: bool,
+    /// A watch that receives nothing, not even a bookmark, for this long is restarted.
+    pub watch_idle_timeout: Duration,
     /// Address of the HTTP server for health and metrics.
     pub http_addr: SocketAddr,
     /// Serve metrics only here instead of on `http_addr`.
@@ -125,6 +130,92 @@ struct Shared {
     metrics: Metrics,
     leader: channel::Receiver<bool>,
     evictions: TokenBucket,
+    workers: WorkerBeat,
+}
+
+/// What the watchdog sees of the workers.
+#[derive(Debug)]
+struct WorkerBeat {
+    /// Whether workers run (this replica leads and every initial list is in); only then must
+    /// due work be taken.
+    running: AtomicBool,
+    /// When a worker last took or finished a key.
+    last: Mutex<Instant>,
+    /// Workers waiting for an eviction token (`--max-evictions-per-second`): busy by design.
+    pacing: AtomicUsize,
+}
+
+impl WorkerBeat {
+    fn new() -> Self {
+        Self {
+            running: AtomicBool::new(false),
+            last: Mutex::new(Instant::now()),
+            pacing: AtomicUsize::new(0),
+        }
+    }
+
+    fn beat(&self) {
+        *self.last.lock().unwrap_or_else(PoisonError::into_inner) = Instant::now();
+    }
+
+    fn last(&self) -> Instant {
+        *self.last.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// How long due work may wait while no worker takes or finishes anything before the workers
+/// count as stuck, in multiples of `--api-timeout` (a key's work is a few calls, each bounded by it).
+const WORK_STALL_TIMEOUTS: u32 = 10;
+
+/// What is stuck, if anything, at `now`: a watch whose loop has not turned for twice the idle
+/// timeout (it turns at least once per idle timeout), or due work that waited longer than
+/// `work_bound` while running workers took or finished nothing and none was pacing.
+fn stuck(
+    shared: &Shared,
+    beats: &watch::Beats,
+    idle_timeout: Duration,
+    work_bound: Duration,
+) -> Option<String> {
+    let now = Instant::now();
+    if let Some((kind, at)) = beats.stalest()
+        && now.duration_since(at) > idle_timeout * 2
+    {
+        return Some(format!(
+            "the {kind} watch has not made progress for {:?}",
+            now.duration_since(at)
+        ));
+    }
+    let workers = &shared.workers;
+    if !workers.running.load(Ordering::SeqCst) || workers.pacing.load(Ordering::SeqCst) > 0 {
+        return None;
+    }
+    let overdue = shared
+        .queue
+        .next_deadline()
+        .is_some_and(|due| now.duration_since(due) > work_bound);
+    let idle = now.duration_since(workers.last()) > work_bound;
+    (overdue && idle).then(|| format!("due work has not been taken by any worker for {work_bound:?}"))
+}
+
+/// Checks every `period` whether a watch or the workers are stuck ([`stuck`]); the first time
+/// they are, fails `/healthz` with the reason (the kubelet then restarts the process) and
+/// returns it.
+async fn watchdog(
+    shared: Arc<Shared>,
+    beats: watch::Beats,
+    idle_timeout: Duration,
+    work_bound: Duration,
+    liveness: Liveness,
+) -> String {
+    let period = (work_bound.min(idle_timeout) / 4).max(Duration::from_millis(100));
+    loop {
+        tokio::time::sleep(period).await;
+        if let Some(reason) = stuck(&shared, &beats, idle_timeout, work_bound) {
+            error!(reason = %reason, "stuck; failing /healthz");
+            liveness.set_failed(reason.clone());
+            return reason;
+        }
+    }
 }
 
 /// The instant at which a wall-clock time arrives (now if it has passed), `now` being the
@@ -168,8 +259,16 @@ pub(crate) fn enqueue(queue: &WorkQueue<Work>, changes: Vec<Change>, now: Time) 
 }
 
 impl Shared {
+    /// The state. A poisoned lock (a task panicked while it updated the state, which a release
+    /// build turns into an abort) is fatal: the index may be half-updated, and acting on it could
+    /// evict the wrong pod or miss one. The task that finds it panics, and supervision stops the
+    /// process with a non-zero exit (`/healthz` fails first).
     fn lock(&self) -> MutexGuard<'_, State> {
-        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+        let Ok(state) = self.state.lock() else {
+            error!("the index state is poisoned (a task panicked while updating it); stopping");
+            panic!("index state poisoned");
+        };
+        state
     }
 
     fn is_leader(&self) -> bool {
@@ -231,7 +330,9 @@ impl Shared {
         if !wait.is_zero() {
             self.metrics.eviction_rate_limited();
             debug!(pod = %pod, ?wait, "eviction paced by --max-evictions-per-second");
+            self.workers.pacing.fetch_add(1, Ordering::SeqCst);
             tokio::time::sleep(wait).await;
+            self.workers.pacing.fetch_sub(1, Ordering::SeqCst);
             // The index may have changed while this worker waited (taint removed, pod gone).
             eviction = match self.due_now(pod) {
                 Ok(eviction) => eviction,
@@ -366,8 +467,13 @@ impl watch::Sink for Shared {
 }
 
 /// Runs a watch; returns what to call it when it ends (it should not).
-async fn named_watch<K: watch::Kind>(shared: Arc<Shared>, readiness: Readiness, api: Api<K>) -> String {
-    watch::watch(shared, readiness, api).await;
+async fn named_watch<K: watch::Kind>(
+    shared: Arc<Shared>,
+    readiness: Readiness,
+    api: Api<watch::Decoded<K>>,
+    idle: watch::Idle,
+) -> String {
+    watch::watch(shared, readiness, api, idle).await;
     format!("{} watch", K::PLURAL)
 }
 
@@ -378,28 +484,33 @@ fn spawn_watches(
     shared: &Arc<Shared>,
     readiness: &Readiness,
     rule_resource: Option<&ApiResource>,
+    idle: &watch::Idle,
 ) {
     tasks.spawn(named_watch(
         shared.clone(),
         readiness.clone(),
-        Api::<WatchedPod>::all(client.clone()),
+        Api::<watch::Decoded<WatchedPod>>::all(client.clone()),
+        idle.clone(),
     ));
     tasks.spawn(named_watch(
         shared.clone(),
         readiness.clone(),
-        Api::<ResourceClaim>::all(client.clone()),
+        Api::<watch::Decoded<ResourceClaim>>::all(client.clone()),
+        idle.clone(),
     ));
     tasks.spawn(named_watch(
         shared.clone(),
         readiness.clone(),
-        Api::<ResourceSlice>::all(client.clone()),
+        Api::<watch::Decoded<ResourceSlice>>::all(client.clone()),
+        idle.clone(),
     ));
     match rule_resource {
         Some(ar) => {
             tasks.spawn(named_watch(
                 shared.clone(),
                 readiness.clone(),
-                Api::<DeviceTaintRule>::all_with(client.clone(), ar),
+                Api::<watch::Decoded<DeviceTaintRule>>::all_with(client.clone(), ar),
+                idle.clone(),
             ));
         }
         None => readiness.mark_synced(DeviceTaintRule::PLURAL),
@@ -419,8 +530,10 @@ async fn wait_until_active(readiness: &Readiness, leader: &mut channel::Receiver
 /// A worker: takes due keys and processes them, until the queue shuts down.
 async fn worker(shared: Arc<Shared>) {
     while let Some((work, ticket)) = shared.queue.next().await {
+        shared.workers.beat();
         let completion = shared.process(&work).await;
         shared.queue.done(&work, ticket, completion);
+        shared.workers.beat();
         shared
             .metrics
             .set_queue_depth(i64::try_from(shared.queue.len()).unwrap_or(i64::MAX));
@@ -444,7 +557,13 @@ pub async fn run_until(config: Config, shutdown: impl Future<Output = ()>) -> Re
     let kube_config = client::load_config(&config.client).await?;
     // Reads and writes share one --kube-api-qps bucket; the Lease has a client of its own.
     let bucket = TokenBucket::new(config.client.qps, config.client.burst);
-    let client = client::client_from_config(kube_config.clone(), bucket.clone(), config.client.timeout)?;
+    let progress = client::WatchProgress::default();
+    let client = client::client_from_config(
+        kube_config.clone(),
+        bucket.clone(),
+        config.client.timeout,
+        &progress,
+    )?;
     let mut registry = Registry::default();
     let metrics = Metrics::register(&mut registry);
     let readiness = Readiness::new(&watch::KINDS);
@@ -496,6 +615,7 @@ pub async fn run_until(config: Config, shutdown: impl Future<Output = ()>) -> Re
                 kube_config.clone(),
                 TokenBucket::unlimited(),
                 config.client.timeout,
+                &client::WatchProgress::default(),
             )?;
             until_ok(
                 "start leader election",
@@ -529,6 +649,7 @@ pub async fn run_until(config: Config, shutdown: impl Future<Output = ()>) -> Re
         } else {
             TokenBucket::unlimited()
         },
+        workers: WorkerBeat::new(),
     });
     info!(
         identity = %identity,
@@ -540,7 +661,26 @@ pub async fn run_until(config: Config, shutdown: impl Future<Output = ()>) -> Re
     );
 
     let mut watches = JoinSet::new();
-    spawn_watches(&mut watches, &client, &shared, &readiness, rule_resource.as_ref());
+    let idle = watch::Idle {
+        timeout: config.watch_idle_timeout,
+        progress,
+        beats: watch::Beats::default(),
+    };
+    spawn_watches(
+        &mut watches,
+        &client,
+        &shared,
+        &readiness,
+        rule_resource.as_ref(),
+        &idle,
+    );
+    let watchdog = tokio::spawn(watchdog(
+        shared.clone(),
+        idle.beats.clone(),
+        idle.timeout,
+        config.client.timeout * WORK_STALL_TIMEOUTS,
+        liveness.clone(),
+    ));
 
     // Workers start once every initial list is in (nothing is deleted before) and this replica leads.
     let mut workers = JoinSet::new();
@@ -555,6 +695,8 @@ pub async fn run_until(config: Config, shutdown: impl Future<Output = ()>) -> Re
             }
             info!("caches synced and leading: starting workers");
             shared.metrics.set_leader(true);
+            shared.workers.beat();
+            shared.workers.running.store(true, Ordering::SeqCst);
             let mut set = JoinSet::new();
             for _ in 0..count {
                 set.spawn(worker(shared.clone()));
@@ -588,26 +730,14 @@ pub async fn run_until(config: Config, shutdown: impl Future<Output = ()>) -> Re
         }
         error = supervise(&mut watches, &mut workers, &liveness) => Err(error),
     };
-    shared.queue.shutdown();
-    if matches!(result, Err(Error::LostLeadership)) {
-        // A successor may already act: abort waiting and in-flight work at once (the fence
-        // refuses any write still on its way) instead of draining it.
-        workers.abort_all();
-        while workers.join_next().await.is_some() {}
-    } else {
-        // Stop taking work; in-flight calls finish (workers exit when next() returns None).
-        let drain = async { while workers.join_next().await.is_some() {} };
-        if tokio::time::timeout(Duration::from_secs(30), drain)
-            .await
-            .is_err()
-        {
-            warn!("in-flight work did not finish within 30s");
-        }
-        if !shared.actuator.flush_events(Duration::from_secs(5)).await {
-            warn!("some Events were not published within 5s");
-        }
-    }
+    stop_workers(
+        &shared,
+        &mut workers,
+        matches!(result, Err(Error::LostLeadership)),
+    )
+    .await;
     watches.abort_all();
+    watchdog.abort();
     if result.is_ok()
         && let Err(error) = leadership.release().await
     {
@@ -617,6 +747,29 @@ pub async fn run_until(config: Config, shutdown: impl Future<Output = ()>) -> Re
     let _ = stop_admin.send(());
     let _ = stop_metrics.send(());
     result
+}
+
+/// Stops the workers once the controller stops. After a lost Lease (`lost`) a successor may
+/// already act: waiting work (paced, or not yet due) and in-flight work are aborted at once, with
+/// no further request (the fence refuses any write still on its way). Otherwise workers stop
+/// taking work and in-flight calls finish, for at most 30 s, then queued Events for 5 s.
+async fn stop_workers(shared: &Shared, workers: &mut JoinSet<String>, lost: bool) {
+    shared.queue.shutdown();
+    if lost {
+        workers.abort_all();
+        while workers.join_next().await.is_some() {}
+        return;
+    }
+    let drain = async { while workers.join_next().await.is_some() {} };
+    if tokio::time::timeout(Duration::from_secs(30), drain)
+        .await
+        .is_err()
+    {
+        warn!("in-flight work did not finish within 30s");
+    }
+    if !shared.actuator.flush_events(Duration::from_secs(5)).await {
+        warn!("some Events were not published within 5s");
+    }
 }
 
 /// Completes when any watch or the worker group ends (they should run until shutdown), with the
@@ -716,6 +869,7 @@ mod tests {
             metrics,
             leader,
             evictions,
+            workers: WorkerBeat::new(),
         })
     }
 
@@ -809,6 +963,163 @@ mod tests {
         assert!(
             matches!(&error, Error::TaskEnded(task) if task.starts_with("worker (") && task.contains("panicked")),
             "{error:?}"
+        );
+        assert!(!liveness.is_alive());
+    }
+
+    /// Due work that no running worker takes within the bound fails `/healthz`; on a standby
+    /// (workers not running) or with a worker taking the work, health stays green.
+    #[tokio::test(start_paused = true)]
+    async fn watchdog_fails_health_when_due_work_is_not_taken() {
+        let bound = Duration::from_secs(300);
+        let idle = Duration::from_secs(330);
+        let run = |running: bool, take: bool| async move {
+            let sent = Arc::new(Mutex::new(Vec::new()));
+            let shared = shared(recording_client(&sent), TokenBucket::unlimited());
+            shared.workers.running.store(running, Ordering::SeqCst);
+            set_taint(&shared, true);
+            assert!(shared.queue.next_deadline().is_some(), "a pod is due");
+            let liveness = Liveness::new();
+            let beats = watch::Beats::default();
+            let dog = tokio::spawn(watchdog(shared.clone(), beats, idle, bound, liveness.clone()));
+            tokio::time::sleep(Duration::from_secs(290)).await;
+            assert!(liveness.is_alive(), "not stuck before the bound");
+            if take {
+                let (work, ticket) = shared.queue.try_next().expect("due");
+                shared.workers.beat();
+                shared.queue.done(&work, ticket, Completion::Forget);
+                shared.workers.beat();
+            }
+            tokio::time::sleep(Duration::from_secs(100)).await;
+            dog.abort();
+            liveness.is_alive()
+        };
+        assert!(
+            !run(true, false).await,
+            "due work not taken for 300 s fails /healthz"
+        );
+        assert!(run(false, false).await, "a standby runs no workers: not stuck");
+        assert!(run(true, true).await, "a worker took the work: not stuck");
+    }
+
+    /// A watch whose loop stops turning for twice the idle timeout fails `/healthz`; one that
+    /// turns (here once per idle timeout, as an idle watch does) does not.
+    #[tokio::test(start_paused = true)]
+    async fn watchdog_fails_health_when_a_watch_is_stuck() {
+        let idle = Duration::from_secs(10);
+        let bound = Duration::from_secs(300);
+        let sent = Arc::new(Mutex::new(Vec::new()));
+        let shared = shared(recording_client(&sent), TokenBucket::unlimited());
+        let beats = watch::Beats::default();
+        let liveness = Liveness::new();
+        let turning = tokio::spawn({
+            let beats = beats.clone();
+            async move {
+                loop {
+                    beats.beat("pods");
+                    tokio::time::sleep(idle).await;
+                }
+            }
+        });
+        beats.beat("resourceslices");
+        let dog = tokio::spawn(watchdog(
+            shared.clone(),
+            beats.clone(),
+            idle,
+            bound,
+            liveness.clone(),
+        ));
+        tokio::time::sleep(Duration::from_secs(19)).await;
+        assert!(liveness.is_alive());
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        assert!(!liveness.is_alive(), "the slices watch stopped turning 24 s ago");
+        let reason = dog.await.expect("watchdog");
+        assert!(reason.contains("resourceslices watch"), "{reason}");
+        turning.abort();
+    }
+
+    /// Work waiting when the Lease is lost (a worker paced by --max-evictions-per-second, a pod
+    /// not yet due) is aborted at once: not one request leaves after the loss.
+    #[tokio::test(start_paused = true)]
+    async fn waiting_work_is_aborted_when_leadership_is_lost() {
+        let sent = Arc::new(Mutex::new(Vec::new()));
+        let (leading, leader) = channel::channel(true);
+        let metrics = Metrics::register(&mut Registry::default());
+        let client = recording_client(&sent);
+        let shared = Arc::new(Shared {
+            state: Mutex::new(State::new()),
+            queue: WorkQueue::new(Backoff::default()),
+            actuator: Actuator::new(client, "test", EvictionMode::Delete, false, None, metrics.clone()),
+            metrics,
+            leader,
+            evictions: TokenBucket::new(1.0, 1),
+            workers: WorkerBeat::new(),
+        });
+        assert_eq!(shared.evictions.reserve(), Duration::ZERO, "the burst is spent");
+        set_taint(&shared, true);
+        shared.queue.schedule(
+            Work::Rule(RuleRef::new("later", "uid-later")),
+            Instant::now() + Duration::from_secs(10),
+        );
+        let mut workers = JoinSet::new();
+        for _ in 0..2 {
+            let shared = shared.clone();
+            workers.spawn(async move {
+                worker(shared).await;
+                "worker".to_owned()
+            });
+        }
+        while shared.workers.pacing.load(Ordering::SeqCst) == 0 {
+            tokio::task::yield_now().await;
+        }
+        leading.send_replace(false);
+        let start = Instant::now();
+        stop_workers(&shared, &mut workers, true).await;
+        assert_eq!(start.elapsed(), Duration::ZERO, "stopped at once");
+        tokio::time::sleep(Duration::from_secs(60)).await;
+        let sent = sent.lock().expect("sent").clone();
+        assert_eq!(sent, Vec::<String>::new(), "no request after the loss");
+    }
+
+    /// A poisoned state is never used again: the task that finds it stops, and supervision stops
+    /// the controller on it.
+    #[tokio::test]
+    async fn a_poisoned_state_stops_the_controller() {
+        let sent = Arc::new(Mutex::new(Vec::new()));
+        let shared = shared(recording_client(&sent), TokenBucket::unlimited());
+        let holder = shared.clone();
+        let _ = std::thread::spawn(move || {
+            let _state = holder.state.lock();
+            panic!("a bug while the state is held");
+        })
+        .join();
+        assert!(shared.state.is_poisoned());
+        let used = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let mut watches = JoinSet::new();
+        watches.spawn({
+            let shared = shared.clone();
+            let used = used.clone();
+            async move {
+                shared.update(|_| used.store(true, std::sync::atomic::Ordering::SeqCst));
+                std::future::pending::<String>().await
+            }
+        });
+        let mut workers = JoinSet::new();
+        workers.spawn(std::future::pending::<String>());
+        let liveness = Liveness::new();
+        let error = tokio::time::timeout(
+            Duration::from_secs(10),
+            supervise(&mut watches, &mut workers, &liveness),
+        )
+        .await
+        .expect("the task that met the poisoned state ended");
+        assert!(
+            matches!(&error, Error::TaskEnded(task) if task.contains("panicked")),
+            "{error:?}"
+        );
+        assert!(
+            !used.load(std::sync::atomic::Ordering::SeqCst),
+            "the state was not used"
         );
         assert!(!liveness.is_alive());
     }

@@ -78,6 +78,7 @@ struct Inner {
     queue_depth: Gauge,
     api_errors: Family<VerbLabels, Counter>,
     watch_restarts: Family<KindLabels, Counter>,
+    watch_idle_restarts: Family<KindLabels, Counter>,
     skipped_objects: Family<SkipLabels, Counter>,
     dry_run_evictions: Counter,
     eviction_blocked: Counter,
@@ -95,6 +96,7 @@ fn help(text: &str) -> &str {
 impl Metrics {
     /// Register every metric in `registry` under [`PREFIX`] and return the handle.
     #[must_use]
+    #[allow(clippy::too_many_lines)] // one registration per metric, in the order of the README
     pub fn register(registry: &mut Registry) -> Self {
         let inner = Inner {
             pod_deletions: Counter::default(),
@@ -103,6 +105,7 @@ impl Metrics {
             queue_depth: Gauge::default(),
             api_errors: Family::default(),
             watch_restarts: Family::default(),
+            watch_idle_restarts: Family::default(),
             skipped_objects: Family::default(),
             dry_run_evictions: Counter::default(),
             eviction_blocked: Counter::default(),
@@ -120,6 +123,9 @@ impl Metrics {
         // is visible to `rate()` / `increase()`.
         for kind in watch::KINDS {
             let _ = inner.watch_restarts.get_or_create(&KindLabels {
+                kind: kind.to_owned(),
+            });
+            let _ = inner.watch_idle_restarts.get_or_create(&KindLabels {
                 kind: kind.to_owned(),
             });
         }
@@ -142,7 +148,7 @@ impl Metrics {
         );
         r.register(
             "queue_depth",
-            "Pods whose eviction deadline has passed and that wait for a worker",
+            "Work items waiting in the queue, due or not: pod keys (a cancelled eviction's key stays until its old deadline) and DeviceTaintRule status refreshes",
             inner.queue_depth.clone(),
         );
         r.register(
@@ -154,6 +160,11 @@ impl Metrics {
             "watch_restarts",
             "Watch streams that failed and were restarted, by resource kind",
             inner.watch_restarts.clone(),
+        );
+        r.register(
+            "watch_idle_restarts",
+            "Watches restarted because they received nothing, not even a bookmark, for --watch-idle-timeout, by resource kind",
+            inner.watch_idle_restarts.clone(),
         );
         r.register(
             "skipped_objects",
@@ -208,9 +219,9 @@ impl Metrics {
         self.inner.pending_evictions.set(pods);
     }
 
-    /// Number of due pods waiting for a worker.
-    pub fn set_queue_depth(&self, pods: i64) {
-        self.inner.queue_depth.set(pods);
+    /// Number of work items waiting in the queue (see the metric's help).
+    pub fn set_queue_depth(&self, items: i64) {
+        self.inner.queue_depth.set(items);
     }
 
     /// An API request failed; `verb` is one of [`API_VERBS`] or another short lowercase verb.
@@ -221,6 +232,40 @@ impl Metrics {
                 verb: verb.to_owned(),
             })
             .inc();
+    }
+
+    /// A watch of `kind` (one of [`watch::KINDS`]) received nothing for `--watch-idle-timeout`
+    /// and is restarted.
+    pub fn watch_idle_restart(&self, kind: &str) {
+        self.inner
+            .watch_idle_restarts
+            .get_or_create(&KindLabels {
+                kind: kind.to_owned(),
+            })
+            .inc();
+    }
+
+    /// Objects of `kind` skipped for `reason` so far.
+    #[cfg(test)]
+    pub(crate) fn skipped_count(&self, kind: &str, reason: &str) -> u64 {
+        self.inner
+            .skipped_objects
+            .get_or_create(&SkipLabels {
+                kind: kind.to_owned(),
+                reason: reason.to_owned(),
+            })
+            .get()
+    }
+
+    /// Idle restarts of `kind`'s watch so far.
+    #[cfg(test)]
+    pub(crate) fn idle_restarts(&self, kind: &str) -> u64 {
+        self.inner
+            .watch_idle_restarts
+            .get_or_create(&KindLabels {
+                kind: kind.to_owned(),
+            })
+            .get()
     }
 
     /// A watch stream of `kind` (one of [`watch::KINDS`]) failed and restarts.
@@ -417,6 +462,9 @@ mod tests {
         let text = encode(&registry);
         for kind in watch::KINDS {
             let line = format!("device_taint_eviction_controller_watch_restarts_total{{kind=\"{kind}\"}} 0");
+            assert!(lines(&text).contains(&line.as_str()), "missing {line}");
+            let line =
+                format!("device_taint_eviction_controller_watch_idle_restarts_total{{kind=\"{kind}\"}} 0");
             assert!(lines(&text).contains(&line.as_str()), "missing {line}");
         }
         for verb in API_VERBS {

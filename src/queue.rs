@@ -598,7 +598,6 @@ impl<K: Clone + Eq + Hash> WorkQueue<K> {
     }
 
     /// The earliest deadline among waiting keys, if any.
-    #[cfg(test)]
     #[must_use]
     pub fn next_deadline(&self) -> Option<Instant> {
         self.lock().earliest()

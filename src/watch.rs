@@ -3,18 +3,26 @@
 //! API objects into views; the controller runs [`watch`] for every kind, and `explain` feeds a
 //! one-shot listing through [`reset`].
 
-use std::{fmt::Debug, sync::Arc};
+use std::{
+    borrow::Cow,
+    collections::HashMap,
+    fmt::Debug,
+    sync::{Arc, Mutex, PoisonError},
+    time::Duration,
+};
 
 use futures::StreamExt as _;
 use kube::{
     Api,
     runtime::{WatchStreamExt as _, watcher},
 };
-use serde::de::DeserializeOwned;
+use serde::{Deserialize, Deserializer, de::DeserializeOwned};
+use tokio::time::Instant;
 use tracing::{info, warn};
 
 use crate::{
     admin::Readiness,
+    client::WatchProgress,
     index::State,
     k8s::{self, DeviceTaintRule, ResourceClaim, ResourceSlice, Timestamp, WatchedPod},
     metrics::Metrics,
@@ -47,8 +55,8 @@ pub trait Kind: kube::Resource + Clone + DeserializeOwned + Debug + Send + 'stat
     /// An object was added or changed. `now` stands in for a missing `timeAdded` (SPEC D2).
     fn apply(state: &mut State, view: Self::View, now: Time);
 
-    /// The object was deleted.
-    fn delete(&self, state: &mut State);
+    /// The object with this metadata was deleted (or can no longer be read).
+    fn delete(meta: &k8s::ObjectMeta, state: &mut State);
 
     /// A complete list of the kind: what it does not contain is gone (SPEC D3).
     fn reset(state: &mut State, views: Vec<Self::View>, now: Time);
@@ -82,11 +90,8 @@ impl Kind for WatchedPod {
         state.apply_pod(&name, view);
     }
 
-    fn delete(&self, state: &mut State) {
-        state.delete_pod(
-            &object_name(&self.metadata),
-            self.metadata.uid.as_deref().unwrap_or_default(),
-        );
+    fn delete(meta: &k8s::ObjectMeta, state: &mut State) {
+        state.delete_pod(&object_name(meta), meta.uid.as_deref().unwrap_or_default());
     }
 
     fn reset(state: &mut State, pods: Vec<PodEntry>, _: Time) {
@@ -107,11 +112,8 @@ impl Kind for ResourceClaim {
         state.apply_claim(view);
     }
 
-    fn delete(&self, state: &mut State) {
-        state.delete_claim(
-            &object_name(&self.metadata),
-            self.metadata.uid.as_deref().unwrap_or_default(),
-        );
+    fn delete(meta: &k8s::ObjectMeta, state: &mut State) {
+        state.delete_claim(&object_name(meta), meta.uid.as_deref().unwrap_or_default());
     }
 
     fn reset(state: &mut State, views: Vec<ClaimView>, _: Time) {
@@ -131,8 +133,8 @@ impl Kind for ResourceSlice {
         state.apply_slice(view, now);
     }
 
-    fn delete(&self, state: &mut State) {
-        state.delete_slice(self.metadata.name.as_deref().unwrap_or_default());
+    fn delete(meta: &k8s::ObjectMeta, state: &mut State) {
+        state.delete_slice(meta.name.as_deref().unwrap_or_default());
     }
 
     fn reset(state: &mut State, views: Vec<SliceView>, now: Time) {
@@ -152,16 +154,117 @@ impl Kind for DeviceTaintRule {
         state.apply_rule(view, now);
     }
 
-    fn delete(&self, state: &mut State) {
+    fn delete(meta: &k8s::ObjectMeta, state: &mut State) {
         state.delete_rule(
-            self.metadata.name.as_deref().unwrap_or_default(),
-            self.metadata.uid.as_deref().unwrap_or_default(),
+            meta.name.as_deref().unwrap_or_default(),
+            meta.uid.as_deref().unwrap_or_default(),
         );
     }
 
     fn reset(state: &mut State, views: Vec<RuleView>, now: Time) {
         state.reset_rules(views, now);
     }
+}
+
+/// An object of a watched kind as the API server sent it: decoded, or why it could not be, with
+/// what could be read of its metadata. Lists and watches decode through this type item by item,
+/// so one undecodable object is skipped and counted instead of failing its whole list page (the
+/// kind would never sync) or vanishing from a watch stream. Each item is read as a JSON value
+/// first, then decoded from that value. (Raw JSON text would be cheaper, but a watch event's
+/// object reaches us through serde's buffering of the adjacently tagged `WatchEvent`, which
+/// cannot hand out raw text.) The price is paid on every object: `cargo bench --bench core --
+/// decode_pod` compares it with decoding a `WatchedPod` directly.
+#[derive(Clone, Debug)]
+pub enum Decoded<K> {
+    /// The object.
+    Ok(K),
+    /// An object that does not decode as `K`.
+    Bad {
+        /// Its name, namespace, UID and resourceVersion as far as they could be read (the
+        /// watcher needs the resourceVersion to resume). Boxed: the rare case stays small.
+        meta: Box<k8s::ObjectMeta>,
+        /// The decoding error.
+        error: String,
+    },
+}
+
+impl<'de, K: DeserializeOwned> Deserialize<'de> for Decoded<K> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let value = serde_json::Value::deserialize(deserializer)?;
+        let meta = readable_meta(&value);
+        Ok(match K::deserialize(value) {
+            Ok(object) => Self::Ok(object),
+            Err(error) => Self::Bad {
+                meta: Box::new(meta),
+                error: error.to_string(),
+            },
+        })
+    }
+}
+
+/// What can be read of an undecodable object's metadata: each of name, namespace, uid and
+/// resourceVersion that is a string.
+fn readable_meta(object: &serde_json::Value) -> k8s::ObjectMeta {
+    let field = |name: &str| object["metadata"][name].as_str().map(str::to_owned);
+    k8s::ObjectMeta {
+        name: field("name"),
+        namespace: field("namespace"),
+        uid: field("uid"),
+        resource_version: field("resourceVersion"),
+        ..k8s::ObjectMeta::default()
+    }
+}
+
+impl<K: kube::Resource> kube::Resource for Decoded<K> {
+    type DynamicType = K::DynamicType;
+    type Scope = K::Scope;
+
+    fn kind(dt: &Self::DynamicType) -> Cow<'_, str> {
+        K::kind(dt)
+    }
+
+    fn group(dt: &Self::DynamicType) -> Cow<'_, str> {
+        K::group(dt)
+    }
+
+    fn version(dt: &Self::DynamicType) -> Cow<'_, str> {
+        K::version(dt)
+    }
+
+    fn api_version(dt: &Self::DynamicType) -> Cow<'_, str> {
+        K::api_version(dt)
+    }
+
+    fn plural(dt: &Self::DynamicType) -> Cow<'_, str> {
+        K::plural(dt)
+    }
+
+    fn meta(&self) -> &k8s::ObjectMeta {
+        match self {
+            Self::Ok(object) => object.meta(),
+            Self::Bad { meta, .. } => meta,
+        }
+    }
+
+    fn meta_mut(&mut self) -> &mut k8s::ObjectMeta {
+        match self {
+            Self::Ok(object) => object.meta_mut(),
+            Self::Bad { meta, .. } => meta,
+        }
+    }
+}
+
+/// Skips an object that could not be decoded: logged by reference and counted, never fatal.
+fn skip_undecodable(metrics: &Metrics, kind: &str, meta: &k8s::ObjectMeta, error: &str) {
+    metrics.skipped(kind, "undecodable");
+    warn!(
+        kind,
+        namespace = meta.namespace.as_deref().unwrap_or_default(),
+        name = meta.name.as_deref().unwrap_or_default(),
+        uid = meta.uid.as_deref().unwrap_or_default(),
+        %error,
+        "skipping an object that cannot be decoded"
+    );
 }
 
 /// Replaces what `state` holds of kind `K` with `objects`, a complete list read at `now`, as a
@@ -195,43 +298,134 @@ fn apply<K: Kind, S: Sink>(sink: &S, obj: &K, now: Time) {
         Ok(view) => sink.update(|state| K::apply(state, view, now)),
         Err(invalid) => {
             skip(sink.metrics(), K::PLURAL, &invalid);
-            sink.update(|state| obj.delete(state));
+            sink.update(|state| K::delete(obj.meta(), state));
         }
+    }
+}
+
+/// The default `--watch-idle-timeout`: the server-side timeout kube's watcher asks for (290 s),
+/// after which a healthy server ends the watch, plus a margin.
+pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(330);
+
+/// When a watch counts as silent and is restarted (`--watch-idle-timeout`).
+#[derive(Clone, Debug)]
+pub struct Idle {
+    /// How long a watch may receive nothing at all, not even a bookmark.
+    pub timeout: Duration,
+    /// What the client's watches received, bookmarks included (kube's watcher hides those).
+    pub progress: WatchProgress,
+    /// Where each watch's loop reports that it turns, for the watchdog.
+    pub beats: Beats,
+}
+
+/// When each watch's loop last turned (started, handled an event, checked its idle timer, which
+/// it does at least every idle timeout), by kind. A loop that stops turning for longer is stuck
+/// (e.g. blocked on the state), which the controller's watchdog reports on `/healthz`.
+#[derive(Clone, Debug, Default)]
+pub struct Beats {
+    last: Arc<Mutex<HashMap<&'static str, Instant>>>,
+}
+
+impl Beats {
+    /// The loop of `kind`'s watch turns now.
+    pub fn beat(&self, kind: &'static str) {
+        self.lock().insert(kind, Instant::now());
+    }
+
+    /// The watch whose loop turned least recently, and when.
+    #[must_use]
+    pub fn stalest(&self) -> Option<(&'static str, Instant)> {
+        self.lock()
+            .iter()
+            .map(|(kind, at)| (*kind, *at))
+            .min_by_key(|(_, at)| *at)
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<&'static str, Instant>> {
+        // A map of instants cannot be left half-updated: a poisoned lock is still consistent.
+        self.last.lock().unwrap_or_else(PoisonError::into_inner)
     }
 }
 
 /// Watches every object of kind `K` through `api` and applies the events to the state; marks the
 /// kind synced in `readiness` after each initial list. Runs until the stream ends (never,
-/// normally); a failed watch is retried with kube's default backoff.
-pub async fn watch<K: Kind, S: Sink>(sink: Arc<S>, readiness: Readiness, api: Api<K>) {
+/// normally); a failed watch is retried with kube's default backoff, and a watch that receives
+/// nothing, not even a bookmark, for `idle.timeout` is dropped and started afresh (a new list,
+/// then a new watch): a connection that went silent without closing must not leave the index
+/// stale for ever.
+pub async fn watch<K: Kind, S: Sink>(sink: Arc<S>, readiness: Readiness, api: Api<Decoded<K>>, idle: Idle) {
     let kind = K::PLURAL;
-    let mut stream = std::pin::pin!(watcher(api, watcher::Config::default()).default_backoff());
-    let mut listing: Option<Vec<K::View>> = None;
-    while let Some(event) = stream.next().await {
-        let event = match event {
-            Ok(event) => event,
-            Err(error) => {
-                sink.metrics().watch_restart(kind);
-                warn!(kind, %error, "watch failed; retrying with backoff");
-                continue;
-            }
-        };
-        let now = Timestamp::now();
-        match event {
-            watcher::Event::Init => listing = Some(Vec::new()),
-            watcher::Event::InitApply(obj) => match obj.project() {
-                Ok(view) => listing.get_or_insert_with(Vec::new).push(view),
-                Err(invalid) => skip(sink.metrics(), kind, &invalid),
-            },
-            watcher::Event::InitDone => {
-                let views = listing.take().unwrap_or_default();
-                info!(kind, objects = views.len(), "initial list received");
-                sink.update(|state| K::reset(state, views, now));
-                readiness.mark_synced(kind);
-            }
-            watcher::Event::Apply(obj) => apply(&*sink, &obj, now),
-            watcher::Event::Delete(obj) => sink.update(|state| obj.delete(state)),
+    loop {
+        let mut stream = std::pin::pin!(watcher(api.clone(), watcher::Config::default()).default_backoff());
+        let mut listing: Option<Vec<K::View>> = None;
+        // Last sign of life of this watcher: its start, an event, or anything its requests received.
+        let mut last = Instant::now();
+        loop {
+            idle.beats.beat(kind);
+            let alive = |last: Instant| idle.progress.last(kind).map_or(last, |p| p.max(last));
+            let event = tokio::select! {
+                event = stream.next() => event,
+                () = tokio::time::sleep_until(alive(last) + idle.timeout) => {
+                    if Instant::now() < alive(last) + idle.timeout {
+                        continue;
+                    }
+                    sink.metrics().watch_idle_restart(kind);
+                    warn!(
+                        kind,
+                        idle_timeout = ?idle.timeout,
+                        "watch received nothing, not even a bookmark, within --watch-idle-timeout; restarting it"
+                    );
+                    break;
+                }
+            };
+            let Some(event) = event else {
+                return;
+            };
+            last = Instant::now();
+            handle(&*sink, &readiness, &mut listing, event);
         }
+    }
+}
+
+/// Applies one item of a watch stream.
+fn handle<K: Kind, S: Sink>(
+    sink: &S,
+    readiness: &Readiness,
+    listing: &mut Option<Vec<K::View>>,
+    event: Result<watcher::Event<Decoded<K>>, watcher::Error>,
+) {
+    let kind = K::PLURAL;
+    let event = match event {
+        Ok(event) => event,
+        Err(error) => {
+            sink.metrics().watch_restart(kind);
+            warn!(kind, %error, "watch failed; retrying with backoff");
+            return;
+        }
+    };
+    let now = Timestamp::now();
+    match event {
+        watcher::Event::Init => *listing = Some(Vec::new()),
+        watcher::Event::InitApply(Decoded::Ok(obj)) => match obj.project() {
+            Ok(view) => listing.get_or_insert_with(Vec::new).push(view),
+            Err(invalid) => skip(sink.metrics(), kind, &invalid),
+        },
+        watcher::Event::InitApply(Decoded::Bad { meta, error }) => {
+            skip_undecodable(sink.metrics(), kind, &meta, &error);
+        }
+        watcher::Event::InitDone => {
+            let views = listing.take().unwrap_or_default();
+            info!(kind, objects = views.len(), "initial list received");
+            sink.update(|state| K::reset(state, views, now));
+            readiness.mark_synced(kind);
+        }
+        watcher::Event::Apply(Decoded::Ok(obj)) => apply(sink, &obj, now),
+        // An object that became undecodable is removed from the index, not kept stale.
+        watcher::Event::Apply(Decoded::Bad { meta, error }) => {
+            skip_undecodable(sink.metrics(), kind, &meta, &error);
+            sink.update(|state| K::delete(&meta, state));
+        }
+        watcher::Event::Delete(obj) => sink.update(|state| K::delete(kube::Resource::meta(&obj), state)),
     }
 }
 
@@ -239,10 +433,14 @@ pub async fn watch<K: Kind, S: Sink>(sink: Arc<S>, readiness: Readiness, api: Ap
 mod tests {
     use std::sync::Mutex;
 
+    use http::{Request, Response};
+    use http_body_util::{BodyExt as _, StreamBody};
+    use kube::client::{Body, ClientBuilder};
     use prometheus_client::registry::Registry;
+    use tokio_util::bytes::Bytes;
 
     use super::*;
-    use crate::fixtures::t;
+    use crate::{client::WatchProgressLayer, fixtures::t};
 
     struct TestSink {
         state: Mutex<State>,
@@ -289,5 +487,219 @@ mod tests {
                 .device_taints(&device)
                 .is_empty()
         );
+    }
+
+    /// How the scripted API server answers a watch after the (empty) list.
+    #[derive(Clone, Copy)]
+    enum WatchBody {
+        /// Answers, then sends nothing and never closes (a connection that went silent).
+        Silent,
+        /// A bookmark every minute and nothing else (a quiet cluster).
+        Bookmarks,
+    }
+
+    /// An API server for ResourceSlices: every list is empty, every watch answers as `body`.
+    /// Returns the client (its watches reporting to `progress`) and the requests it received.
+    fn slice_server(body: WatchBody, progress: &WatchProgress) -> (kube::Client, Arc<Mutex<Vec<String>>>) {
+        let sent = Arc::new(Mutex::new(Vec::new()));
+        let log = sent.clone();
+        let service = tower::service_fn(move |request: Request<Body>| {
+            let watching = request.uri().query().is_some_and(|q| q.contains("watch=true"));
+            log.lock()
+                .expect("sent")
+                .push(if watching { "watch" } else { "list" }.to_owned());
+            async move {
+                let body = if watching {
+                    let frames = futures::stream::unfold(0_u64, move |n| async move {
+                        if matches!(body, WatchBody::Silent) {
+                            return std::future::pending().await;
+                        }
+                        tokio::time::sleep(Duration::from_secs(60)).await;
+                        let line = serde_json::json!({"type": "BOOKMARK", "object": {
+                            "apiVersion": "resource.k8s.io/v1", "kind": "ResourceSlice",
+                            "metadata": {"resourceVersion": (n + 2).to_string()}}});
+                        let frame = http_body::Frame::data(Bytes::from(format!("{line}\n")));
+                        Some((Ok::<_, std::convert::Infallible>(frame), n + 1))
+                    });
+                    StreamBody::new(frames).boxed_unsync()
+                } else {
+                    let list = serde_json::json!({"apiVersion": "resource.k8s.io/v1",
+                        "kind": "ResourceSliceList", "metadata": {"resourceVersion": "1"}, "items": []});
+                    http_body_util::Full::new(Bytes::from(list.to_string()))
+                        .map_err(|never| match never {})
+                        .boxed_unsync()
+                };
+                Ok::<_, std::convert::Infallible>(Response::new(body))
+            }
+        });
+        let client = ClientBuilder::new(service, "default")
+            .with_layer(&WatchProgressLayer::new(progress.clone()))
+            .build();
+        (client, sent)
+    }
+
+    /// A ResourceSlice of its own pool with one `NoExecute`-tainted device `dev`.
+    fn slice_json(name: &str, resource_version: &str) -> serde_json::Value {
+        serde_json::json!({
+            "apiVersion": "resource.k8s.io/v1", "kind": "ResourceSlice",
+            "metadata": {"name": name, "uid": format!("uid-{name}"), "resourceVersion": resource_version},
+            "spec": {
+                "driver": "d", "pool": {"name": name, "generation": 1, "resourceSliceCount": 1},
+                "nodeName": "n",
+                "devices": [{"name": "dev", "taints": [{"key": "k", "effect": "NoExecute"}]}]
+            }
+        })
+    }
+
+    /// A ResourceSlice that does not decode: `spec.devices` is not a list.
+    fn undecodable_slice_json(name: &str, resource_version: &str) -> serde_json::Value {
+        let mut slice = slice_json(name, resource_version);
+        slice["spec"]["devices"] = serde_json::json!("not-a-list");
+        slice
+    }
+
+    /// One undecodable object in a list page and one in a watch stream are skipped, logged and
+    /// counted; the others are indexed, the kind syncs, and the watch goes on (no re-list).
+    #[tokio::test(start_paused = true)]
+    async fn undecodable_objects_are_skipped_one_by_one() {
+        let sent = Arc::new(Mutex::new(Vec::new()));
+        let log = sent.clone();
+        let service = tower::service_fn(move |request: Request<Body>| {
+            let watching = request.uri().query().is_some_and(|q| q.contains("watch=true"));
+            log.lock()
+                .expect("sent")
+                .push(if watching { "watch" } else { "list" }.to_owned());
+            async move {
+                let body = if watching {
+                    let lines = [
+                        serde_json::json!({"type": "ADDED", "object": undecodable_slice_json("bad-watched", "11")}),
+                        serde_json::json!({"type": "ADDED", "object": slice_json("c", "12")}),
+                    ]
+                    .map(|line| Ok::<_, std::convert::Infallible>(http_body::Frame::data(Bytes::from(format!("{line}\n")))));
+                    StreamBody::new(futures::stream::iter(lines).chain(futures::stream::pending()))
+                        .boxed_unsync()
+                } else {
+                    let list = serde_json::json!({"apiVersion": "resource.k8s.io/v1",
+                        "kind": "ResourceSliceList", "metadata": {"resourceVersion": "10"},
+                        "items": [slice_json("a", "1"), undecodable_slice_json("bad-listed", "2"), slice_json("b", "3")]});
+                    http_body_util::Full::new(Bytes::from(list.to_string()))
+                        .map_err(|never| match never {})
+                        .boxed_unsync()
+                };
+                Ok::<_, std::convert::Infallible>(Response::new(body))
+            }
+        });
+        let client = ClientBuilder::new(service, "default").build();
+        let sink = sink();
+        let readiness = Readiness::new(&[ResourceSlice::PLURAL]);
+        let idle = Idle {
+            timeout: DEFAULT_IDLE_TIMEOUT,
+            progress: WatchProgress::default(),
+            beats: Beats::default(),
+        };
+        let task = tokio::spawn(watch(
+            sink.clone(),
+            readiness.clone(),
+            Api::<Decoded<ResourceSlice>>::all(client),
+            idle,
+        ));
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        task.abort();
+        assert!(readiness.is_ready(), "the kind synced despite the bad item");
+        assert_eq!(*sent.lock().expect("sent"), ["list", "watch"], "no re-list");
+        let state = sink.state.lock().expect("state");
+        for pool in ["a", "b", "c"] {
+            let device = crate::view::DeviceId::new("d", pool, "dev");
+            assert_eq!(state.device_taints(&device).len(), 1, "slice {pool} is indexed");
+        }
+        assert_eq!(
+            sink.metrics.skipped_count(ResourceSlice::PLURAL, "undecodable"),
+            2
+        );
+    }
+
+    fn sink() -> Arc<TestSink> {
+        Arc::new(TestSink {
+            state: Mutex::new(State::new()),
+            metrics: Metrics::register(&mut Registry::default()),
+        })
+    }
+
+    /// Runs a ResourceSlice watch against the scripted server for `run` of virtual time; returns
+    /// the requests sent.
+    async fn run_slice_watch(body: WatchBody, idle_timeout: Duration, run: Duration) -> Vec<String> {
+        let progress = WatchProgress::default();
+        let (client, sent) = slice_server(body, &progress);
+        let readiness = Readiness::new(&KINDS);
+        let idle = Idle {
+            timeout: idle_timeout,
+            progress,
+            beats: Beats::default(),
+        };
+        let task = tokio::spawn(watch(
+            sink(),
+            readiness.clone(),
+            Api::<Decoded<ResourceSlice>>::all(client),
+            idle,
+        ));
+        tokio::time::sleep(run).await;
+        assert!(!task.is_finished(), "a watch runs until aborted");
+        task.abort();
+        sent.lock().expect("sent").clone()
+    }
+
+    /// A watch that answers and then stays silent is restarted after --watch-idle-timeout,
+    /// with a new list, and counted.
+    #[tokio::test(start_paused = true)]
+    async fn silent_watch_is_restarted_after_the_idle_timeout() {
+        let progress = WatchProgress::default();
+        let (client, sent) = slice_server(WatchBody::Silent, &progress);
+        let sink = sink();
+        let idle = Idle {
+            timeout: Duration::from_secs(5),
+            progress,
+            beats: Beats::default(),
+        };
+        let task = tokio::spawn(watch(
+            sink.clone(),
+            Readiness::new(&KINDS),
+            Api::<Decoded<ResourceSlice>>::all(client),
+            idle,
+        ));
+        tokio::time::sleep(Duration::from_millis(4900)).await;
+        assert_eq!(
+            *sent.lock().expect("sent"),
+            ["list", "watch"],
+            "not restarted early"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert_eq!(
+            *sent.lock().expect("sent"),
+            ["list", "watch", "list", "watch"],
+            "restarted (a new list) once the watch was silent for 5 s"
+        );
+        task.abort();
+        assert_eq!(sink.metrics.idle_restarts(ResourceSlice::PLURAL), 1);
+    }
+
+    /// A quiet watch that receives a bookmark every minute is never restarted, even though kube's
+    /// watcher yields no event for the bookmarks.
+    #[tokio::test(start_paused = true)]
+    async fn bookmarks_keep_a_quiet_watch_alive() {
+        let sent = run_slice_watch(
+            WatchBody::Bookmarks,
+            Duration::from_secs(90),
+            Duration::from_secs(1000),
+        )
+        .await;
+        assert_eq!(sent, ["list", "watch"], "never restarted");
+        // The same silence without bookmarks is restarted (the bookmarks above are what count).
+        let sent = run_slice_watch(
+            WatchBody::Silent,
+            Duration::from_secs(90),
+            Duration::from_secs(1000),
+        )
+        .await;
+        assert!(sent.len() > 2, "{sent:?}");
     }
 }

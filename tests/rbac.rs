@@ -30,6 +30,46 @@ use support::{
 
 const KEY: &str = "example.com/broken";
 
+/// Every cluster-wide permission the controller uses (eviction mode "delete", the chart's
+/// default), as `verb resource`. The chart must grant exactly these: the scenario below proves
+/// each is needed (taken away, the controller fails naming it); this list makes a granted but
+/// unused verb fail at once, by name, instead of as a wait for a Forbidden that never comes.
+const USED_CLUSTER: [&str; 14] = [
+    "create events",                 // Events on pods and rules
+    "delete pods",                   // eviction mode "delete"
+    "get pods",                      // the live pod, before acting on it
+    "list devicetaintrules",         // the watches: list, then watch
+    "list pods",                     //
+    "list resourceclaims",           //
+    "list resourceslices",           //
+    "patch devicetaintrules/status", // EvictionInProgress, by server-side apply
+    "patch events",                  // a repeated Event (its series count)
+    "patch pods/status",             // the DisruptionTarget condition
+    "watch devicetaintrules",        //
+    "watch pods",                    //
+    "watch resourceclaims",          //
+    "watch resourceslices",          //
+];
+
+/// The leader-election Role's permissions: read and renew the Lease, create it when missing.
+const USED_LEASE: [&str; 3] = ["create leases", "get leases", "patch leases"];
+
+/// The `verb resource` pairs `rules` grant, sorted.
+fn granted(rules: &[PolicyRule]) -> Vec<String> {
+    let mut pairs: Vec<String> = rules
+        .iter()
+        .flat_map(|rule| {
+            rule.resources
+                .iter()
+                .flatten()
+                .flat_map(move |resource| rule.verbs.iter().map(move |verb| format!("{verb} {resource}")))
+        })
+        .collect();
+    pairs.sort();
+    pairs.dedup();
+    pairs
+}
+
 /// The chart's RBAC objects for release `release` in `namespace` (leader election on, eviction
 /// mode "delete": the chart's defaults), parsed from `render-rbac.sh`'s YAML.
 fn render_rbac(namespace: &str, release: &str) -> Vec<Value> {
@@ -184,6 +224,18 @@ async fn chart_rbac_is_enough_and_no_more() {
     // Cluster-scoped ClusterRole(+Binding) take the release's name: unique per run.
     let release = env.unique_name("dte");
     let docs = render_rbac(&env.namespace, &release);
+    for (kind, used) in [("ClusterRole", &USED_CLUSTER[..]), ("Role", &USED_LEASE[..])] {
+        let rules: Vec<PolicyRule> = docs
+            .iter()
+            .find(|d| d["kind"] == kind)
+            .map(|d| serde_json::from_value(d["rules"].clone()).expect("rules"))
+            .unwrap_or_default();
+        assert_eq!(
+            granted(&rules),
+            used,
+            "the chart's {kind} must grant exactly what the controller uses"
+        );
+    }
     let kinds: Vec<&str> = docs.iter().filter_map(|d| d["kind"].as_str()).collect();
     for kind in [
         "ServiceAccount",
@@ -321,8 +373,9 @@ async fn chart_rbac_is_enough_and_no_more() {
             .await
             .expect("restore the Role");
     }
-    assert!(
-        checked.len() >= 14,
+    assert_eq!(
+        checked.len(),
+        USED_CLUSTER.len() + USED_LEASE.len(),
         "every granted verb must be taken away once: {checked:?}"
     );
     env.release_pod("pod-0").await;

@@ -563,3 +563,69 @@ async fn flush_waits_for_every_queued_event() {
     // Nothing queued: returns at once.
     assert!(actuator.flush_events(Duration::from_millis(1)).await);
 }
+
+/// A rule whose selector has fields this controller does not understand gets one Warning Event
+/// that names the fields and says that the rule selects nothing here.
+#[tokio::test]
+async fn unknown_selector_fields_post_one_warning_event_for_the_rule() {
+    let script = Script::new([]);
+    let actuator = actuator(&script, EvictionMode::Delete, false);
+    actuator.rule_selector_not_understood(
+        &RuleRef::new(RULE, RULE_UID),
+        &["spec.deviceSelector.futureField".to_owned()],
+    );
+    assert!(actuator.flush_events(Duration::from_secs(10)).await);
+    assert_eq!(script.sent(), Vec::new(), "only the Event is written");
+    let events = script.events();
+    assert_eq!(events.len(), 1, "{events:#?}");
+    let event = &events[0];
+    assert_eq!(event.method, "POST");
+    assert_eq!(event.body["type"], "Warning");
+    assert_eq!(event.body["reason"], "UnknownDeviceSelectorFields");
+    assert_eq!(event.body["action"], "Select");
+    assert_eq!(
+        event.body["note"],
+        "The device selector has fields this controller does not understand \
+         (spec.deviceSelector.futureField); the rule selects no device and evicts no pod until \
+         the controller is upgraded."
+    );
+    assert_eq!(event.body["reportingController"], CONTROLLER_NAME);
+    assert_eq!(
+        event.body["regarding"],
+        json!({"apiVersion": "resource.k8s.io/v1", "kind": "DeviceTaintRule", "name": RULE, "uid": RULE_UID})
+    );
+}
+
+/// An Event that cannot be queued because the publisher task is gone is counted and logged as
+/// such, not as a full queue.
+#[test]
+fn a_stopped_event_publisher_is_not_reported_as_a_full_queue() {
+    let script = Script::new([]);
+    let mut registry = Registry::default();
+    let metrics = Metrics::register(&mut registry);
+    // The publisher task lives on a runtime that is then shut down: it is gone, as after a panic.
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let actuator = runtime.block_on(async {
+        Actuator::new(
+            script.client(),
+            "replica-1",
+            EvictionMode::Delete,
+            false,
+            Some(device_taint_rule_resource("v1")),
+            metrics,
+        )
+    });
+    drop(runtime);
+    actuator.rule_selector_not_understood(&RuleRef::new(RULE, RULE_UID), &["x".to_owned()]);
+    let text = metrics::encode(&registry);
+    assert!(
+        text.contains(
+            "device_taint_eviction_controller_skipped_objects_total{kind=\"events\",reason=\"event_publisher_closed\"} 1\n"
+        ),
+        "{text}"
+    );
+    assert!(!text.contains("event_queue_full"), "{text}");
+}

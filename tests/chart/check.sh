@@ -241,6 +241,12 @@ grep -q '^Role ' "$out/one-replica.kinds" || die "one-replica: the Lease Role is
 grep -q 'podAntiAffinity' "$out/one-replica.yaml" && die "one-replica: anti-affinity rendered for one replica"
 pass "one-replica: no PodDisruptionBudget, no anti-affinity, Lease Role kept"
 
+info "rate limits at the edges the CLI accepts"
+render rate-edges --set-json controller.maxEvictionsPerSecond=0.001 --set controller.kubeApiQps=0
+grep -qx -- '--max-evictions-per-second=0.001' "$out/rate-edges.args" || die "rate-edges: --max-evictions-per-second=0.001 missing"
+grep -qx -- '--kube-api-qps=0' "$out/rate-edges.args" || die "rate-edges: --kube-api-qps=0 missing"
+pass "rate-edges: 0.001 evictions per second and QPS 0 (no client-side limit) are accepted"
+
 info "ServiceMonitor on"
 render servicemonitor --set serviceMonitor.enabled=true
 grep -qx 'ServiceMonitor dte-system/dte-device-taint-eviction' "$out/servicemonitor.kinds" ||
@@ -318,6 +324,11 @@ must_fail logFormat-enum "/logging/format" --set logging.format=xml
 must_fail syncs-minimum "/controller/concurrentDeviceTaintEvictionSyncs" --set controller.concurrentDeviceTaintEvictionSyncs=0
 must_fail rate-negative "/controller/maxEvictionsPerSecond" --set controller.maxEvictionsPerSecond=-1
 must_fail rate-string "/controller/maxEvictionsPerSecond" --set controller.maxEvictionsPerSecond=fast
+must_fail rate-too-small "/controller/maxEvictionsPerSecond" --set-json controller.maxEvictionsPerSecond=0.0001
+must_fail rate-too-large "/controller/maxEvictionsPerSecond" --set controller.maxEvictionsPerSecond=2000000
+must_fail qps-negative "/controller/kubeApiQps" --set controller.kubeApiQps=-1
+must_fail qps-too-small "/controller/kubeApiQps" --set-json controller.kubeApiQps=0.0001
+must_fail qps-too-large "/controller/kubeApiQps" --set controller.kubeApiQps=2000000
 must_fail burst-minimum "/controller/maxEvictionsBurst" --set controller.maxEvictionsBurst=0
 must_fail dryRun-type "/controller/dryRun" --set controller.dryRun=maybe
 must_fail leaseDuration-minimum "/leaderElection/leaseDuration" --set leaderElection.leaseDuration=0
