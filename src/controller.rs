@@ -738,10 +738,15 @@ pub async fn run_until(config: Config, shutdown: impl Future<Output = ()>) -> Re
     .await;
     watches.abort_all();
     watchdog.abort();
-    if result.is_ok()
-        && let Err(error) = leadership.release().await
-    {
-        warn!(%error, "failed to release the leader lease");
+    if result.is_ok() {
+        match tokio::time::timeout(LEASE_RELEASE, leadership.release()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(error)) => warn!(%error, "failed to release the leader lease"),
+            Err(_) => warn!(
+                seconds = LEASE_RELEASE.as_secs(),
+                "releasing the leader lease timed out; a successor takes over when it expires"
+            ),
+        }
     }
     shared.metrics.set_leader(false);
     let _ = stop_admin.send(());
@@ -749,10 +754,21 @@ pub async fn run_until(config: Config, shutdown: impl Future<Output = ()>) -> Re
     result
 }
 
+/// How long in-flight calls may finish after SIGTERM. With [`EVENT_FLUSH`] and [`LEASE_RELEASE`]
+/// the whole stop stays well inside the chart's 30 s termination grace period, whatever
+/// `--api-timeout` is: a call still hanging then is abandoned (the pod stays pending on the API
+/// server's side, and the next leader evicts it at its deadline, once: writes carry the pod's UID).
+const DRAIN: Duration = Duration::from_secs(15);
+/// How long queued Events may be published after the drain.
+const EVENT_FLUSH: Duration = Duration::from_secs(3);
+/// How long the Lease release may take on a clean stop.
+const LEASE_RELEASE: Duration = Duration::from_secs(5);
+
 /// Stops the workers once the controller stops. After a lost Lease (`lost`) a successor may
 /// already act: waiting work (paced, or not yet due) and in-flight work are aborted at once, with
 /// no further request (the fence refuses any write still on its way). Otherwise workers stop
-/// taking work and in-flight calls finish, for at most 30 s, then queued Events for 5 s.
+/// taking work and in-flight calls finish for at most [`DRAIN`] (then they are aborted), then
+/// queued Events for [`EVENT_FLUSH`].
 async fn stop_workers(shared: &Shared, workers: &mut JoinSet<String>, lost: bool) {
     shared.queue.shutdown();
     if lost {
@@ -761,14 +777,19 @@ async fn stop_workers(shared: &Shared, workers: &mut JoinSet<String>, lost: bool
         return;
     }
     let drain = async { while workers.join_next().await.is_some() {} };
-    if tokio::time::timeout(Duration::from_secs(30), drain)
-        .await
-        .is_err()
-    {
-        warn!("in-flight work did not finish within 30s");
+    if tokio::time::timeout(DRAIN, drain).await.is_err() {
+        warn!(
+            seconds = DRAIN.as_secs(),
+            "in-flight work did not finish in time; abandoning it to the next leader"
+        );
+        workers.abort_all();
+        while workers.join_next().await.is_some() {}
     }
-    if !shared.actuator.flush_events(Duration::from_secs(5)).await {
-        warn!("some Events were not published within 5s");
+    if !shared.actuator.flush_events(EVENT_FLUSH).await {
+        warn!(
+            seconds = EVENT_FLUSH.as_secs(),
+            "some Events were not published in time"
+        );
     }
 }
 
@@ -1079,6 +1100,40 @@ mod tests {
         tokio::time::sleep(Duration::from_secs(60)).await;
         let sent = sent.lock().expect("sent").clone();
         assert_eq!(sent, Vec::<String>::new(), "no request after the loss");
+    }
+
+    /// On SIGTERM a call that hangs (here: every request never answers) holds the stop for at
+    /// most the drain bound, whatever `--api-timeout` is, so the process exits inside the chart's
+    /// termination grace period.
+    #[tokio::test(start_paused = true)]
+    async fn a_hanging_call_does_not_hold_the_stop_beyond_the_drain_bound() {
+        let client = Client::new(
+            tower::service_fn(|_: http::Request<kube::client::Body>| {
+                std::future::pending::<Result<http::Response<kube::client::Body>, Infallible>>()
+            }),
+            "default",
+        );
+        let shared = shared(client, TokenBucket::unlimited());
+        set_taint(&shared, true);
+        let mut workers = JoinSet::new();
+        let busy = shared.clone();
+        workers.spawn(async move {
+            worker(busy).await;
+            "worker".to_owned()
+        });
+        tokio::time::timeout(Duration::from_secs(5), async {
+            while shared.queue.in_flight() == 0 {
+                tokio::task::yield_now().await;
+            }
+        })
+        .await
+        .expect("the worker took the eviction");
+        let start = Instant::now();
+        stop_workers(&shared, &mut workers, false).await;
+        let took = start.elapsed();
+        assert!(took <= DRAIN + EVENT_FLUSH, "stop took {took:?}");
+        assert!(took >= DRAIN, "the in-flight call had its chance: {took:?}");
+        assert!(DRAIN + EVENT_FLUSH + LEASE_RELEASE < Duration::from_secs(30));
     }
 
     /// A poisoned state is never used again: the task that finds it stops, and supervision stops

@@ -207,11 +207,6 @@ async fn deadline_passed_while_down_evicts_at_start() {
 /// What the chart gives the pod to shut down after SIGTERM (`terminationGracePeriodSeconds`).
 const GRACE: Duration = Duration::from_secs(30);
 
-/// `--api-timeout` of the stalled-DELETE test. On SIGTERM the controller lets in-flight calls
-/// finish, so a hung call holds the exit for up to `--api-timeout` after it was sent: with the
-/// default (30 s, as long as the grace period) the exit comes just under 30 s, with no margin.
-const API_TIMEOUT: &str = "--api-timeout=20";
-
 /// SIGTERM while the pod's DELETE hangs at the proxy (the connection open, no answer, the API
 /// server never sees it): the controller exits 0 within the chart's grace period, and the next
 /// instance evicts the pod exactly once; the bystander gets no write.
@@ -231,7 +226,7 @@ async fn sigterm_while_a_delete_is_stalled() {
     let first = Proxy::start(env.client.clone(), dir).await;
     let doomed = format!("/api/v1/namespaces/{}/pods/doomed", env.namespace);
     first.stall(Some(Method::DELETE), &doomed, 1);
-    let a = Controller::start(&first.kubeconfig, &["--leader-elect=false", API_TIMEOUT]).await;
+    let a = Controller::start(&first.kubeconfig, &["--leader-elect=false"]).await;
     env.apply_slice(
         &slice,
         1,

@@ -65,6 +65,7 @@ cleanup() {
 trap cleanup EXIT
 # On 1.37 it also serves PodGroups, for tests/podgroups.rs (which skips where they are not served).
 up_flags=(--controllers=namespace-controller)
+# shellcheck disable=SC2054 # the commas belong to the flag's value
 case ${CONTROLPLANE_K8S_VERSION:-1.37} in
 1.37) up_flags+=(--feature-gates=DRAWorkloadResourceClaims=true,GenericWorkload=true
 	--runtime-config=scheduling.k8s.io/v1beta1=true) ;;
