@@ -12,11 +12,13 @@ use http::{Request, Response};
 use http_body_util::BodyExt as _;
 use prometheus_client::registry::Registry;
 use serde_json::{Value, json};
+use tower::Layer as _;
 
 use super::*;
 // The controller's name and the eviction mode, wherever they are defined.
 use crate::{CONTROLLER_NAME, actuator::EvictionMode, view::EVICTION_IN_PROGRESS};
 use crate::{
+    client::RetryAfterLayer,
     eviction::TaintSource,
     k8s::device_taint_rule_resource,
     metrics,
@@ -40,49 +42,89 @@ struct Sent {
     body: Value,
 }
 
+impl Sent {
+    /// Method and path, without the query: `GET /api/v1/namespaces/ns/pods/p`.
+    fn line(&self) -> String {
+        let path = self.uri.split('?').next().unwrap_or_default();
+        format!("{} {path}", self.method)
+    }
+}
+
 /// What the API server answers.
+#[derive(Clone)]
 struct Reply {
     status: u16,
-    body: Value,
+    headers: Vec<(&'static str, &'static str)>,
+    body: Vec<u8>,
 }
 
 impl Reply {
-    fn ok(body: Value) -> Self {
-        Self { status: 200, body }
+    fn json(status: u16, body: &Value) -> Self {
+        Self {
+            status,
+            headers: vec![("content-type", "application/json")],
+            body: serde_json::to_vec(body).expect("reply JSON"),
+        }
     }
 
-    /// A `Status` failure as the API server sends it.
-    fn error(code: u16, reason: &str) -> Self {
-        Self {
-            status: code,
-            body: json!({
-                "kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
-                "message": format!("scripted {reason}"), "reason": reason, "code": code,
-            }),
+    fn ok(body: &Value) -> Self {
+        Self::json(200, body)
+    }
+
+    /// A `Status` failure as the API server sends it; `details` is left out when `Null`.
+    fn failure(code: u16, reason: &str, message: &str, details: Value) -> Self {
+        let mut body = json!({
+            "kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+            "message": message, "reason": reason, "code": code,
+        });
+        if !details.is_null() {
+            body["details"] = details;
         }
+        Self::json(code, &body)
+    }
+
+    /// A `Status` failure with a scripted message.
+    fn error(code: u16, reason: &str) -> Self {
+        Self::failure(code, reason, &format!("scripted {reason}"), Value::Null)
+    }
+
+    /// A 409 Conflict about the pod, with this message.
+    fn conflict(message: &str) -> Self {
+        Self::failure(409, "Conflict", message, json!({"name": POD, "kind": "pods"}))
     }
 
     /// The API server's answer to a DELETE whose UID precondition names another pod.
     fn uid_precondition_failed() -> Self {
-        Self {
-            status: 409,
-            body: json!({
-                "kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
-                "message": "Precondition failed: UID in precondition: uid-a, UID in object meta: uid-b",
-                "reason": "Conflict", "code": 409,
-            }),
-        }
+        Self::failure(
+            409,
+            "Conflict",
+            "Precondition failed: UID in precondition: uid-a, UID in object meta: uid-b",
+            Value::Null,
+        )
     }
 
     fn success_status() -> Self {
-        Self::ok(json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success"}))
+        Self::ok(&json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success"}))
+    }
+
+    /// A 429 from the API server's load shedding: plain text, the wait only in `Retry-After`.
+    fn shed() -> Self {
+        Self {
+            status: 429,
+            headers: vec![
+                ("content-type", "text/plain; charset=utf-8"),
+                ("retry-after", "7"),
+            ],
+            body: b"Too many requests, please try again later.\n".to_vec(),
+        }
     }
 }
 
 /// The scripted API server. Event writes (`events.k8s.io`) are published by a background task in
 /// their own order, so they are answered `201` and recorded apart; everything else takes the next
 /// scripted reply (`500` once the script is exhausted, so an unexpected request fails the test's
-/// outcome check as well as its request check).
+/// outcome check as well as its request check). The client sees it through [`RetryAfterLayer`],
+/// as in production.
 #[derive(Default)]
 struct Script {
     replies: Mutex<VecDeque<Reply>>,
@@ -104,7 +146,7 @@ impl Script {
             let script = script.clone();
             async move { Ok::<_, Infallible>(script.answer(request).await) }
         });
-        Client::new(service, "default")
+        Client::new(RetryAfterLayer.layer(service), "default")
     }
 
     async fn answer(&self, request: Request<kube::client::Body>) -> Response<kube::client::Body> {
@@ -124,12 +166,9 @@ impl Script {
             },
         };
         let reply = if sent.uri.starts_with("/apis/events.k8s.io/") {
-            let created = sent.body.clone();
+            let created = Reply::json(201, &sent.body);
             self.events.lock().expect("events").push(sent);
-            Reply {
-                status: 201,
-                body: created,
-            }
+            created
         } else {
             self.sent.lock().expect("sent").push(sent);
             self.replies
@@ -138,12 +177,12 @@ impl Script {
                 .pop_front()
                 .unwrap_or_else(|| Reply::error(500, "InternalError"))
         };
-        Response::builder()
-            .status(reply.status)
-            .header(http::header::CONTENT_TYPE, "application/json")
-            .body(kube::client::Body::from(
-                serde_json::to_vec(&reply.body).expect("reply JSON"),
-            ))
+        let mut response = Response::builder().status(reply.status);
+        for (name, value) in reply.headers {
+            response = response.header(name, value);
+        }
+        response
+            .body(kube::client::Body::from(reply.body))
             .expect("response")
     }
 
@@ -274,9 +313,9 @@ async fn assert_no_event(actuator: &Actuator, script: &Script) {
 #[tokio::test]
 async fn delete_mode_success_sends_get_condition_delete_and_one_event() {
     let script = Script::new([
-        Reply::ok(live_pod(UID)),
-        Reply::ok(live_pod(UID)),
-        Reply::ok(live_pod(UID)),
+        Reply::ok(&live_pod(UID)),
+        Reply::ok(&live_pod(UID)),
+        Reply::ok(&live_pod(UID)),
     ]);
     let actuator = actuator(&script, EvictionMode::Delete, false);
     let outcome = actuator.evict(&pod_ref(), &eviction()).await.expect("evicted");
@@ -292,8 +331,8 @@ async fn delete_mode_success_sends_get_condition_delete_and_one_event() {
 #[tokio::test]
 async fn evict_mode_success_posts_an_eviction_with_the_uid_precondition() {
     let script = Script::new([
-        Reply::ok(live_pod(UID)),
-        Reply::ok(live_pod(UID)),
+        Reply::ok(&live_pod(UID)),
+        Reply::ok(&live_pod(UID)),
         Reply::success_status(),
     ]);
     let actuator = actuator(&script, EvictionMode::Evict, false);
@@ -319,7 +358,7 @@ async fn pod_not_found_needs_nothing_and_writes_nothing() {
 
 #[tokio::test]
 async fn a_pod_of_the_same_name_with_another_uid_is_left_alone() {
-    let script = Script::new([Reply::ok(live_pod("uid-replacement"))]);
+    let script = Script::new([Reply::ok(&live_pod("uid-replacement"))]);
     let actuator = actuator(&script, EvictionMode::Delete, false);
     let outcome = actuator.evict(&pod_ref(), &eviction()).await.expect("not needed");
     assert_eq!(outcome, Outcome::NotNeeded);
@@ -331,7 +370,7 @@ async fn a_pod_of_the_same_name_with_another_uid_is_left_alone() {
 async fn a_terminating_pod_is_left_alone() {
     let mut pod = live_pod(UID);
     pod["metadata"]["deletionTimestamp"] = json!("2026-11-23T10:00:00Z");
-    let script = Script::new([Reply::ok(pod)]);
+    let script = Script::new([Reply::ok(&pod)]);
     let actuator = actuator(&script, EvictionMode::Delete, false);
     let outcome = actuator.evict(&pod_ref(), &eviction()).await.expect("not needed");
     assert_eq!(outcome, Outcome::NotNeeded);
@@ -343,8 +382,8 @@ async fn a_terminating_pod_is_left_alone() {
 #[tokio::test]
 async fn uid_conflict_on_delete_means_the_pod_was_replaced() {
     let script = Script::new([
-        Reply::ok(live_pod(UID)),
-        Reply::ok(live_pod(UID)),
+        Reply::ok(&live_pod(UID)),
+        Reply::ok(&live_pod(UID)),
         Reply::uid_precondition_failed(),
     ]);
     let actuator = actuator(&script, EvictionMode::Delete, false);
@@ -358,7 +397,7 @@ async fn uid_conflict_on_delete_means_the_pod_was_replaced() {
 /// The pod was deleted between the GET and the status patch: nothing more is sent.
 #[tokio::test]
 async fn pod_gone_before_the_condition_patch_stops_there() {
-    let script = Script::new([Reply::ok(live_pod(UID)), Reply::error(404, "NotFound")]);
+    let script = Script::new([Reply::ok(&live_pod(UID)), Reply::error(404, "NotFound")]);
     let actuator = actuator(&script, EvictionMode::Delete, false);
     let outcome = actuator.evict(&pod_ref(), &eviction()).await.expect("not needed");
     assert_eq!(outcome, Outcome::NotNeeded);
@@ -371,8 +410,8 @@ async fn pod_gone_before_the_condition_patch_stops_there() {
 #[tokio::test]
 async fn delete_refused_with_429_is_an_error() {
     let script = Script::new([
-        Reply::ok(live_pod(UID)),
-        Reply::ok(live_pod(UID)),
+        Reply::ok(&live_pod(UID)),
+        Reply::ok(&live_pod(UID)),
         Reply::error(429, "TooManyRequests"),
     ]);
     let actuator = actuator(&script, EvictionMode::Delete, false);
@@ -393,7 +432,7 @@ async fn server_errors_are_returned_for_the_step_that_failed() {
     assert_no_event(&actuator1, &script).await;
 
     // The condition patch fails: no DELETE.
-    let script = Script::new([Reply::ok(live_pod(UID)), Reply::error(503, "ServiceUnavailable")]);
+    let script = Script::new([Reply::ok(&live_pod(UID)), Reply::error(503, "ServiceUnavailable")]);
     let actuator2 = actuator(&script, EvictionMode::Delete, false);
     let error = actuator2.evict(&pod_ref(), &eviction()).await.expect_err("error");
     assert!(matches!(error, Error::PatchPodCondition { .. }), "{error:?}");
@@ -402,8 +441,8 @@ async fn server_errors_are_returned_for_the_step_that_failed() {
 
     // The Eviction API fails with 500.
     let script = Script::new([
-        Reply::ok(live_pod(UID)),
-        Reply::ok(live_pod(UID)),
+        Reply::ok(&live_pod(UID)),
+        Reply::ok(&live_pod(UID)),
         Reply::error(500, "InternalError"),
     ]);
     let actuator3 = actuator(&script, EvictionMode::Evict, false);
@@ -422,7 +461,7 @@ async fn an_existing_disruption_condition_is_not_patched_again() {
         "type": "DisruptionTarget", "status": "True", "reason": DISRUPTION_REASON,
         "message": DISRUPTION_MESSAGE, "lastTransitionTime": "2026-11-23T10:00:00Z",
     }]);
-    let script = Script::new([Reply::ok(pod), Reply::ok(live_pod(UID))]);
+    let script = Script::new([Reply::ok(&pod), Reply::ok(&live_pod(UID))]);
     let actuator = actuator(&script, EvictionMode::Delete, false);
     let outcome = actuator.evict(&pod_ref(), &eviction()).await.expect("evicted");
     assert_eq!(outcome, Outcome::Evicted);
@@ -432,7 +471,7 @@ async fn an_existing_disruption_condition_is_not_patched_again() {
 /// Dry run reads the pod and says what it would do; it writes nothing but the Event.
 #[tokio::test]
 async fn dry_run_only_reads_and_publishes_a_would_evict_event() {
-    let script = Script::new([Reply::ok(live_pod(UID))]);
+    let script = Script::new([Reply::ok(&live_pod(UID))]);
     let actuator = actuator(&script, EvictionMode::Delete, true);
     let outcome = actuator.evict(&pod_ref(), &eviction()).await.expect("dry run");
     assert_eq!(outcome, Outcome::DryRun);
@@ -459,7 +498,7 @@ async fn cancelled_eviction_publishes_an_event() {
 /// field manager, with the rule's UID (a re-created rule of the same name is not written).
 #[tokio::test]
 async fn rule_status_is_applied_with_the_rules_uid() {
-    let script = Script::new([Reply::ok(json!({
+    let script = Script::new([Reply::ok(&json!({
         "apiVersion": "resource.k8s.io/v1", "kind": "DeviceTaintRule",
         "metadata": {"name": RULE, "uid": RULE_UID},
         "spec": {"taint": {"key": "k", "effect": "NoExecute"}},
@@ -511,7 +550,7 @@ async fn rule_status_of_a_gone_or_replaced_rule_is_not_an_error() {
         reason: "NoEffect",
         message: String::new(),
     };
-    // Any other conflict is retried (see `actuator::tests`).
+    // Any other conflict is retried (see `only_a_uid_precondition_conflict_means_done`).
     for code in [(404, "NotFound")] {
         let script = Script::new([Reply::error(code.0, code.1)]);
         let actuator = actuator(&script, EvictionMode::Delete, false);
@@ -539,6 +578,154 @@ async fn rule_status_of_a_gone_or_replaced_rule_is_not_an_error() {
         .await
         .expect_err("error");
     assert!(matches!(error, Error::ApplyRuleStatus { .. }), "{error:?}");
+}
+
+/// Evicts the pod against these replies; returns the outcome and each request's method and path.
+/// Every request must have a scripted reply, and every write must name the pod's UID: the status
+/// PATCH in its metadata, the DELETE and the Eviction as a precondition, under the keys the API
+/// server reads.
+async fn evict_with(replies: Vec<Reply>, mode: EvictionMode) -> (Result<Outcome, Error>, Vec<String>) {
+    let scripted = replies.len();
+    let script = Script::new(replies);
+    let actuator = actuator(&script, mode, false);
+    let result = actuator.evict(&pod_ref(), &eviction()).await;
+    let sent = script.sent();
+    assert!(
+        sent.len() <= scripted,
+        "a scripted reply for every request: {sent:#?}"
+    );
+    for request in &sent {
+        let uid = if request.method == "PATCH" {
+            &request.body["metadata"]["uid"]
+        } else if request.line().ends_with("/eviction") {
+            &request.body["deleteOptions"]["preconditions"]["uid"]
+        } else if request.method == "DELETE" {
+            &request.body["preconditions"]["uid"]
+        } else {
+            continue;
+        };
+        assert_eq!(uid, UID, "{request:?}");
+    }
+    (result, sent.iter().map(Sent::line).collect())
+}
+
+/// A 409 is "done" only when a UID precondition failed (both wordings of the API server); any
+/// other conflict, on the status PATCH or the DELETE, is an error that is retried.
+#[tokio::test]
+async fn only_a_uid_precondition_conflict_means_done() {
+    let modified = format!(
+        "Operation cannot be fulfilled on pods \"{POD}\": the object has been modified; please \
+         apply your changes to the latest version and try again"
+    );
+    let storage_uid = format!(
+        "Operation cannot be fulfilled on pods \"{POD}\": Precondition failed: UID in \
+         precondition: {UID}, UID in object meta: uid-2"
+    );
+    let delete_uid = format!(
+        "Operation cannot be fulfilled on Pod \"{POD}\": the UID in the precondition ({UID}) does \
+         not match the UID in record (uid-2). The object might have been deleted and then recreated"
+    );
+    let live = || Reply::ok(&live_pod(UID));
+    let delete = EvictionMode::Delete;
+    let (result, requests) = evict_with(vec![live(), Reply::conflict(&modified)], delete).await;
+    let error = result.expect_err("a modified object is retried");
+    assert!(matches!(error, Error::PatchPodCondition { .. }), "{error:?}");
+    assert_eq!(error.refusal(), Refusal::Conflict);
+    assert_eq!(
+        requests,
+        [
+            format!("GET /api/v1/namespaces/{NS}/pods/{POD}"),
+            format!("PATCH /api/v1/namespaces/{NS}/pods/{POD}/status")
+        ]
+    );
+
+    let (result, _) = evict_with(vec![live(), live(), Reply::conflict(&modified)], delete).await;
+    let error = result.expect_err("a conflicting DELETE is retried");
+    assert!(matches!(error, Error::DeletePod { .. }), "{error:?}");
+    assert_eq!(error.refusal(), Refusal::Conflict);
+
+    // The status PATCH of a pod whose name now has another UID (what the API server answers).
+    let other_uid = Reply::failure(
+        422,
+        "Invalid",
+        &format!("Pod \"{POD}\" is invalid: metadata.uid: Invalid value: \"{UID}\": field is immutable"),
+        json!({"name": POD, "kind": "Pod", "causes": [{"reason": "FieldValueInvalid",
+                "message": format!("Invalid value: \"{UID}\": field is immutable"), "field": "metadata.uid"}]}),
+    );
+    let (result, requests) = evict_with(vec![live(), other_uid], delete).await;
+    assert_eq!(result.expect("done"), Outcome::NotNeeded);
+    assert_eq!(requests.len(), 2, "no DELETE after the PATCH met another UID");
+    // Any other 422 is an error.
+    let invalid = Reply::failure(
+        422,
+        "Invalid",
+        &format!("Pod \"{POD}\" is invalid"),
+        json!({"causes": [{"reason": "FieldValueInvalid", "field": "status.conditions"}]}),
+    );
+    let (result, _) = evict_with(vec![live(), invalid], delete).await;
+    assert!(
+        matches!(result, Err(Error::PatchPodCondition { .. })),
+        "{result:?}"
+    );
+
+    for message in [&storage_uid, &delete_uid] {
+        let (result, requests) = evict_with(vec![live(), Reply::conflict(message)], delete).await;
+        assert_eq!(result.expect("done"), Outcome::NotNeeded, "{message}");
+        assert_eq!(requests.len(), 2, "no DELETE after the PATCH precondition failed");
+        let (result, _) = evict_with(vec![live(), live(), Reply::conflict(message)], delete).await;
+        assert_eq!(result.expect("done"), Outcome::NotNeeded, "{message}");
+        let (result, _) = evict_with(
+            vec![live(), live(), Reply::conflict(message)],
+            EvictionMode::Evict,
+        )
+        .await;
+        assert_eq!(result.expect("done"), Outcome::NotNeeded, "{message}");
+    }
+}
+
+/// In evict mode only a 429 naming the `DisruptionBudget` cause is a budget refusal; a 429 from
+/// load shedding (plain text, `Retry-After` header only) is a throttled error, and both carry the
+/// server's wait.
+#[tokio::test]
+async fn throttling_is_not_reported_as_a_disruption_budget() {
+    let live = || Reply::ok(&live_pod(UID));
+    let evict_mode = EvictionMode::Evict;
+    let budget = Reply::failure(
+        429,
+        "TooManyRequests",
+        "Cannot evict pod as it would violate the pod's disruption budget.",
+        json!({"causes": [{"reason": "DisruptionBudget",
+                           "message": "The disruption budget keep-one needs 1 healthy pods and has 1 currently"}],
+               "retryAfterSeconds": 10}),
+    );
+    let (result, requests) = evict_with(vec![live(), live(), budget], evict_mode).await;
+    assert_eq!(
+        result.expect("blocked"),
+        Outcome::Blocked {
+            retry_after: Some(Duration::from_secs(10))
+        }
+    );
+    assert_eq!(
+        requests[2],
+        format!("POST /api/v1/namespaces/{NS}/pods/{POD}/eviction")
+    );
+
+    let (result, _) = evict_with(vec![live(), live(), Reply::shed()], evict_mode).await;
+    let error = result.expect_err("throttling is an error, not a budget");
+    assert!(matches!(error, Error::EvictPod { .. }), "{error:?}");
+    assert_eq!(error.refusal(), Refusal::Throttled);
+    assert_eq!(error.retry_after(), Some(Duration::from_secs(7)));
+    assert!(
+        matches!(&error, Error::EvictPod { source: kube::Error::Api(s), .. }
+                 if s.message == "Too many requests, please try again later."),
+        "{error:?}"
+    );
+
+    // The same on a GET and in delete mode.
+    let (result, _) = evict_with(vec![Reply::shed()], EvictionMode::Delete).await;
+    let error = result.expect_err("throttled GET");
+    assert_eq!((error.verb(), error.refusal()), ("get", Refusal::Throttled));
+    assert_eq!(error.retry_after(), Some(Duration::from_secs(7)));
 }
 
 /// Queued Events are all attempted before `flush_events` returns; each failed publication is
