@@ -257,6 +257,11 @@ impl<K: kube::Resource> kube::Resource for Decoded<K> {
 /// Skips an object that could not be decoded: logged by reference and counted, never fatal.
 fn skip_undecodable(metrics: &Metrics, kind: &str, meta: &k8s::ObjectMeta, error: &str) {
     metrics.skipped(kind, "undecodable");
+    log_undecodable(kind, meta, error);
+}
+
+/// Logs an object of `kind` that could not be decoded ([`Decoded::Bad`]) by reference, with why.
+pub fn log_undecodable(kind: &str, meta: &k8s::ObjectMeta, error: &str) {
     warn!(
         kind,
         namespace = meta.namespace.as_deref().unwrap_or_default(),

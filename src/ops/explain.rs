@@ -14,7 +14,7 @@ use crate::{
     index::State,
     k8s::{self, DeviceTaintRule, ResourceClaim, ResourceSlice, WatchedPod},
     view::{AllocatedDevice, DeviceId, Invalid, ObjectName, Operator, PodView, Taint, Time, Toleration},
-    watch,
+    watch::{self, Decoded},
 };
 
 /// Objects per list request, so that a large cluster is read in pages.
@@ -295,11 +295,15 @@ pub async fn explain_cluster(
     request: &ExplainRequest,
     out: &mut impl Write,
 ) -> Result<Vec<ExplainRow>, Error> {
-    let slices = list_all(&Api::<ResourceSlice>::all(client.clone()), "resourceslices").await?;
+    let slices = list_all(
+        &Api::<Decoded<ResourceSlice>>::all(client.clone()),
+        "resourceslices",
+    )
+    .await?;
     let rules = match k8s::discover_device_taint_rule(client).await {
         Ok(Some(resource)) => {
             list_all(
-                &Api::<DeviceTaintRule>::all_with(client.clone(), &resource),
+                &Api::<Decoded<DeviceTaintRule>>::all_with(client.clone(), &resource),
                 "devicetaintrules",
             )
             .await?
@@ -315,8 +319,12 @@ pub async fn explain_cluster(
             )));
         }
     };
-    let claims = list_all(&Api::<ResourceClaim>::all(client.clone()), "resourceclaims").await?;
-    let pods = list_all(&Api::<WatchedPod>::all(client.clone()), "pods").await?;
+    let claims = list_all(
+        &Api::<Decoded<ResourceClaim>>::all(client.clone()),
+        "resourceclaims",
+    )
+    .await?;
+    let pods = list_all(&Api::<Decoded<WatchedPod>>::all(client.clone()), "pods").await?;
 
     let now = Time::now();
     let mut state = State::new();
@@ -345,10 +353,11 @@ fn skipping(invalid: &Invalid) {
     debug!(%invalid, "skipping object");
 }
 
-/// Every object of a kind, read in pages.
-async fn list_all<K>(api: &Api<K>, plural: &'static str) -> Result<Vec<K>, Error>
+/// Every object of a kind, read in pages. Items are decoded one by one, as the controller's
+/// watches do: one that cannot be decoded is skipped with a warning, the rest are kept.
+async fn list_all<K>(api: &Api<Decoded<K>>, plural: &'static str) -> Result<Vec<K>, Error>
 where
-    K: Clone + DeserializeOwned + std::fmt::Debug,
+    K: kube::Resource + Clone + DeserializeOwned + std::fmt::Debug,
 {
     let mut params = ListParams::default().limit(LIST_PAGE);
     let mut items = Vec::new();
@@ -371,7 +380,12 @@ where
             }
             Err(e) => return Err(e),
         };
-        items.extend(page.items);
+        for item in page.items {
+            match item {
+                Decoded::Ok(object) => items.push(object),
+                Decoded::Bad { meta, error } => watch::log_undecodable(plural, &meta, &error),
+            }
+        }
         match page.metadata.continue_.filter(|c| !c.is_empty()) {
             Some(token) => params = params.continue_token(&token),
             None => return Ok(items),
@@ -381,6 +395,12 @@ where
 
 #[cfg(test)]
 mod tests {
+    use std::sync::{Arc, Mutex};
+
+    use http::{Request, Response};
+    use kube::client::Body;
+    use serde_json::{Value, json};
+
     use super::*;
     use crate::{
         fixtures::{claim, pod, rule, slice, t, taint, toleration},
@@ -704,5 +724,128 @@ mod tests {
                 "evictInSeconds": 59
             })
         );
+    }
+
+    /// `explain` against a scripted API server whose lists each hold one object that cannot be
+    /// decoded (the slices in the first of two pages): each is skipped, the rest are explained.
+    #[tokio::test]
+    async fn undecodable_listed_objects_are_skipped_one_by_one() {
+        let slice = json!({
+            "apiVersion": "resource.k8s.io/v1", "kind": "ResourceSlice",
+            "metadata": {"name": "slice-a", "uid": "uid-slice-a"},
+            "spec": {"driver": DRIVER, "pool": {"name": POOL, "generation": 1, "resourceSliceCount": 1},
+                     "nodeName": POOL,
+                     "devices": [{"name": "gpu-0", "taints": [{"key": KEY, "effect": "NoExecute",
+                                                                "timeAdded": "2026-01-01T00:00:00Z"}]}]},
+        });
+        let mut bad_slice = slice.clone();
+        bad_slice["metadata"] = json!({"name": "slice-bad", "uid": "uid-slice-bad"});
+        bad_slice["spec"]["devices"] = json!("not-a-list");
+        let claim = json!({
+            "apiVersion": "resource.k8s.io/v1", "kind": "ResourceClaim",
+            "metadata": {"name": "claim-1", "namespace": NS, "uid": "uid-claim-1"},
+            "spec": {"devices": {"requests": []}},
+            "status": {"allocation": {"devices": {"results": [
+                           {"request": "gpu", "driver": DRIVER, "pool": POOL, "device": "gpu-0"}]}},
+                       "reservedFor": [{"resource": "pods", "name": "p", "uid": "uid-p"}]},
+        });
+        let mut bad_claim = claim.clone();
+        bad_claim["metadata"] = json!({"name": "claim-bad", "namespace": NS, "uid": "uid-claim-bad"});
+        bad_claim["status"]["allocation"] = json!(7);
+        let pod = json!({
+            "apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": "p", "namespace": NS, "uid": "uid-p"},
+            "spec": {"nodeName": POOL, "resourceClaims": [{"name": "gpu", "resourceClaimName": "claim-1"}]},
+            "status": {"phase": "Running"},
+        });
+        let mut bad_pod = pod.clone();
+        bad_pod["metadata"] = json!({"name": "p-bad", "namespace": NS, "uid": "uid-p-bad"});
+        bad_pod["spec"]["nodeName"] = json!(5);
+        // Each bad object is undecodable for the controller too, and each good one decodes.
+        assert!(decodes::<ResourceSlice>(&slice) && !decodes::<ResourceSlice>(&bad_slice));
+        assert!(decodes::<ResourceClaim>(&claim) && !decodes::<ResourceClaim>(&bad_claim));
+        assert!(decodes::<WatchedPod>(&pod) && !decodes::<WatchedPod>(&bad_pod));
+
+        let (client, sent) = scripted_lists(
+            [vec![bad_slice, slice], Vec::new()],
+            vec![claim, bad_claim],
+            vec![bad_pod, pod],
+        );
+        let request = ExplainRequest {
+            namespace: None,
+            output: OutputFormat::Json,
+        };
+        let mut out = Vec::new();
+        let rows = explain_cluster(&client, &request, &mut out)
+            .await
+            .expect("explained despite the bad items");
+        assert_eq!(rows.len(), 1, "{rows:#?}");
+        assert_eq!((rows[0].namespace.as_str(), rows[0].pod.as_str()), (NS, "p"));
+        assert_eq!(rows[0].devices, [format!("{DRIVER}/{POOL}/gpu-0")]);
+        assert_eq!(rows[0].source, format!("slice {DRIVER}/{POOL}/gpu-0"));
+        let printed: Value = serde_json::from_slice(&out).expect("JSON output");
+        assert_eq!(printed, serde_json::to_value(&rows).expect("rows"));
+        let sent = sent.lock().expect("sent");
+        assert_eq!(
+            sent.iter().filter(|u| u.contains("resourceslices")).count(),
+            2,
+            "both pages read: {sent:#?}"
+        );
+    }
+
+    /// A list page of `kind`, continued by `next` (none when empty).
+    fn list(kind: &str, items: &[Value], next: &str) -> Value {
+        json!({"apiVersion": "v1", "kind": format!("{kind}List"),
+               "metadata": {"resourceVersion": "9", "continue": next}, "items": items})
+    }
+
+    /// Whether `object` decodes as `K`, as the controller's lists and watches decode it.
+    fn decodes<K: DeserializeOwned>(object: &Value) -> bool {
+        matches!(serde_json::from_value(object.clone()), Ok(Decoded::<K>::Ok(_)))
+    }
+
+    /// A scripted API server that serves these slices (in two pages), claims and pods and no
+    /// DeviceTaintRule API, and records the URI of each request.
+    fn scripted_lists(
+        slice_pages: [Vec<Value>; 2],
+        claims: Vec<Value>,
+        pods: Vec<Value>,
+    ) -> (kube::Client, Arc<Mutex<Vec<String>>>) {
+        let [slices, more_slices] = slice_pages;
+        let sent = Arc::new(Mutex::new(Vec::new()));
+        let log = sent.clone();
+        let service = tower::service_fn(move |request: Request<Body>| {
+            let uri = request.uri().to_string();
+            log.lock().expect("sent").push(uri.clone());
+            let path = request.uri().path();
+            let (status, body) = if path == "/apis/resource.k8s.io/v1/resourceslices" {
+                if uri.contains("continue=page-2") {
+                    (200, list("ResourceSlice", &more_slices, ""))
+                } else {
+                    (200, list("ResourceSlice", &slices, "page-2"))
+                }
+            } else if path == "/apis/resource.k8s.io/v1/resourceclaims" {
+                (200, list("ResourceClaim", &claims, ""))
+            } else if path == "/api/v1/pods" {
+                (200, list("Pod", &pods, ""))
+            } else {
+                // Discovery included: no DeviceTaintRule API.
+                (
+                    404,
+                    json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+                             "reason": "NotFound", "code": 404, "message": "not found"}),
+                )
+            };
+            async move {
+                Ok::<_, std::convert::Infallible>(
+                    Response::builder()
+                        .status(status)
+                        .header("content-type", "application/json")
+                        .body(Body::from(body.to_string().into_bytes()))
+                        .expect("response"),
+                )
+            }
+        });
+        (kube::Client::new(service, "default"), sent)
     }
 }
