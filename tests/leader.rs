@@ -192,7 +192,12 @@ async fn standby_takes_over_after_leader_dies() {
     let took = killed.elapsed();
     let now_leading = leader_of(&env, &replicas[1 - first..=1 - first], TIMEOUT).await;
     assert_eq!(now_leading, 0);
-    assert_eq!(standby.metric(DELETIONS).await, Some(1.0));
+    // The pod is gone once the API server has the DELETE; the counter follows when the new
+    // leader's worker has the answer.
+    wait_for("the new leader to count its deletion", TIMEOUT, || async {
+        (standby.metric(DELETIONS).await == Some(1.0)).then_some(())
+    })
+    .await;
     eprintln!("standby evicted {took:?} after the leader was killed (window {window:?})");
     assert_eq!(
         standby_proxy.deletions_of(&env.namespace, "pod-1").len(),

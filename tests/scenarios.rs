@@ -662,17 +662,37 @@ async fn no_evict_resourceclaim_deleted() {
     let env = scenario_env().await;
     controller().await;
     let slice = env.unique_name("slice");
-    env.apply_slice(&slice, 1, &[("gpu-0", vec![]), ("w", vec![])])
+    env.apply_slice(&slice, 1, &[("gpu-0", vec![]), ("w", vec![]), ("sync", vec![])])
         .await;
     env.pod_with_claim("my-pod", "my-claim", "gpu-0", vec![]).await;
     env.api::<ResourceClaim>()
         .delete("my-claim", &DeleteParams::default())
         .await
         .expect("delete claim");
-    env.witness(vec![]).await;
+    // The case is about a claim the controller knows is gone. Watches of different kinds are not
+    // ordered with each other, so a taint could reach it before the claim's deletion does (then
+    // evicting is right for what it knows, and upstream does the same). A claim created after the
+    // deletion comes later on the same watch: once its pod is evicted, the deletion was seen.
+    env.pod_with_claim("sync", "sync-claim", "sync", vec![]).await;
     let tainted = vec![taint(KEY, "NoExecute")];
-    env.apply_slice(&slice, 1, &[("gpu-0", tainted.clone()), ("w", tainted)])
-        .await;
+    env.apply_slice(
+        &slice,
+        1,
+        &[("gpu-0", vec![]), ("w", vec![]), ("sync", tainted.clone())],
+    )
+    .await;
+    env.wait_evicted("sync").await;
+    env.witness(vec![]).await;
+    env.apply_slice(
+        &slice,
+        1,
+        &[
+            ("gpu-0", tainted.clone()),
+            ("w", tainted.clone()),
+            ("sync", tainted),
+        ],
+    )
+    .await;
     env.assert_spared("my-pod").await;
 }
 
