@@ -4,13 +4,11 @@
 //! (`skipped_objects_total`) while the other pods are still evicted. The faults come from the
 //! proxy (`support::proxy`); every write is counted there.
 //!
-//! The tests need a controller with `--watch-idle-timeout` and item-by-item decoding; with an
-//! older build they are skipped with a note. They start their own controllers, so they hold
-//! [`SERIAL`].
+//! They start their own controllers, so they hold [`SERIAL`].
 
 mod support;
 
-use std::{path::Path, process::Command, time::Duration};
+use std::{path::Path, time::Duration};
 
 use support::{
     TIMEOUT, TestEnv,
@@ -24,20 +22,6 @@ static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 const KEY: &str = "example.com/broken";
 const PODS: &str = "/api/v1/pods";
-
-/// Whether the controller binary has `--watch-idle-timeout` (and with it item-by-item decoding);
-/// prints why not.
-fn supported() -> bool {
-    let help = Command::new(env!("CARGO_BIN_EXE_device-taint-eviction"))
-        .args(["controller", "--help"])
-        .output()
-        .expect("controller --help");
-    let yes = String::from_utf8_lossy(&help.stdout).contains("--watch-idle-timeout");
-    if !yes {
-        eprintln!("skipped: this build of the controller has no --watch-idle-timeout");
-    }
-    yes
-}
 
 /// The sum of the samples of counter `name` whose labels include `label` (e.g. `kind="pods"`).
 async fn counter(c: &Controller, name: &str, label: &str) -> f64 {
@@ -69,7 +53,7 @@ async fn evicted(env: &TestEnv, pods: &[&str], timeout: Duration) {
 /// pod is still there when the test gives up.)
 #[tokio::test]
 async fn silent_watches_are_restarted() {
-    if support::controller::skip_with_deployed_controller() || !supported() {
+    if support::controller::skip_with_deployed_controller() {
         return;
     }
     let _serial = SERIAL.lock().await;
@@ -110,7 +94,7 @@ async fn silent_watches_are_restarted() {
 /// on tainted devices are evicted, once.
 #[tokio::test]
 async fn a_malformed_pod_in_a_list_page_is_skipped() {
-    if support::controller::skip_with_deployed_controller() || !supported() {
+    if support::controller::skip_with_deployed_controller() {
         return;
     }
     let _serial = SERIAL.lock().await;
@@ -154,7 +138,7 @@ async fn a_malformed_pod_in_a_list_page_is_skipped() {
 /// and counted, the watch goes on, and the pods on tainted devices are evicted, once.
 #[tokio::test]
 async fn a_malformed_pod_in_a_watch_stream_is_skipped() {
-    if support::controller::skip_with_deployed_controller() || !supported() {
+    if support::controller::skip_with_deployed_controller() {
         return;
     }
     let _serial = SERIAL.lock().await;
