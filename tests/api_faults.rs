@@ -71,6 +71,14 @@ async fn server_errors_are_retried_without_delaying_other_pods() {
         (env.pod_deleted("fast").await && env.pod_deleted("slow").await).then_some(())
     })
     .await;
+    // A pod is gone at the API server before the answer to its DELETE is back at the proxy.
+    wait_for("the proxy to record both accepted DELETEs", TIMEOUT, || async {
+        ["fast", "slow"]
+            .iter()
+            .all(|pod| !proxy.deletions_of(&env.namespace, pod).is_empty())
+            .then_some(())
+    })
+    .await;
     // Not delayed: the fast pod's DELETE went out while the slow pod was still failing, i.e.
     // before the last failed request for the slow pod. Read from the proxy's record of what was
     // sent when, so a slow machine stretches both sides alike.
@@ -265,7 +273,7 @@ async fn throttled_and_conflicting_writes_are_retried() {
         (c.metric(support::objects::PENDING).await == Some(0.0)).then_some(())
     })
     .await;
-    assert_evicted_exactly(&[&proxy], &env.namespace, &["throttled", "conflicted"]);
+    assert_evicted_exactly(&[&proxy], &env.namespace, &["throttled", "conflicted"]).await;
     let deletes: Vec<_> = proxy
         .writes_for_pod(&env.namespace, "throttled")
         .into_iter()

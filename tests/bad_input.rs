@@ -86,7 +86,7 @@ async fn silent_watches_are_restarted() {
         (c.metric(PENDING).await == Some(0.0)).then_some(())
     })
     .await;
-    assert_evicted_exactly(&[&proxy], &env.namespace, &["late"]);
+    assert_evicted_exactly(&[&proxy], &env.namespace, &["late"]).await;
     assert_eq!(c.stop().await, Some(0));
 }
 
@@ -130,7 +130,7 @@ async fn a_malformed_pod_in_a_list_page_is_skipped() {
         (c.metric(PENDING).await == Some(0.0)).then_some(())
     })
     .await;
-    assert_evicted_exactly(&[&proxy], &env.namespace, &["a", "b"]);
+    assert_evicted_exactly(&[&proxy], &env.namespace, &["a", "b"]).await;
     assert_eq!(c.stop().await, Some(0));
 }
 
@@ -167,6 +167,6 @@ async fn a_malformed_pod_in_a_watch_stream_is_skipped() {
         (c.metric(PENDING).await == Some(0.0)).then_some(())
     })
     .await;
-    assert_evicted_exactly(&[&proxy], &env.namespace, &["first", "second"]);
+    assert_evicted_exactly(&[&proxy], &env.namespace, &["first", "second"]).await;
     assert_eq!(c.stop().await, Some(0));
 }

@@ -135,7 +135,7 @@ async fn check_eviction(run: &CountingDown, restored: SystemTime) {
         (controller.metric(PENDING).await == Some(0.0)).then_some(())
     })
     .await;
-    let deleted = assert_evicted_exactly(&[proxy], &env.namespace, &[DOOMED]);
+    let deleted = assert_evicted_exactly(&[proxy], &env.namespace, &[DOOMED]).await;
     let at = deleted[0].at;
     let log = || controller.log_text();
     assert!(

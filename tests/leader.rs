@@ -208,7 +208,8 @@ async fn standby_takes_over_after_leader_dies() {
         &proxies.iter().collect::<Vec<_>>(),
         &env.namespace,
         &["pod-0", "pod-1"],
-    );
+    )
+    .await;
     assert_eq!(standby.stop().await, Some(0));
 }
 
@@ -429,7 +430,8 @@ async fn leader_cut_off_from_its_lease_steps_down() {
         &proxies.iter().collect::<Vec<_>>(),
         &env.namespace,
         &["pod-0", "pod-1"],
-    );
+    )
+    .await;
     for (pod, record) in ["pod-0", "pod-1"].iter().zip(&deleted) {
         assert_eq!(
             standby_proxy.deletions_of(&env.namespace, pod),

@@ -268,7 +268,7 @@ async fn sigterm_while_a_delete_is_stalled() {
         (b.metric(PENDING).await == Some(0.0)).then_some(())
     })
     .await;
-    let deleted = assert_evicted_exactly(&[&first, &second], &env.namespace, &["doomed"]);
+    let deleted = assert_evicted_exactly(&[&first, &second], &env.namespace, &["doomed"]).await;
     assert!(
         second.deletions_of(&env.namespace, "doomed") == deleted,
         "the accepted DELETE came from the second instance"
@@ -358,7 +358,7 @@ async fn skewed_time_added_moves_the_eviction_by_the_skew() {
         (c.metric(PENDING).await == Some(0.0)).then_some(())
     })
     .await;
-    let deleted = assert_evicted_exactly(&[&proxy], &env.namespace, &["ahead", "behind"]);
+    let deleted = assert_evicted_exactly(&[&proxy], &env.namespace, &["ahead", "behind"]).await;
     for ((pod, record), (added, tolerated)) in ["ahead", "behind"]
         .iter()
         .zip(&deleted)

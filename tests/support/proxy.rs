@@ -42,6 +42,8 @@ use kube::Client;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+use super::TIMEOUT;
+
 type ProxyBody = UnsyncBoxBody<hyper::body::Bytes, Box<dyn std::error::Error + Send + Sync>>;
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -657,7 +659,20 @@ fn pod_of<'a>(record: &'a Record, namespace: &str) -> Option<&'a str> {
 /// `namespace` was deleted exactly once (one DELETE the API server accepted, whichever replica
 /// sent it), and no other pod of `namespace` got any write at all. Returns the accepted DELETEs of
 /// the pods of `evicted`, in that order.
-pub fn assert_evicted_exactly(proxies: &[&Proxy], namespace: &str, evicted: &[&str]) -> Vec<Record> {
+///
+/// A pod can be gone at the API server (and seen gone by the test) before the answer to its
+/// DELETE has come back through the proxy, so this first waits, up to [`TIMEOUT`], until every pod
+/// of `evicted` has an accepted DELETE on record; the counts are taken after that.
+pub async fn assert_evicted_exactly(proxies: &[&Proxy], namespace: &str, evicted: &[&str]) -> Vec<Record> {
+    let recorded = || {
+        evicted
+            .iter()
+            .all(|pod| proxies.iter().any(|p| !p.deletions_of(namespace, pod).is_empty()))
+    };
+    let deadline = tokio::time::Instant::now() + TIMEOUT;
+    while !recorded() && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     let writes: Vec<Record> = proxies.iter().flat_map(|p| p.pod_writes()).collect();
     let touched: Vec<String> = writes
         .iter()
