@@ -57,6 +57,22 @@ async fn server_errors_are_retried_without_delaying_other_pods() {
     proxy.fail(Method::PATCH, &format!("{pod}/status"), PATCH_FAILURES);
     proxy.fail(Method::DELETE, &pod, DELETE_FAILURES);
 
+    // The slow pod's device first: its failures have begun before the fast pod is due, so a
+    // controller whose retries held up other work would delete the fast pod only after them.
+    env.apply_slice(
+        &slice,
+        1,
+        &[("gpu-0", vec![taint(KEY, "NoExecute")]), ("gpu-1", vec![])],
+    )
+    .await;
+    wait_for("the slow pod's first failure", TIMEOUT, || async {
+        proxy
+            .records()
+            .iter()
+            .any(|r| r.is_for_pod(&env.namespace, "slow") && r.status == Some(500))
+            .then_some(())
+    })
+    .await;
     env.apply_slice(
         &slice,
         1,
