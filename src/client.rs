@@ -162,7 +162,7 @@ pub fn http_connector(config: &Config) -> HttpConnector {
 }
 
 /// The bottom of every client's stack, before our layers.
-type BaseService = BoxService<Request<Body>, Response<RetryAfterBody>, tower::BoxError>;
+type BaseService = BoxService<Request<Body>, Response<ResponseBody>, tower::BoxError>;
 
 /// kube's client stack for `config` (TLS, base URI, authentication, extra headers) over
 /// [`http_connector`], with kube's retry off. A proxy (which this build does not support) is
@@ -194,11 +194,7 @@ where
     B: http_body::Body<Data = Bytes> + Send + 'static,
     B::Error: Into<tower::BoxError>,
 {
-    BoxService::new(
-        service
-            .map_err(Into::into)
-            .map_response(|r| r.map(|b| b.map_err(Into::into).boxed_unsync())),
-    )
+    BoxService::new(service.map_err(Into::into).map_response(|r| r.map(boxed_body)))
 }
 
 /// A client for `config`, paced by `bucket`, each request other than a watch bounded by
@@ -216,7 +212,7 @@ pub fn client_from_config(
     Ok(base_builder(config)?
         .with_layer(&WatchProgressLayer::new(progress.clone()))
         .with_layer(&DeadlineLayer::new(timeout))
-        .with_layer(&RetryAfterLayer)
+        .with_layer(&RetryAfterLayer::new())
         .with_layer(&ThrottleLayer::new(bucket))
         .build())
 }
@@ -235,7 +231,7 @@ pub fn writer_from_config(
     Ok(base_builder(config)?
         .with_layer(&FenceLayer::new(leader))
         .with_layer(&DeadlineLayer::new(timeout))
-        .with_layer(&RetryAfterLayer)
+        .with_layer(&RetryAfterLayer::new())
         .with_layer(&ThrottleLayer::new(bucket))
         .build())
 }
@@ -261,63 +257,123 @@ pub fn is_not_leader(error: &kube::Error) -> bool {
     false
 }
 
-/// A tower layer that refuses every request but a GET while `leader` reads `false`. It sits
-/// below the token bucket, so a write that waited for a token is checked again when it is
-/// finally sent: a replica that lost its Lease stops writing at once, whatever was queued.
-#[derive(Clone, Debug)]
-pub struct FenceLayer {
-    leader: watch::Receiver<bool>,
+/// The response body of every client stack, boxed once per layer.
+pub type ResponseBody = UnsyncBoxBody<Bytes, tower::BoxError>;
+
+/// A response on its way up the stack.
+pub type ResponseFuture = BoxFuture<'static, Result<Response<ResponseBody>, tower::BoxError>>;
+
+/// What one layer of the client stack does: looks at each request as it is handed down (and may
+/// refuse it, unsent), then wraps the answer. [`StepLayer`] makes a tower layer of it, so the
+/// layers below differ only in these two functions.
+pub trait Step: Clone + Send + Sync + 'static {
+    /// What [`Step::before`] learns of the request for [`Step::after`].
+    type Seen: Send + 'static;
+
+    /// Runs when the request is handed to this layer; an error refuses it.
+    ///
+    /// # Errors
+    /// The reason the request is not sent.
+    fn before(&self, request: &Request<Body>) -> Result<Self::Seen, tower::BoxError>;
+
+    /// Wraps `response`, the call of the layer below (not polled yet).
+    fn after(&self, seen: Self::Seen, response: ResponseFuture) -> ResponseFuture;
 }
 
-impl FenceLayer {
-    #[must_use]
-    pub fn new(leader: watch::Receiver<bool>) -> Self {
-        Self { leader }
-    }
-}
+/// The tower layer of a [`Step`].
+#[derive(Clone, Copy, Debug, Default)]
+pub struct StepLayer<T>(T);
 
-impl<S> tower::Layer<S> for FenceLayer {
-    type Service = Fence<S>;
+impl<T: Step, S> tower::Layer<S> for StepLayer<T> {
+    type Service = StepService<T, S>;
 
     fn layer(&self, inner: S) -> Self::Service {
-        Fence {
+        StepService {
+            step: self.0.clone(),
             inner,
-            leader: self.leader.clone(),
         }
     }
 }
 
-/// The service made by [`FenceLayer`].
+/// The service made by a [`StepLayer`].
 #[derive(Clone, Debug)]
-pub struct Fence<S> {
+pub struct StepService<T, S> {
+    step: T,
     inner: S,
-    leader: watch::Receiver<bool>,
 }
 
-impl<S, B> tower::Service<Request<Body>> for Fence<S>
+impl<T, S, B> tower::Service<Request<Body>> for StepService<T, S>
 where
+    T: Step,
     S: tower::Service<Request<Body>, Response = Response<B>>,
     S::Future: Send + 'static,
     S::Error: Into<tower::BoxError>,
+    B: http_body::Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<tower::BoxError>,
 {
-    type Response = Response<B>;
+    type Response = Response<ResponseBody>;
     type Error = tower::BoxError;
-    type Future = BoxFuture<'static, Result<Self::Response, tower::BoxError>>;
+    type Future = ResponseFuture;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(cx).map_err(Into::into)
     }
 
     fn call(&mut self, request: Request<Body>) -> Self::Future {
+        let seen = match self.step.before(&request) {
+            Ok(seen) => seen,
+            Err(refused) => return Box::pin(async move { Err(refused) }),
+        };
+        let response = self.inner.call(request);
+        self.step.after(
+            seen,
+            Box::pin(async move { Ok(response.await.map_err(Into::into)?.map(boxed_body)) }),
+        )
+    }
+}
+
+fn boxed_body<B>(body: B) -> ResponseBody
+where
+    B: http_body::Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<tower::BoxError>,
+{
+    body.map_err(Into::into).boxed_unsync()
+}
+
+/// Refuses every request but a GET while `leader` reads `false`. It sits below the token
+/// bucket, so a write that waited for a token is checked again when it is finally sent: a
+/// replica that lost its Lease stops writing at once, whatever was queued.
+#[derive(Clone, Debug)]
+pub struct Fence {
+    leader: watch::Receiver<bool>,
+}
+
+/// The layer of [`Fence`].
+pub type FenceLayer = StepLayer<Fence>;
+
+impl FenceLayer {
+    #[must_use]
+    pub fn new(leader: watch::Receiver<bool>) -> Self {
+        StepLayer(Fence { leader })
+    }
+}
+
+impl Step for Fence {
+    type Seen = ();
+
+    fn before(&self, request: &Request<Body>) -> Result<(), tower::BoxError> {
         if request.method() != http::Method::GET && !*self.leader.borrow() {
-            let refused = NotLeader {
+            return Err(NotLeader {
                 method: request.method().clone(),
                 path: request.uri().path().to_owned(),
-            };
-            return Box::pin(async move { Err(refused.into()) });
+            }
+            .into());
         }
-        let response = self.inner.call(request);
-        Box::pin(async move { response.await.map_err(Into::into) })
+        Ok(())
+    }
+
+    fn after(&self, (): (), response: ResponseFuture) -> ResponseFuture {
+        response
     }
 }
 
@@ -326,39 +382,23 @@ where
 #[error("request timed out after {0:?}")]
 pub struct RequestTimeout(pub Duration);
 
-/// A tower layer that bounds every request but a watch by a deadline, response body included
-/// (the body is read here, within the deadline). A hung call then fails like any other error
-/// and is retried with its item's backoff, instead of holding a worker, the Event publisher or
-/// start-up for ever. Watches are long by design; kube's watcher restarts one that delivers
-/// nothing for longer than its server-side timeout plus a margin.
+/// Bounds every request but a watch by a deadline, response body included (the body is read
+/// here, within the deadline). A hung call then fails like any other error and is retried with
+/// its item's backoff, instead of holding a worker, the Event publisher or start-up for ever.
+/// Watches are long by design; a silent one is restarted (`--watch-idle-timeout`).
 #[derive(Clone, Copy, Debug)]
-pub struct DeadlineLayer {
+pub struct Deadline {
     timeout: Duration,
 }
+
+/// The layer of [`Deadline`].
+pub type DeadlineLayer = StepLayer<Deadline>;
 
 impl DeadlineLayer {
     #[must_use]
     pub fn new(timeout: Duration) -> Self {
-        Self { timeout }
+        StepLayer(Deadline { timeout })
     }
-}
-
-impl<S> tower::Layer<S> for DeadlineLayer {
-    type Service = Deadline<S>;
-
-    fn layer(&self, inner: S) -> Self::Service {
-        Deadline {
-            inner,
-            timeout: self.timeout,
-        }
-    }
-}
-
-/// The service made by [`DeadlineLayer`].
-#[derive(Clone, Debug)]
-pub struct Deadline<S> {
-    inner: S,
-    timeout: Duration,
 }
 
 fn is_watch<B>(request: &Request<B>) -> bool {
@@ -368,36 +408,24 @@ fn is_watch<B>(request: &Request<B>) -> bool {
         .is_some_and(|q| q.split('&').any(|p| p == "watch=true" || p == "watch=1"))
 }
 
-impl<S, B> tower::Service<Request<Body>> for Deadline<S>
-where
-    S: tower::Service<Request<Body>, Response = Response<B>>,
-    S::Future: Send + 'static,
-    S::Error: Into<tower::BoxError>,
-    B: http_body::Body<Data = Bytes> + Send + 'static,
-    B::Error: Into<tower::BoxError>,
-{
-    type Response = Response<RetryAfterBody>;
-    type Error = tower::BoxError;
-    type Future = BoxFuture<'static, Result<Self::Response, tower::BoxError>>;
+impl Step for Deadline {
+    /// Whether the request is a watch.
+    type Seen = bool;
 
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        self.inner.poll_ready(cx).map_err(Into::into)
+    fn before(&self, request: &Request<Body>) -> Result<bool, tower::BoxError> {
+        Ok(is_watch(request))
     }
 
-    fn call(&mut self, request: Request<Body>) -> Self::Future {
-        let watch = is_watch(&request);
-        let response = self.inner.call(request);
+    fn after(&self, watch: bool, response: ResponseFuture) -> ResponseFuture {
+        if watch {
+            return response;
+        }
         let timeout = self.timeout;
         Box::pin(async move {
-            if watch {
-                let response = response.await.map_err(Into::into)?;
-                return Ok(response.map(|body| body.map_err(Into::into).boxed_unsync()));
-            }
             let exchange = async {
-                let (parts, body) = response.await.map_err(Into::into)?.into_parts();
-                let bytes = body.collect().await.map_err(Into::into)?.to_bytes();
-                let body = Full::new(bytes).map_err(|never| match never {}).boxed_unsync();
-                Ok::<_, tower::BoxError>(Response::from_parts(parts, body))
+                let (parts, body) = response.await?.into_parts();
+                let bytes = body.collect().await?.to_bytes();
+                Ok::<_, tower::BoxError>(Response::from_parts(parts, boxed_body(Full::new(bytes))))
             };
             tokio::time::timeout(timeout, exchange)
                 .await
@@ -448,137 +476,86 @@ fn watched_resource<B>(request: &Request<B>) -> Option<String> {
     })
 }
 
-/// A tower layer that reports the response and every body frame of a watch to a
-/// [`WatchProgress`]. It sits at the bottom of the stack, where every byte arrives.
-#[derive(Clone, Debug)]
-pub struct WatchProgressLayer {
-    progress: WatchProgress,
-}
+/// The layer of [`WatchProgress`]: reports the response and every body frame of a watch to it.
+/// It sits at the bottom of the stack, where every byte arrives.
+pub type WatchProgressLayer = StepLayer<WatchProgress>;
 
 impl WatchProgressLayer {
     #[must_use]
     pub fn new(progress: WatchProgress) -> Self {
-        Self { progress }
+        StepLayer(progress)
     }
 }
 
-impl<S> tower::Layer<S> for WatchProgressLayer {
-    type Service = WatchProgressService<S>;
+impl Step for WatchProgress {
+    /// The watched resource, for a watch.
+    type Seen = Option<String>;
 
-    fn layer(&self, inner: S) -> Self::Service {
-        WatchProgressService {
-            inner,
-            progress: self.progress.clone(),
-        }
-    }
-}
-
-/// The service made by [`WatchProgressLayer`].
-#[derive(Clone, Debug)]
-pub struct WatchProgressService<S> {
-    inner: S,
-    progress: WatchProgress,
-}
-
-impl<S, B> tower::Service<Request<Body>> for WatchProgressService<S>
-where
-    S: tower::Service<Request<Body>, Response = Response<B>>,
-    S::Future: Send + 'static,
-    S::Error: Into<tower::BoxError>,
-    B: http_body::Body<Data = Bytes> + Send + 'static,
-    B::Error: Into<tower::BoxError>,
-{
-    type Response = Response<RetryAfterBody>;
-    type Error = tower::BoxError;
-    type Future = BoxFuture<'static, Result<Self::Response, tower::BoxError>>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        self.inner.poll_ready(cx).map_err(Into::into)
+    fn before(&self, request: &Request<Body>) -> Result<Option<String>, tower::BoxError> {
+        Ok(watched_resource(request))
     }
 
-    fn call(&mut self, request: Request<Body>) -> Self::Future {
-        let resource = watched_resource(&request);
-        let progress = self.progress.clone();
-        let response = self.inner.call(request);
+    fn after(&self, resource: Option<String>, response: ResponseFuture) -> ResponseFuture {
+        let Some(resource) = resource else {
+            return response;
+        };
+        let progress = self.clone();
         Box::pin(async move {
-            let response = response.await.map_err(Into::into)?;
-            let Some(resource) = resource else {
-                return Ok(response.map(|body| body.map_err(Into::into).boxed_unsync()));
-            };
+            let response = response.await?;
             progress.touch(&resource);
             Ok(response.map(|body| {
-                body.map_err(Into::into)
-                    .map_frame(move |frame| {
-                        progress.touch(&resource);
-                        frame
-                    })
-                    .boxed_unsync()
+                body.map_frame(move |frame| {
+                    progress.touch(&resource);
+                    frame
+                })
+                .boxed_unsync()
             }))
         })
     }
 }
 
-/// A tower layer that makes the `Retry-After` header of a 429 answer visible in the error kube
-/// returns: its seconds become the `Status`'s `details.retryAfterSeconds` (when the body is a
-/// `Status` without them), and a body that is no `Status` at all (API priority and fairness and
-/// the max-in-flight filter answer in plain text) is replaced by one with the text as message.
+/// Makes the `Retry-After` header of a 429 answer visible in the error kube returns: its seconds
+/// become the `Status`'s `details.retryAfterSeconds` (when the body is a `Status` without them),
+/// and a body that is no `Status` at all (API priority and fairness and the max-in-flight filter
+/// answer in plain text) is replaced by one with the text as message.
 #[derive(Clone, Copy, Debug, Default)]
-pub struct RetryAfterLayer;
+pub struct RetryAfter;
 
-impl<S> tower::Layer<S> for RetryAfterLayer {
-    type Service = RetryAfter<S>;
+/// The layer of [`RetryAfter`].
+pub type RetryAfterLayer = StepLayer<RetryAfter>;
 
-    fn layer(&self, inner: S) -> Self::Service {
-        RetryAfter { inner }
+impl RetryAfterLayer {
+    #[must_use]
+    pub fn new() -> Self {
+        StepLayer(RetryAfter)
     }
 }
 
-/// The service made by [`RetryAfterLayer`].
-#[derive(Clone, Debug)]
-pub struct RetryAfter<S> {
-    inner: S,
-}
+impl Step for RetryAfter {
+    type Seen = ();
 
-/// The response body after [`RetryAfterLayer`].
-pub type RetryAfterBody = UnsyncBoxBody<Bytes, tower::BoxError>;
-
-impl<S, B> tower::Service<Request<Body>> for RetryAfter<S>
-where
-    S: tower::Service<Request<Body>, Response = Response<B>>,
-    S::Future: Send + 'static,
-    S::Error: Into<tower::BoxError>,
-    B: http_body::Body<Data = Bytes> + Send + 'static,
-    B::Error: Into<tower::BoxError>,
-{
-    type Response = Response<RetryAfterBody>;
-    type Error = tower::BoxError;
-    type Future = BoxFuture<'static, Result<Self::Response, tower::BoxError>>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        self.inner.poll_ready(cx).map_err(Into::into)
+    fn before(&self, _: &Request<Body>) -> Result<(), tower::BoxError> {
+        Ok(())
     }
 
-    fn call(&mut self, request: Request<Body>) -> Self::Future {
-        let response = self.inner.call(request);
-        Box::pin(async move { with_retry_after(response.await.map_err(Into::into)?).await })
+    fn after(&self, (): (), response: ResponseFuture) -> ResponseFuture {
+        Box::pin(async move { with_retry_after(response.await?).await })
     }
 }
 
-async fn with_retry_after<B>(response: Response<B>) -> Result<Response<RetryAfterBody>, tower::BoxError>
-where
-    B: http_body::Body<Data = Bytes> + Send + 'static,
-    B::Error: Into<tower::BoxError>,
-{
+async fn with_retry_after(
+    response: Response<ResponseBody>,
+) -> Result<Response<ResponseBody>, tower::BoxError> {
     let seconds = (response.status() == StatusCode::TOO_MANY_REQUESTS)
         .then(|| response.headers().get(header::RETRY_AFTER))
         .flatten()
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.trim().parse::<u32>().ok());
     let Some(seconds) = seconds else {
-        return Ok(response.map(|body| body.map_err(Into::into).boxed_unsync()));
+        return Ok(response);
     };
     let (mut parts, body) = response.into_parts();
-    let bytes = body.collect().await.map_err(Into::into)?.to_bytes();
+    let bytes = body.collect().await?.to_bytes();
     let mut status = match serde_json::from_slice::<serde_json::Value>(&bytes) {
         Ok(value) if value["kind"] == "Status" => value,
         _ => serde_json::json!({
@@ -607,8 +584,7 @@ where
         http::HeaderValue::from_static("application/json"),
     );
     parts.headers.remove(header::CONTENT_LENGTH);
-    let body = Full::new(body).map_err(|never| match never {}).boxed_unsync();
-    Ok(Response::from_parts(parts, body))
+    Ok(Response::from_parts(parts, boxed_body(Full::new(body))))
 }
 
 /// A failed API request, told the way a person needs it (see [`explain_status`]). kube's error
@@ -842,7 +818,7 @@ users: []
         let (leading, leader) = watch::channel(true);
         // One token per second, none saved: the second request waits a second for its token.
         let stack = ThrottleLayer::new(TokenBucket::new(1.0, 1))
-            .layer(RetryAfterLayer.layer(FenceLayer::new(leader).layer(service)));
+            .layer(RetryAfterLayer::new().layer(FenceLayer::new(leader).layer(service)));
         let client = Client::new(stack, "default");
         let pods = kube::Api::<k8s_openapi::api::core::v1::Pod>::namespaced(client.clone(), "ns");
         let delete = move || {

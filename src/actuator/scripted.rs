@@ -146,7 +146,7 @@ impl Script {
             let script = script.clone();
             async move { Ok::<_, Infallible>(script.answer(request).await) }
         });
-        Client::new(RetryAfterLayer.layer(service), "default")
+        Client::new(RetryAfterLayer::new().layer(service), "default")
     }
 
     async fn answer(&self, request: Request<kube::client::Body>) -> Response<kube::client::Body> {
