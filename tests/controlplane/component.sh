@@ -30,24 +30,8 @@ timeout=${CONTROLPLANE_TIMEOUT:-120}
 stop_timeout=${CONTROLPLANE_STOP_TIMEOUT:-20}
 log() { echo "component.sh: $*" >&2; }
 
-# Same checks as up.sh and down.sh: a pid file names a live process of this control plane only if
-# its command line mentions DIR, so a recycled pid is never signalled.
-alive() {
-	local stat
-	{ stat=$(<"/proc/$1/stat"); } 2>/dev/null || return 1
-	stat=${stat##*) }
-	[[ ${stat%% *} != Z ]]
-}
-running_pid() {
-	local pidfile=$dir/run/$1.pid pid cmdline
-	[[ -f $pidfile ]] || return 1
-	pid=$(<"$pidfile")
-	[[ $pid =~ ^[0-9]+$ ]] || return 1
-	alive "$pid" || return 1
-	cmdline=$(tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null) || return 1
-	[[ $cmdline == *"$dir/"* ]] || return 1
-	echo "$pid"
-}
+# shellcheck source=tests/controlplane/processes.sh
+source "$(dirname "${BASH_SOURCE[0]}")/processes.sh"
 
 case $action in
 kill | stop)

@@ -16,26 +16,8 @@ set -euo pipefail
 dir=$(cd "$1" && pwd -P)
 timeout=${CONTROLPLANE_STOP_TIMEOUT:-20}
 
-# alive PID: the process exists and is not a zombie waiting for its parent to reap it.
-alive() {
-	local stat
-	{ stat=$(<"/proc/$1/stat"); } 2>/dev/null || return 1
-	stat=${stat##*) }
-	[[ ${stat%% *} != Z ]]
-}
-
-# Same test as up.sh: the pid is a live process whose command line mentions DIR, so a recycled pid
-# of some unrelated process is never signalled.
-running_pid() {
-	local pidfile=$dir/run/$1.pid pid cmdline
-	[[ -f $pidfile ]] || return 1
-	pid=$(<"$pidfile")
-	[[ $pid =~ ^[0-9]+$ ]] || return 1
-	alive "$pid" || return 1
-	cmdline=$(tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null) || return 1
-	[[ $cmdline == *"$dir/"* ]] || return 1
-	echo "$pid"
-}
+# shellcheck source=tests/controlplane/processes.sh
+source "$(dirname "${BASH_SOURCE[0]}")/processes.sh"
 
 # stop NAME...: SIGTERM to each, wait until all are gone or the deadline passes, then SIGKILL.
 stop() {

@@ -79,25 +79,8 @@ chmod 700 "$dir/pki" "$dir/etcd"
 
 components=(etcd kube-apiserver kube-controller-manager kube-scheduler kwok)
 
-# alive PID: the process exists and is not a zombie waiting for its parent to reap it.
-alive() {
-	local stat
-	{ stat=$(<"/proc/$1/stat"); } 2>/dev/null || return 1
-	stat=${stat##*) }
-	[[ ${stat%% *} != Z ]]
-}
-
-# A pid file names a live process of this control plane if that process's command line mentions DIR.
-running_pid() {
-	local pidfile=$dir/run/$1.pid pid cmdline
-	[[ -f $pidfile ]] || return 1
-	pid=$(<"$pidfile")
-	[[ $pid =~ ^[0-9]+$ ]] || return 1
-	alive "$pid" || return 1
-	cmdline=$(tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null) || return 1
-	[[ $cmdline == *"$dir/"* ]] || return 1
-	echo "$pid"
-}
+# shellcheck source=tests/controlplane/processes.sh
+source "$(dirname "${BASH_SOURCE[0]}")/processes.sh"
 
 for c in "${components[@]}"; do
 	if pid=$(running_pid "$c"); then
