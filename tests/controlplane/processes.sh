@@ -1,4 +1,4 @@
-# shellcheck shell=bash
+# shellcheck shell=bash disable=SC2154 # dir is set by the script that sources this file
 # Sourced by up.sh, down.sh and component.sh: which processes belong to the control plane in $dir
 # (the caller sets dir to its absolute, resolved path). A pid file names a live process of this
 # control plane only if that process's command line mentions $dir, so a recycled pid of some
