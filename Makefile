@@ -1,7 +1,7 @@
 # Every target is what CI runs (see .ci/run); nothing here needs a manual install step.
 CARGO ?= cargo
 
-.PHONY: unit test test-compat lint fmt chart-check image image-check ci demo soak fuzz
+.PHONY: unit test test-compat lint fmt chart-check image image-check ci demo soak fuzz bench bench-smoke
 
 ## unit: the tests that need nothing but cargo (no control plane, no cluster): the library's unit
 ## and property tests, the actuator against a scripted API, doc tests, and one pass of each
@@ -68,3 +68,18 @@ soak:
 ## checked-in corpus is replayed on stable by `make unit` and `make test`.
 fuzz:
 	bash tests/fuzz.sh
+
+## bench: bulk eviction side by side, fairly (benches/bulk.rs): a DELETE-only client, a
+## minimal-semantics client, this controller and kube-controller-manager's
+## device-taint-eviction-controller on copies of one populated control plane, observed by watches
+## from a nice-19 process, BENCH_ROUNDS rounds (default 5) after a warm-up in random order,
+## BENCH_PODS pods (default 10000). Writes target/bench/bulk.json and target/bench/bulk.md.
+bench:
+	tests/controlplane/build.sh >/dev/null
+	$(CARGO) bench --locked --bench bulk
+
+## bench-smoke: one 300-pod round of `make bench` without warm-up, so the benchmark cannot rot
+## (CI runs it; its figures are printed, not asserted).
+bench-smoke:
+	tests/controlplane/build.sh >/dev/null
+	BENCH_PODS=300 BENCH_ROUNDS=1 BENCH_WARMUP=0 $(CARGO) bench --locked --bench bulk
