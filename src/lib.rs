@@ -31,6 +31,7 @@ pub mod fixtures;
 #[cfg(any(test, feature = "testing"))]
 #[doc(hidden)]
 pub mod fuzz_targets;
+pub mod guard;
 pub mod index;
 pub mod k8s;
 pub mod leader;
