@@ -28,6 +28,7 @@ use crate::{
     actuator::{Actuator, EvictionMode, Outcome, Refusal},
     admin::{self, AdminState, Liveness, Readiness},
     client::{self, ClientSettings},
+    guard::{self, GuardConfig},
     index::{Change, Due, Finished, State},
     k8s::{self, DeviceTaintRule, ResourceClaim, ResourceSlice, Timestamp, WatchedPod},
     leader::{LeaderConfig, Leadership},
@@ -64,6 +65,8 @@ pub struct Config {
     pub identity: String,
     /// The Lease to elect a leader through; `None` runs without leader election.
     pub lease: Option<LeaseSettings>,
+    /// The blast-radius guard's limits and flag acceptances (SPEC D11).
+    pub guard: GuardConfig,
 }
 
 /// Where the leader election Lease lives and how long it holds.
@@ -326,6 +329,9 @@ impl Shared {
             Ok(eviction) => eviction,
             Err(completion) => return completion,
         };
+        if let Some(held) = self.guard_holds(pod, &eviction) {
+            return held;
+        }
         let wait = self.evictions.reserve();
         if !wait.is_zero() {
             self.metrics.eviction_rate_limited();
@@ -338,6 +344,9 @@ impl Shared {
                 Ok(eviction) => eviction,
                 Err(completion) => return completion,
             };
+            if let Some(held) = self.guard_holds(pod, &eviction) {
+                return held;
+            }
         }
         match self.actuator.evict(pod, &eviction).await {
             Ok(Outcome::Blocked { retry_after }) => {
@@ -367,6 +376,41 @@ impl Shared {
             }
             Err(error) => self.failed(&error, "processing work item failed, will retry"),
         }
+    }
+
+    /// Asks the blast-radius guard about a due eviction (SPEC D11): `Some` holds it (the pod stays
+    /// pending with its deadline and is looked at again after [`guard::RECHECK_PERIOD`], or at
+    /// once when an acceptance changes). Tells each trip and its end once: log, metric and, for a
+    /// rule's own scope, a Warning Event on the rule.
+    fn guard_holds(&self, pod: &PodRef, eviction: &crate::eviction::Eviction) -> Option<Completion> {
+        let now = Timestamp::now();
+        let mut check = None;
+        self.update(|state| check = state.guard_check(eviction, now));
+        let check = check?;
+        for (scope, trip) in &check.tripped {
+            warn!(scope = %scope, blast = trip.blast, reason = %trip, "blast-radius guard tripped: evictions paused until accepted");
+            self.metrics.set_guard_tripped(&scope.to_string(), true);
+            if let guard::Scope::Rule(rule) = scope {
+                self.actuator.rule_evictions_paused(
+                    rule,
+                    format!(
+                        "Evictions paused by the blast-radius guard: {trip}. To resume, accept them: \
+                         device-taint-eviction resume --name {name} --accept {n} (annotation {key}={n}).",
+                        name = rule.name,
+                        n = trip.blast,
+                        key = guard::ACCEPT_ANNOTATION,
+                    ),
+                );
+            }
+        }
+        for scope in &check.cleared {
+            info!(scope = %scope, "blast-radius guard no longer holds this scope's evictions");
+            self.metrics.set_guard_tripped(&scope.to_string(), false);
+        }
+        self.metrics.set_guard_held(check.held);
+        let (scope, trip) = check.hold?;
+        debug!(pod = %pod, scope = %scope, blast = trip.blast, "eviction held by the blast-radius guard");
+        Some(Completion::After(guard::RECHECK_PERIOD))
     }
 
     /// Counts, logs and schedules the retry of a failed call, naming its real cause.
@@ -638,8 +682,10 @@ pub async fn run_until(config: Config, shutdown: impl Future<Output = ()>) -> Re
         rule_resource.clone(),
         metrics.clone(),
     );
+    let mut state = State::new();
+    state.set_guard(config.guard.clone());
     let shared = Arc::new(Shared {
-        state: Mutex::new(State::new()),
+        state: Mutex::new(state),
         queue: WorkQueue::new(Backoff::default()),
         actuator,
         metrics: metrics.clone(),
@@ -1202,6 +1248,62 @@ mod tests {
         assert!(
             sent.iter().any(|r| r.contains("/namespaces/ns/pods/p")),
             "{sent:?}"
+        );
+    }
+
+    /// The blast-radius guard holds a due pod of a tripped rule (no request for it, looked at
+    /// again after the recheck period, still pending with its deadline) until the rule's
+    /// evictions are accepted; then the same key evicts at once.
+    #[tokio::test(start_paused = true)]
+    async fn a_tripped_guard_holds_the_pod_until_accepted() {
+        let sent = Arc::new(Mutex::new(Vec::new()));
+        let shared = shared(recording_client(&sent), TokenBucket::unlimited());
+        let everything = crate::fixtures::rule("all").selecting(None, None, None);
+        shared.update(|state| {
+            for i in 0..30 {
+                let p = pod("ns", &format!("p-{i}")).with_claim(&format!("c-{i}"));
+                let c = claim("ns", &format!("c-{i}"))
+                    .with_device("d", &format!("node-{}", i / 8), &format!("dev-{i}"))
+                    .reserved_for(&p);
+                state.apply_pod(&p.object_name(), Some(p.clone()));
+                state.apply_claim(c);
+            }
+            state.apply_rule(everything.clone(), Timestamp::now());
+        });
+        let (work, ticket) = shared.queue.try_next().expect("a pod is due");
+        let Work::Pod(pod) = &work else {
+            panic!("expected a pod key, got {work:?}");
+        };
+        let before = shared.lock().pending(pod).cloned().expect("pending");
+        let completion = shared.process_pod(pod).await;
+        assert_eq!(completion, Completion::After(guard::RECHECK_PERIOD));
+        assert!(
+            !sent.lock().expect("sent").iter().any(|r| r.contains("/pods/")),
+            "no request for a held pod"
+        );
+        assert_eq!(
+            shared.lock().pending(pod),
+            Some(&before),
+            "still pending, same deadline"
+        );
+        shared.queue.done(&work, ticket, completion);
+        shared.update(|state| state.apply_rule(everything.accepting(Some(30)), Timestamp::now()));
+        let (again, _ticket) = shared
+            .queue
+            .try_next()
+            .expect("accepting makes the held pods due at once");
+        let Work::Pod(again) = &again else {
+            panic!("expected a pod key, got {again:?}");
+        };
+        assert_eq!(
+            shared.process_pod(again).await,
+            Completion::Retry,
+            "the scripted API answers 500"
+        );
+        let path = format!("/namespaces/ns/pods/{}", again.name);
+        assert!(
+            sent.lock().expect("sent").iter().any(|r| r.contains(&path)),
+            "the accepted pod is evicted"
         );
     }
 }

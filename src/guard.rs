@@ -298,7 +298,7 @@ pub fn decide(
         .iter()
         .filter(|scopes| !scopes.iter().any(|s| verdict.accepted.contains_key(s)))
         .count();
-    if !config.accept_cluster.is_some_and(|n| unaccepted <= n)
+    if config.accept_cluster.is_none_or(|n| unaccepted > n)
         && let Some(limit) = config.exceeded(unaccepted, dra_pods)
     {
         verdict.tripped.insert(
@@ -315,5 +315,7 @@ pub fn decide(
     verdict
 }
 
+#[cfg(test)]
+mod index_tests;
 #[cfg(test)]
 mod tests;

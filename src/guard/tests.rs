@@ -4,7 +4,7 @@
 use super::*;
 
 fn rule(name: &str) -> Scope {
-    Scope::Rule(RuleRef::new(name, &format!("uid-{name}")))
+    Scope::Rule(RuleRef::new(name, format!("uid-{name}")))
 }
 
 fn pool(name: &str) -> Scope {
@@ -32,10 +32,19 @@ fn tripped(verdict: &Verdict) -> Vec<String> {
     verdict.tripped.keys().map(ToString::to_string).collect()
 }
 
+/// (case, config, DRA pods, pending evictions, tripped scopes)
+type Case = (
+    &'static str,
+    GuardConfig,
+    usize,
+    Vec<Vec<Scope>>,
+    Vec<&'static str>,
+);
+
 #[test]
+#[allow(clippy::too_many_lines)] // one table
 fn trips_above_floor_and_percent_or_above_ceiling() {
-    // (case, config, DRA pods, pending evictions, tripped scopes)
-    let cases: Vec<(&str, GuardConfig, usize, Vec<Vec<Scope>>, Vec<&str>)> = vec![
+    let cases: Vec<Case> = vec![
         (
             "issue-141422-empty-selector-30-of-30",
             GuardConfig::default(),
