@@ -195,10 +195,14 @@ impl State {
         &self.guard
     }
 
-    /// Pods that use at least one claim: the base of the guard's percentage.
+    /// Pods that use at least one claim and could be evicted (scheduled, neither terminal nor
+    /// terminating): the base of the guard's percentage. Pods on their way out do not dilute it.
     #[must_use]
     pub fn dra_pods(&self) -> usize {
-        self.pods.len()
+        self.pods
+            .values()
+            .filter(|p| crate::eviction::pod_is_evictable(p))
+            .count()
     }
 
     /// The blast-radius guard's verdict at `now` (SPEC D11): its blasts are the pending
@@ -218,7 +222,7 @@ impl State {
             .filter(|e| e.at <= horizon)
             .map(guard::scopes_of)
             .collect();
-        guard::decide(&self.guard, self.pods.len(), &due, |rule| {
+        guard::decide(&self.guard, self.dra_pods(), &due, |rule| {
             self.rules
                 .get(&rule.name)
                 .filter(|r| r.uid == rule.uid)
