@@ -64,21 +64,7 @@ async fn issue_141422_is_paused_until_accepted_and_one_device_still_evicts_at_on
         json!({"deviceSelector": {}, "taint": taint("example.com/all", "None")}),
     )
     .await;
-    let message = wait_for("the None report", TIMEOUT, || async {
-        env.rule_condition(&report)
-            .await
-            .filter(|(reason, m)| reason == "NoEffect" && m.contains("would be evicted"))
-            .map(|(_, m)| m)
-    })
-    .await;
-    assert!(
-        message.contains(&format!("{PODS} pods would be evicted in 3 different namespaces"))
-            && message.ends_with(&format!(
-                " The blast-radius guard would pause these evictions: {PODS} evictions due within 600 s are more \
-                 than 16 pods and 25% of the {PODS} pods using DRA devices."
-            )),
-        "{message}"
-    );
+    assert_none_report_would_trip(&env, &report).await;
 
     // Issue #141422: every pod's device tainted by one rule. Paused, and said everywhere.
     let all = env.unique_name("all");
@@ -87,36 +73,14 @@ async fn issue_141422_is_paused_until_accepted_and_one_device_still_evicts_at_on
         json!({"deviceSelector": {}, "taint": taint("example.com/all", "NoExecute")}),
     )
     .await;
-    let paused = format!(
-        "{PODS} pods need to be evicted in 3 different namespaces. The blast-radius guard paused {PODS} of them \
-         (scope rule/{all}): {PODS} evictions due within 600 s are more than 16 pods and 25% of the {PODS} pods \
-         using DRA devices. To resume, accept them: device-taint-eviction resume --name {all} --accept {PODS} \
-         (annotation device-taint-eviction/accept-evictions={PODS})."
-    );
-    wait_for("the rule to say it is paused", TIMEOUT, || async {
-        env.rule_condition(&all)
-            .await
-            .filter(|c| c.0 == "EvictionPaused" && c.1 == paused)
-    })
-    .await;
-    let events = wait_for("the Warning Event on the rule", TIMEOUT, || async {
-        let events = env.cluster_object_events(&all, "EvictionPaused").await;
-        (!events.is_empty()).then_some(events)
-    })
-    .await;
-    assert_eq!(events[0].0, "Warning");
-    assert!(events[0].1.contains("--accept 30"), "{events:?}");
-    let tripped = format!("device_taint_eviction_controller_guard_tripped{{scope=\"rule/{all}\"}}");
-    assert_eq!(controller.metric(&tripped).await, Some(1.0));
-    assert!(controller.log_text().contains("blast-radius guard tripped"));
-    assert_explain_shows_the_pause(env.kubeconfig(), &all).await;
+    assert_paused_everywhere(&env, &controller, &all).await;
     assert_none_deleted(&namespaces).await;
 
     // A restart (or a new leader) finds the same trip in the API state: still nothing deleted.
     controller.stop().await;
     let controller = Controller::start(env.kubeconfig(), &["--leader-elect=false"]).await;
     wait_for("the new instance to find the trip", TIMEOUT, || async {
-        (controller.metric(&tripped).await == Some(1.0)).then_some(())
+        (controller.metric(&tripped(&all)).await == Some(1.0)).then_some(())
     })
     .await;
     assert_none_deleted(&namespaces).await;
@@ -146,8 +110,60 @@ async fn issue_141422_is_paused_until_accepted_and_one_device_still_evicts_at_on
             .filter(|c| c.0 == "Completed" && c.1 == "30 pods evicted since starting the controller.")
     })
     .await;
-    assert_eq!(controller.metric(&tripped).await, Some(0.0));
+    assert_eq!(controller.metric(&tripped(&all)).await, Some(0.0));
     assert_eq!(controller.metric(DELETIONS).await, Some(30.0));
+}
+
+/// The `None` report of the empty selector says the guard would trip (which also shows that the
+/// controller sees all the pods).
+async fn assert_none_report_would_trip(env: &TestEnv, report: &str) {
+    let message = wait_for("the None report", TIMEOUT, || async {
+        env.rule_condition(report)
+            .await
+            .filter(|(reason, m)| reason == "NoEffect" && m.contains("would be evicted"))
+            .map(|(_, m)| m)
+    })
+    .await;
+    assert!(
+        message.contains(&format!("{PODS} pods would be evicted in 3 different namespaces"))
+            && message.ends_with(&format!(
+                " The blast-radius guard would pause these evictions: {PODS} evictions due within 600 s are more \
+                 than 16 pods and 25% of the {PODS} pods using DRA devices."
+            )),
+        "{message}"
+    );
+}
+
+/// The rule's status, a Warning Event, the metric, the log and `explain` all say that the rule's
+/// evictions are paused, why and how to resume.
+async fn assert_paused_everywhere(env: &TestEnv, controller: &Controller, all: &str) {
+    let paused = format!(
+        "{PODS} pods need to be evicted in 3 different namespaces. The blast-radius guard paused {PODS} of them \
+         (scope rule/{all}): {PODS} evictions due within 600 s are more than 16 pods and 25% of the {PODS} pods \
+         using DRA devices. To resume, accept them: device-taint-eviction resume --name {all} --accept {PODS} \
+         (annotation device-taint-eviction/accept-evictions={PODS})."
+    );
+    wait_for("the rule to say it is paused", TIMEOUT, || async {
+        env.rule_condition(all)
+            .await
+            .filter(|c| c.0 == "EvictionPaused" && c.1 == paused)
+    })
+    .await;
+    let events = wait_for("the Warning Event on the rule", TIMEOUT, || async {
+        let events = env.cluster_object_events(all, "EvictionPaused").await;
+        (!events.is_empty()).then_some(events)
+    })
+    .await;
+    assert_eq!(events[0].0, "Warning");
+    assert!(events[0].1.contains("--accept 30"), "{events:?}");
+    assert_eq!(controller.metric(&tripped(all)).await, Some(1.0));
+    assert!(controller.log_text().contains("blast-radius guard tripped"));
+    assert_explain_shows_the_pause(env.kubeconfig(), all).await;
+}
+
+/// The guard metric of a rule's scope.
+fn tripped(rule: &str) -> String {
+    format!("device_taint_eviction_controller_guard_tripped{{scope=\"rule/{rule}\"}}")
 }
 
 /// Waits until no pod outside the test's namespaces uses a claim and could be evicted (a
