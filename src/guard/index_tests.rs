@@ -124,6 +124,21 @@ fn one_failing_node_never_trips() {
 }
 
 #[test]
+fn pods_on_their_way_out_do_not_dilute_the_percentage() {
+    // 30 pods tainted by the empty selector, and 100 more pods with claims that are already
+    // terminating (a namespace being deleted): still 100% of the pods that could be evicted.
+    let mut state = state_of(30, None, vec![everything()]);
+    for i in 0..100 {
+        let leaving = pod("leaving", &format!("l-{i}"))
+            .with_claim(&format!("lc-{i}"))
+            .terminating();
+        state.apply_pod(&leaving.object_name(), Some(leaving.clone()));
+    }
+    assert_eq!(state.dra_pods(), 30);
+    assert_eq!(tripped_at(&state, 0), ["rule/all", "cluster"]);
+}
+
+#[test]
 fn rule_status_says_paused_why_and_how_to_resume() {
     let mut state = state_of(30, None, vec![everything()]);
     let view = state.rule("all").expect("rule").clone();
