@@ -390,18 +390,23 @@ impl Shared {
         for (scope, trip) in &check.tripped {
             warn!(scope = %scope, blast = trip.blast, reason = %trip, "blast-radius guard tripped: evictions paused until accepted");
             self.metrics.set_guard_tripped(&scope.to_string(), true);
-            if let guard::Scope::Rule(rule) = scope {
-                self.actuator.rule_evictions_paused(
-                    rule,
-                    format!(
-                        "Evictions paused by the blast-radius guard: {trip}. To resume, accept them: \
-                         device-taint-eviction resume --name {name} --accept {n} (annotation {key}={n}).",
-                        name = rule.name,
-                        n = trip.blast,
-                        key = guard::ACCEPT_ANNOTATION,
-                    ),
-                );
-            }
+        }
+        for (rule, scope, trip, blast) in &check.rules_paused {
+            let how = match scope {
+                guard::Scope::Rule(_) => String::new(),
+                guard::Scope::Pool(pool) => format!(", or accept the pool's: --guard-accept-pool {pool}=N"),
+                guard::Scope::Cluster => ", or accept more cluster-wide: --guard-accept-cluster N".to_owned(),
+            };
+            self.actuator.rule_evictions_paused(
+                rule,
+                format!(
+                    "Evictions paused by the blast-radius guard (scope {scope}): {trip}. To resume, accept \
+                     this rule's: device-taint-eviction resume --name {name} --accept {blast} (annotation \
+                     {key}={blast}){how}.",
+                    name = rule.name,
+                    key = guard::ACCEPT_ANNOTATION,
+                ),
+            );
         }
         for scope in &check.cleared {
             info!(scope = %scope, "blast-radius guard no longer holds this scope's evictions");

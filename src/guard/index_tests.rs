@@ -218,8 +218,14 @@ fn a_check_tells_each_trip_and_its_end_once() {
     assert_eq!(first.tripped.len(), 2);
     assert!(first.hold.is_some());
     assert_eq!(first.held, 30);
+    let warned: Vec<(String, String, usize)> = first
+        .rules_paused
+        .iter()
+        .map(|(rule, scope, _, blast)| (rule.name.clone(), scope.to_string(), *blast))
+        .collect();
+    assert_eq!(warned, [("all".to_owned(), "rule/all".to_owned(), 30)]);
     let again = state.guard_check(&eviction, t(1)).expect("guard on");
-    assert!(again.tripped.is_empty() && again.cleared.is_empty());
+    assert!(again.tripped.is_empty() && again.cleared.is_empty() && again.rules_paused.is_empty());
     assert!(again.hold.is_some());
     let view = state.rule("all").expect("rule").clone();
     state.apply_rule(view.clone().accepting(Some(30)), t(1));
@@ -229,6 +235,47 @@ fn a_check_tells_each_trip_and_its_end_once() {
     // Off: no check at all.
     state.set_guard(GuardConfig::off());
     assert!(state.guard_check(&eviction, t(1)).is_none());
+}
+
+#[test]
+fn rules_held_by_the_cluster_scope_are_warned_too() {
+    // One rule per node (8, 8, 8 and 6 pods): none trips alone, together they are every pod.
+    let rules = (0..4)
+        .map(|n| rule(&format!("node-{n}")).selecting(Some(DRIVER), Some(&format!("node-{n}")), None))
+        .collect();
+    let mut state = state_of(30, None, rules);
+    assert_eq!(tripped_at(&state, 0), ["cluster"]);
+    let eviction = state
+        .pending_evictions()
+        .next()
+        .map(|(_, e)| e.clone())
+        .expect("pending");
+    let check = state.guard_check(&eviction, t(0)).expect("guard on");
+    let warned: Vec<(String, String, usize)> = check
+        .rules_paused
+        .iter()
+        .map(|(rule, scope, _, blast)| (rule.name.clone(), scope.to_string(), *blast))
+        .collect();
+    assert_eq!(
+        warned,
+        [
+            ("node-0".to_owned(), "cluster".to_owned(), 8),
+            ("node-1".to_owned(), "cluster".to_owned(), 8),
+            ("node-2".to_owned(), "cluster".to_owned(), 8),
+            ("node-3".to_owned(), "cluster".to_owned(), 6),
+        ]
+    );
+    let view = state.rule("node-3").expect("rule").clone();
+    let condition = current_condition(&state, &view, t(0));
+    assert_eq!(condition.reason, "EvictionPaused");
+    assert!(
+        condition.message.contains(
+            "(scope cluster): 30 evictions due within 600 s are more than 16 pods and 25% of the 30 pods using DRA \
+             devices. To resume, accept them: device-taint-eviction resume --name node-3 --accept 6"
+        ),
+        "{}",
+        condition.message
+    );
 }
 
 #[test]

@@ -174,6 +174,9 @@ pub struct GuardCheck {
     pub cleared: Vec<Scope>,
     /// Evictions due within the window that the guard holds.
     pub held: usize,
+    /// Rules whose pending pods a scope tripped since the last check holds, each with that scope
+    /// (the rule's own first), its trip and the rule's own blast: whom to warn with an Event.
+    pub rules_paused: Vec<(RuleRef, Scope, Trip, usize)>,
 }
 
 impl State {
@@ -212,10 +215,7 @@ impl State {
         if self.guard.is_off() {
             return Verdict::default();
         }
-        let horizon = crate::k8s::SignedDuration::try_from(self.guard.window)
-            .ok()
-            .and_then(|w| now.checked_add(w).ok())
-            .unwrap_or(Time::MAX);
+        let horizon = self.guard_horizon(now);
         let due: Vec<Vec<Scope>> = self
             .pending
             .values()
@@ -228,6 +228,14 @@ impl State {
                 .filter(|r| r.uid == rule.uid)
                 .and_then(|r| r.accept)
         })
+    }
+
+    /// The end of the guard's window: evictions due by then count.
+    fn guard_horizon(&self, now: Time) -> Time {
+        crate::k8s::SignedDuration::try_from(self.guard.window)
+            .ok()
+            .and_then(|w| now.checked_add(w).ok())
+            .unwrap_or(Time::MAX)
     }
 
     /// [`State::guard_verdict`], computed again only when a pending eviction was added or
@@ -267,11 +275,26 @@ impl State {
             .filter(|s| !verdict.tripped.contains_key(*s))
             .cloned()
             .collect();
+        let mut rules_paused: BTreeMap<RuleRef, (Scope, Trip)> = BTreeMap::new();
+        let mut blasts: BTreeMap<RuleRef, usize> = BTreeMap::new();
         if !tripped.is_empty() || !cleared.is_empty() {
             self.guard_told = verdict.tripped.keys().cloned().collect();
-            let rules: BTreeSet<RuleRef> = self.pending.values().flat_map(|e| e.rules().cloned()).collect();
-            for rule in rules {
-                self.request_status(rule, Duration::ZERO);
+            let horizon = self.guard_horizon(now);
+            for eviction in self.pending.values() {
+                let in_window = eviction.at <= horizon;
+                let held = in_window
+                    .then(|| verdict.holds(&guard::scopes_of(eviction)))
+                    .flatten()
+                    .filter(|(scope, _)| tripped.iter().any(|(s, _)| s == *scope));
+                for rule in eviction.rules() {
+                    self.rule_requests.insert(rule.clone(), Duration::ZERO);
+                    *blasts.entry(rule.clone()).or_default() += usize::from(in_window);
+                    let Some((scope, trip)) = held else { continue };
+                    let own = *scope == Scope::Rule(rule.clone());
+                    if own || !rules_paused.contains_key(rule) {
+                        rules_paused.insert(rule.clone(), (scope.clone(), trip.clone()));
+                    }
+                }
             }
         }
         Some(GuardCheck {
@@ -281,6 +304,13 @@ impl State {
             tripped,
             cleared,
             held: verdict.held,
+            rules_paused: rules_paused
+                .into_iter()
+                .map(|(rule, (scope, trip))| {
+                    let blast = blasts.get(&rule).copied().unwrap_or_default();
+                    (rule, scope, trip, blast)
+                })
+                .collect(),
         })
     }
 
