@@ -280,11 +280,19 @@ impl Shared {
 
     /// Runs `update` on the state and acts on the changes it made.
     fn update(&self, update: impl FnOnce(&mut State)) {
-        let (changes, pending) = {
+        let (changes, pending, guard) = {
             let mut state = self.lock();
             update(&mut state);
-            (state.take_changes(), state.sizes().pending)
+            let guard = if state.guard_announced() {
+                state.guard_transitions(Timestamp::now())
+            } else {
+                None
+            };
+            (state.take_changes(), state.sizes().pending, guard)
         };
+        if let Some(check) = &guard {
+            self.announce(check);
+        }
         for notice in enqueue(&self.queue, changes, Timestamp::now()) {
             if !self.is_leader() {
                 continue;
@@ -387,6 +395,14 @@ impl Shared {
         let mut check = None;
         self.update(|state| check = state.guard_check(eviction, now));
         let check = check?;
+        self.announce(&check);
+        let (scope, trip) = check.hold?;
+        debug!(pod = %pod, scope = %scope, blast = trip.blast, "eviction held by the blast-radius guard");
+        Some(Completion::After(guard::RECHECK_PERIOD))
+    }
+
+    /// Tells the trips and ends a guard check found: log, metric, Warning Events.
+    fn announce(&self, check: &crate::index::GuardCheck) {
         for (scope, trip) in &check.tripped {
             warn!(scope = %scope, blast = trip.blast, reason = %trip, "blast-radius guard tripped: evictions paused until accepted");
             self.metrics.set_guard_tripped(&scope.to_string(), true);
@@ -413,9 +429,6 @@ impl Shared {
             self.metrics.set_guard_tripped(&scope.to_string(), false);
         }
         self.metrics.set_guard_held(check.held);
-        let (scope, trip) = check.hold?;
-        debug!(pod = %pod, scope = %scope, blast = trip.blast, "eviction held by the blast-radius guard");
-        Some(Completion::After(guard::RECHECK_PERIOD))
     }
 
     /// Counts, logs and schedules the retry of a failed call, naming its real cause.

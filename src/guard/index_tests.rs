@@ -232,6 +232,22 @@ fn a_check_tells_each_trip_and_its_end_once() {
     let resumed = state.guard_check(&eviction, t(1)).expect("guard on");
     assert_eq!(resumed.cleared, [Scope::Rule(view.rule_ref()), Scope::Cluster]);
     assert!(resumed.hold.is_none());
+    // The trip ends without a pod to check: the rule is deleted.
+    let mut state = state_of(30, None, vec![everything()]);
+    assert!(!state.guard_announced());
+    assert_eq!(
+        state
+            .guard_check(&eviction, t(1))
+            .expect("guard on")
+            .tripped
+            .len(),
+        2
+    );
+    assert!(state.guard_announced());
+    state.delete_rule("all", "uid-all");
+    let ended = state.guard_transitions(t(1)).expect("guard on");
+    assert_eq!(ended.cleared, [Scope::Rule(view.rule_ref()), Scope::Cluster]);
+    assert!(!state.guard_announced());
     // Off: no check at all.
     state.set_guard(GuardConfig::off());
     assert!(state.guard_check(&eviction, t(1)).is_none());

@@ -152,8 +152,9 @@ pub struct State {
     rule_requests: BTreeMap<RuleRef, Duration>,
     /// The blast-radius guard's limits and flag acceptances (SPEC D11). Set once at start.
     guard: GuardConfig,
-    /// Bumped when a pending eviction is added or changed or a rule's acceptance changes: a
-    /// cached verdict of an older version may hold too little.
+    /// Bumped when a pending eviction is added, changed or cancelled or a rule's acceptance
+    /// changes (not when a worker finishes one, which only shrinks blasts): a cached verdict of an
+    /// older version may be wrong.
     guard_version: u64,
     /// The last verdict of [`State::guard_verdict_cached`], with the version and time it was
     /// computed at.
@@ -238,10 +239,10 @@ impl State {
             .unwrap_or(Time::MAX)
     }
 
-    /// [`State::guard_verdict`], computed again only when a pending eviction was added or
-    /// changed, an acceptance changed or a second has passed: workers ask for every pod, and a
-    /// verdict only grows stale towards holding less when evictions were added (a removed one,
-    /// or a pod count change, can only make it hold more than needed until the next second).
+    /// [`State::guard_verdict`], computed again only when a pending eviction was added, changed
+    /// or cancelled, an acceptance changed or a second has passed: workers ask for every pod.
+    /// Evictions the workers finish only shrink blasts, and a pod count change moves the
+    /// percentage a little: either is seen within the second.
     pub fn guard_verdict_cached(&mut self, now: Time) -> Verdict {
         if let Some((version, at, verdict)) = &self.guard_cache
             && *version == self.guard_version
@@ -259,6 +260,25 @@ impl State {
     /// the last check (on a change, every rule with pending pods gets its status refreshed now).
     /// `None` when the guard is off.
     pub fn guard_check(&mut self, eviction: &Eviction, now: Time) -> Option<GuardCheck> {
+        let mut check = self.guard_transitions(now)?;
+        check.hold = self
+            .guard_verdict_cached(now)
+            .holds(&guard::scopes_of(eviction))
+            .map(|(s, t)| (s.clone(), t.clone()));
+        Some(check)
+    }
+
+    /// Whether a trip was announced and has not been seen to clear: then every index update asks
+    /// [`State::guard_transitions`], so that a trip that ends without a pod to check (the rule
+    /// deleted, the pods gone) is seen to end.
+    #[must_use]
+    pub fn guard_announced(&self) -> bool {
+        !self.guard_told.is_empty()
+    }
+
+    /// Which scopes tripped or cleared since the last check, as [`State::guard_check`] without
+    /// a pod.
+    pub fn guard_transitions(&mut self, now: Time) -> Option<GuardCheck> {
         if self.guard.is_off() {
             return None;
         }
@@ -298,9 +318,7 @@ impl State {
             }
         }
         Some(GuardCheck {
-            hold: verdict
-                .holds(&guard::scopes_of(eviction))
-                .map(|(s, t)| (s.clone(), t.clone())),
+            hold: None,
             tripped,
             cleared,
             held: verdict.held,
@@ -518,6 +536,7 @@ impl State {
             }
             None => {
                 if let Some(old) = self.pending.remove(&pod) {
+                    self.guard_version += 1;
                     self.blocked.remove(&pod);
                     debug!(pod = %pod, "pod eviction cancelled");
                     self.request_status_of(&old, RULE_STATUS_PERIOD);
