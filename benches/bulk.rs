@@ -5,7 +5,7 @@
 //! - `minimal`: a minimal-semantics client doing exactly the writes upstream semantics need per
 //!   pod (`DisruptionTarget` status PATCH with the UID, DELETE with a UID precondition, one
 //!   Event), 10 at a time (the physical limit we compare against);
-//! - `ours`: device-taint-eviction (release build);
+//! - `ours`: device-taint-eviction (release build, the blast-radius guard off: upstream has none);
 //! - `upstream`: kube-controller-manager of the control plane's version running only
 //!   `device-taint-eviction-controller`;
 //!
@@ -445,6 +445,9 @@ async fn measure(
             let mut c = Command::new(target_dir(root).join("release/device-taint-eviction"));
             c.args(["controller", "--leader-elect=false", "--http-addr=127.0.0.1:0"])
                 .args(["--kube-api-qps", &qps_s, "--kube-api-burst", &burst])
+                // One rule over every pod is what the blast-radius guard pauses by default; the
+                // in-tree controller has none, so the comparison runs without it.
+                .args(["--guard-max-percent=100", "--guard-max-pods=0"])
                 .env("KUBECONFIG", &kubeconfig);
             c
         }

@@ -450,6 +450,20 @@ impl Actuator {
         );
     }
 
+    /// Warns that the blast-radius guard paused a rule's evictions (SPEC D11); `note` says why
+    /// and how to resume.
+    pub fn rule_evictions_paused(&self, rule: &RuleRef, note: String) {
+        let Some(ar) = &self.rule_resource else { return };
+        let reference = ObjectReference {
+            api_version: Some(ar.api_version.clone()),
+            kind: Some("DeviceTaintRule".into()),
+            name: Some(rule.name.clone()),
+            uid: Some(rule.uid.clone()),
+            ..ObjectReference::default()
+        };
+        self.publish(reference, EventType::Warning, "EvictionPaused", "Evict", note);
+    }
+
     /// Warns that a rule's selector has fields this controller does not understand, so that the
     /// rule selects no device here (fail closed).
     pub fn rule_selector_not_understood(&self, rule: &RuleRef, fields: &[String]) {

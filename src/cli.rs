@@ -43,6 +43,9 @@ pub enum Command {
     Untaint(UntaintArgs),
     /// Show, for the current cluster state, which pods are or would be evicted, why and when.
     Explain(ExplainArgs),
+    /// Accept a DeviceTaintRule's evictions that the blast-radius guard paused (sets the
+    /// device-taint-eviction/accept-evictions annotation).
+    Resume(ResumeArgs),
 }
 
 /// How to reach the Kubernetes API server.
@@ -189,6 +192,9 @@ pub struct ControllerArgs {
     /// host name plus a random suffix].
     #[arg(long, env = "DTE_LEADER_ELECT_IDENTITY")]
     pub leader_elect_identity: Option<String>,
+
+    #[command(flatten)]
+    pub guard: GuardArgs,
 }
 
 impl ControllerArgs {
@@ -212,6 +218,7 @@ impl ControllerArgs {
                 name: self.leader_elect_lease_name.clone(),
                 duration_secs: self.leader_elect_lease_duration,
             }),
+            guard: self.guard.config(),
         }
     }
 
@@ -413,6 +420,9 @@ pub struct ExplainArgs {
     /// Only pods in this namespace [default: all namespaces].
     #[arg(short, long, env = "DTE_EXPLAIN_NAMESPACE")]
     pub namespace: Option<String>,
+
+    #[command(flatten)]
+    pub guard: GuardArgs,
 }
 
 impl ExplainArgs {
@@ -422,8 +432,122 @@ impl ExplainArgs {
         ExplainRequest {
             namespace: self.namespace.clone(),
             output: self.output,
+            guard: self.guard.config(),
         }
     }
+}
+
+/// The blast-radius guard's flags (SPEC D11), shared by `controller` and `explain` so that
+/// `explain` shows what the controller decides.
+#[derive(Debug, Clone, Args)]
+pub struct GuardArgs {
+    /// Blast-radius guard: evictions due within this long from now count towards its limits
+    /// (seconds, or a duration such as 90s or 10m).
+    #[arg(long, env = "DTE_GUARD_WINDOW", default_value = "10m", value_parser = positive_duration)]
+    pub guard_window: Duration,
+
+    /// Blast-radius guard: a rule, pool or the cluster with at most this many evictions due never
+    /// trips on --guard-max-percent (more than one node's device pods).
+    #[arg(long, env = "DTE_GUARD_MIN_PODS", default_value_t = 16)]
+    pub guard_min_pods: usize,
+
+    /// Blast-radius guard: pause a rule's, a pool's or the cluster's evictions when they are more
+    /// than --guard-min-pods and more than this percentage of the pods using DRA devices; 100
+    /// never trips on the percentage.
+    #[arg(long, env = "DTE_GUARD_MAX_PERCENT", default_value_t = 25.0, value_parser = percent)]
+    pub guard_max_percent: f64,
+
+    /// Blast-radius guard: pause a rule's, a pool's or the cluster's evictions when they are more
+    /// than this many, whatever the percentage; 0: no ceiling.
+    #[arg(long, env = "DTE_GUARD_MAX_PODS", default_value_t = 1000)]
+    pub guard_max_pods: usize,
+
+    /// Blast-radius guard: accept up to N evictions caused by the slice taints of a pool,
+    /// DRIVER/POOL=N (repeat the flag, or separate with commas).
+    #[arg(long, env = "DTE_GUARD_ACCEPT_POOL", value_delimiter = ',', value_parser = pool_acceptance)]
+    pub guard_accept_pool: Vec<(crate::guard::Pool, usize)>,
+
+    /// Blast-radius guard: accept up to N evictions cluster-wide (those of rules and pools not
+    /// accepted on their own).
+    #[arg(long, env = "DTE_GUARD_ACCEPT_CLUSTER")]
+    pub guard_accept_cluster: Option<usize>,
+}
+
+impl GuardArgs {
+    /// The guard configuration these flags choose.
+    #[must_use]
+    pub fn config(&self) -> crate::guard::GuardConfig {
+        crate::guard::GuardConfig {
+            window: self.guard_window,
+            min_pods: self.guard_min_pods,
+            max_percent: self.guard_max_percent,
+            max_pods: self.guard_max_pods,
+            accept_pools: self.guard_accept_pool.iter().cloned().collect(),
+            accept_cluster: self.guard_accept_cluster,
+        }
+    }
+}
+
+/// Flags of `device-taint-eviction resume`.
+#[derive(Debug, Clone, Args)]
+pub struct ResumeArgs {
+    #[command(flatten)]
+    pub kube: KubeArgs,
+
+    #[command(flatten)]
+    pub log: LogArgs,
+
+    /// Name of the DeviceTaintRule whose evictions are accepted.
+    #[arg(long, env = "DTE_RESUME_NAME", value_parser = rule_name)]
+    pub name: String,
+
+    /// How many of the rule's evictions to accept: the rule's evictions proceed while at most
+    /// this many are due within the guard's window.
+    #[arg(long, env = "DTE_RESUME_ACCEPT", required_unless_present = "withdraw")]
+    pub accept: Option<usize>,
+
+    /// Remove the acceptance instead: the guard applies again.
+    #[arg(long, env = "DTE_RESUME_WITHDRAW", default_value_t = false, conflicts_with = "accept",
+        num_args = 0..=1, default_missing_value = "true", value_parser = BoolishValueParser::new())]
+    pub withdraw: bool,
+}
+
+impl ResumeArgs {
+    /// What `resume` is asked to do.
+    #[must_use]
+    pub fn request(&self) -> ops::ResumeRequest {
+        ops::ResumeRequest {
+            name: self.name.clone(),
+            accept: if self.withdraw { None } else { self.accept },
+        }
+    }
+}
+
+/// A percentage from 0 to 100.
+fn percent(value: &str) -> Result<f64, String> {
+    match value.trim().parse::<f64>() {
+        Ok(v) if (0.0..=100.0).contains(&v) => Ok(v),
+        Ok(_) => Err("must be a percentage from 0 to 100".to_owned()),
+        Err(e) => Err(format!("not a number: {e}")),
+    }
+}
+
+/// `DRIVER/POOL=N`.
+fn pool_acceptance(value: &str) -> Result<(crate::guard::Pool, usize), String> {
+    let usage = || format!("expected DRIVER/POOL=N, got \"{value}\"");
+    let (pool, n) = value.trim().rsplit_once('=').ok_or_else(usage)?;
+    let (driver, pool) = pool.split_once('/').ok_or_else(usage)?;
+    if driver.is_empty() || pool.is_empty() {
+        return Err(usage());
+    }
+    let n = n.trim().parse().map_err(|e| format!("{}: {e}", usage()))?;
+    Ok((
+        crate::guard::Pool {
+            driver: driver.to_owned(),
+            pool: pool.to_owned(),
+        },
+        n,
+    ))
 }
 
 impl Command {
@@ -435,6 +559,7 @@ impl Command {
             Self::Taint(a) => &a.log,
             Self::Untaint(a) => &a.log,
             Self::Explain(a) => &a.log,
+            Self::Resume(a) => &a.log,
         }
     }
 
@@ -446,6 +571,7 @@ impl Command {
             Self::Taint(a) => &a.kube,
             Self::Untaint(a) => &a.kube,
             Self::Explain(a) => &a.kube,
+            Self::Resume(a) => &a.kube,
         }
     }
 }
@@ -562,6 +688,92 @@ mod tests {
             Command::Controller(a) => a,
             other => panic!("expected controller, got {other:?}"),
         }
+    }
+
+    #[test]
+    fn guard_flags() {
+        assert_eq!(
+            controller(&[]).config().guard,
+            crate::guard::GuardConfig::default()
+        );
+        let config = controller(&[
+            "--guard-window=90s",
+            "--guard-min-pods=4",
+            "--guard-max-percent=50",
+            "--guard-max-pods=0",
+            "--guard-accept-pool=gpu.example.com/node-1=12,gpu.example.com/a/b=3",
+            "--guard-accept-pool",
+            "other.example.com/p=0",
+            "--guard-accept-cluster=40",
+        ])
+        .config()
+        .guard;
+        let pool = |driver: &str, pool: &str| crate::guard::Pool {
+            driver: driver.into(),
+            pool: pool.into(),
+        };
+        assert_eq!(
+            config,
+            crate::guard::GuardConfig {
+                window: Duration::from_secs(90),
+                min_pods: 4,
+                max_percent: 50.0,
+                max_pods: 0,
+                accept_pools: [
+                    (pool("gpu.example.com", "node-1"), 12),
+                    (pool("gpu.example.com", "a/b"), 3),
+                    (pool("other.example.com", "p"), 0),
+                ]
+                .into(),
+                accept_cluster: Some(40),
+            }
+        );
+        for bad in [
+            "--guard-max-percent=101",
+            "--guard-max-percent=-1",
+            "--guard-accept-pool=node-1=3",
+            "--guard-accept-pool=d/p=x",
+            "--guard-accept-pool=/p=3",
+            "--guard-min-pods=-1",
+            "--guard-window=0",
+        ] {
+            let err = parse(&["controller", bad]).expect_err(bad);
+            assert_eq!(err.kind(), ErrorKind::ValueValidation, "{bad}: {err}");
+        }
+    }
+
+    #[test]
+    fn resume_flags() {
+        let resume = |args: &[&str]| match parse(&[&["resume"], args].concat()) {
+            Ok(Cli {
+                command: Command::Resume(a),
+            }) => Ok(a.request()),
+            Ok(other) => panic!("expected resume, got {other:?}"),
+            Err(e) => Err(e.kind()),
+        };
+        assert_eq!(
+            resume(&["--name=all", "--accept=30"]),
+            Ok(ops::ResumeRequest {
+                name: "all".into(),
+                accept: Some(30),
+            })
+        );
+        assert_eq!(
+            resume(&["--name=all", "--withdraw"]),
+            Ok(ops::ResumeRequest {
+                name: "all".into(),
+                accept: None,
+            })
+        );
+        assert_eq!(resume(&["--name=all"]), Err(ErrorKind::MissingRequiredArgument));
+        assert_eq!(
+            resume(&["--name=all", "--accept=3", "--withdraw"]),
+            Err(ErrorKind::ArgumentConflict)
+        );
+        assert_eq!(
+            resume(&["--name=Bad_Name", "--accept=3"]),
+            Err(ErrorKind::ValueValidation)
+        );
     }
 
     #[test]

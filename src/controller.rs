@@ -28,6 +28,7 @@ use crate::{
     actuator::{Actuator, EvictionMode, Outcome, Refusal},
     admin::{self, AdminState, Liveness, Readiness},
     client::{self, ClientSettings},
+    guard::{self, GuardConfig},
     index::{Change, Due, Finished, State},
     k8s::{self, DeviceTaintRule, ResourceClaim, ResourceSlice, Timestamp, WatchedPod},
     leader::{LeaderConfig, Leadership},
@@ -64,6 +65,8 @@ pub struct Config {
     pub identity: String,
     /// The Lease to elect a leader through; `None` runs without leader election.
     pub lease: Option<LeaseSettings>,
+    /// The blast-radius guard's limits and flag acceptances (SPEC D11).
+    pub guard: GuardConfig,
 }
 
 /// Where the leader election Lease lives and how long it holds.
@@ -277,11 +280,19 @@ impl Shared {
 
     /// Runs `update` on the state and acts on the changes it made.
     fn update(&self, update: impl FnOnce(&mut State)) {
-        let (changes, pending) = {
+        let (changes, pending, guard) = {
             let mut state = self.lock();
             update(&mut state);
-            (state.take_changes(), state.sizes().pending)
+            let guard = if state.guard_announced() {
+                state.guard_transitions(Timestamp::now())
+            } else {
+                None
+            };
+            (state.take_changes(), state.sizes().pending, guard)
         };
+        if let Some(check) = &guard {
+            self.announce(check);
+        }
         for notice in enqueue(&self.queue, changes, Timestamp::now()) {
             if !self.is_leader() {
                 continue;
@@ -326,6 +337,9 @@ impl Shared {
             Ok(eviction) => eviction,
             Err(completion) => return completion,
         };
+        if let Some(held) = self.guard_holds(pod, &eviction) {
+            return held;
+        }
         let wait = self.evictions.reserve();
         if !wait.is_zero() {
             self.metrics.eviction_rate_limited();
@@ -338,6 +352,9 @@ impl Shared {
                 Ok(eviction) => eviction,
                 Err(completion) => return completion,
             };
+            if let Some(held) = self.guard_holds(pod, &eviction) {
+                return held;
+            }
         }
         match self.actuator.evict(pod, &eviction).await {
             Ok(Outcome::Blocked { retry_after }) => {
@@ -367,6 +384,51 @@ impl Shared {
             }
             Err(error) => self.failed(&error, "processing work item failed, will retry"),
         }
+    }
+
+    /// Asks the blast-radius guard about a due eviction (SPEC D11): `Some` holds it (the pod stays
+    /// pending with its deadline and is looked at again after [`guard::RECHECK_PERIOD`], or at
+    /// once when an acceptance changes). Tells each trip and its end once: log, metric and, for a
+    /// rule's own scope, a Warning Event on the rule.
+    fn guard_holds(&self, pod: &PodRef, eviction: &crate::eviction::Eviction) -> Option<Completion> {
+        let now = Timestamp::now();
+        let mut check = None;
+        self.update(|state| check = state.guard_check(eviction, now));
+        let check = check?;
+        self.announce(&check);
+        let (scope, trip) = check.hold?;
+        debug!(pod = %pod, scope = %scope, blast = trip.blast, "eviction held by the blast-radius guard");
+        Some(Completion::After(guard::RECHECK_PERIOD))
+    }
+
+    /// Tells the trips and ends a guard check found: log, metric, Warning Events.
+    fn announce(&self, check: &crate::index::GuardCheck) {
+        for (scope, trip) in &check.tripped {
+            warn!(scope = %scope, blast = trip.blast, reason = %trip, "blast-radius guard tripped: evictions paused until accepted");
+            self.metrics.set_guard_tripped(&scope.to_string(), true);
+        }
+        for (rule, scope, trip, blast) in &check.rules_paused {
+            let how = match scope {
+                guard::Scope::Rule(_) => String::new(),
+                guard::Scope::Pool(pool) => format!(", or accept the pool's: --guard-accept-pool {pool}=N"),
+                guard::Scope::Cluster => ", or accept more cluster-wide: --guard-accept-cluster N".to_owned(),
+            };
+            self.actuator.rule_evictions_paused(
+                rule,
+                format!(
+                    "Evictions paused by the blast-radius guard (scope {scope}): {trip}. To resume, accept \
+                     this rule's: device-taint-eviction resume --name {name} --accept {blast} (annotation \
+                     {key}={blast}){how}.",
+                    name = rule.name,
+                    key = guard::ACCEPT_ANNOTATION,
+                ),
+            );
+        }
+        for scope in &check.cleared {
+            info!(scope = %scope, "blast-radius guard no longer holds this scope's evictions");
+            self.metrics.set_guard_tripped(&scope.to_string(), false);
+        }
+        self.metrics.set_guard_held(check.held);
     }
 
     /// Counts, logs and schedules the retry of a failed call, naming its real cause.
@@ -638,8 +700,10 @@ pub async fn run_until(config: Config, shutdown: impl Future<Output = ()>) -> Re
         rule_resource.clone(),
         metrics.clone(),
     );
+    let mut state = State::new();
+    state.set_guard(config.guard.clone());
     let shared = Arc::new(Shared {
-        state: Mutex::new(State::new()),
+        state: Mutex::new(state),
         queue: WorkQueue::new(Backoff::default()),
         actuator,
         metrics: metrics.clone(),
@@ -1203,5 +1267,97 @@ mod tests {
             sent.iter().any(|r| r.contains("/namespaces/ns/pods/p")),
             "{sent:?}"
         );
+    }
+
+    /// The blast-radius guard holds a due pod of a tripped rule (no request for it, looked at
+    /// again after the recheck period, still pending with its deadline) until the rule's
+    /// evictions are accepted; then the same key evicts at once. The same in every mode: delete,
+    /// evict (Eviction API) and dry run.
+    #[tokio::test(start_paused = true)]
+    async fn a_tripped_guard_holds_the_pod_until_accepted() {
+        for (mode, dry_run) in [
+            (EvictionMode::Delete, false),
+            (EvictionMode::Evict, false),
+            (EvictionMode::Delete, true),
+        ] {
+            held_until_accepted(mode, dry_run).await;
+        }
+    }
+
+    async fn held_until_accepted(mode: EvictionMode, dry_run: bool) {
+        let case = format!("{mode:?}, dry run {dry_run}");
+        let sent = Arc::new(Mutex::new(Vec::new()));
+        let metrics = Metrics::register(&mut Registry::default());
+        let (_, leader) = channel::channel(true);
+        let shared = Arc::new(Shared {
+            state: Mutex::new(State::new()),
+            queue: WorkQueue::new(Backoff::default()),
+            actuator: Actuator::new(
+                recording_client(&sent),
+                "test",
+                mode,
+                dry_run,
+                None,
+                metrics.clone(),
+            ),
+            metrics,
+            leader,
+            evictions: TokenBucket::unlimited(),
+            workers: WorkerBeat::new(),
+        });
+        let everything = crate::fixtures::rule("all").selecting(None, None, None);
+        shared.update(|state| {
+            for i in 0..30 {
+                let p = pod("ns", &format!("p-{i}")).with_claim(&format!("c-{i}"));
+                let c = claim("ns", &format!("c-{i}"))
+                    .with_device("d", &format!("node-{}", i / 8), &format!("dev-{i}"))
+                    .reserved_for(&p);
+                state.apply_pod(&p.object_name(), Some(p.clone()));
+                state.apply_claim(c);
+            }
+            state.apply_rule(everything.clone(), Timestamp::now());
+        });
+        // Every due key is held; none is left due.
+        let mut held = 0;
+        while let Some((work, ticket)) = shared.queue.try_next() {
+            let Work::Pod(pod) = &work else {
+                shared.queue.done(&work, ticket, Completion::Forget);
+                continue;
+            };
+            let before = shared.lock().pending(pod).cloned().expect("pending");
+            let completion = shared.process_pod(pod).await;
+            assert_eq!(completion, Completion::After(guard::RECHECK_PERIOD), "{case}");
+            assert_eq!(
+                shared.lock().pending(pod),
+                Some(&before),
+                "{case}: still pending, same deadline"
+            );
+            shared.queue.done(&work, ticket, completion);
+            held += 1;
+        }
+        assert_eq!(held, 30, "{case}");
+        assert!(
+            !sent.lock().expect("sent").iter().any(|r| r.contains("/pods/")),
+            "{case}: no request for a held pod"
+        );
+        shared.update(|state| state.apply_rule(everything.accepting(Some(30)), Timestamp::now()));
+        let (again, _ticket) = shared
+            .queue
+            .try_next()
+            .expect("accepting makes the held pods due at once");
+        let Work::Pod(again) = &again else {
+            panic!("{case}: expected a pod key, got {again:?}");
+        };
+        // The scripted API server answers the pod's GET with 500: retried.
+        assert_eq!(shared.process_pod(again).await, Completion::Retry, "{case}");
+        let path = format!("/namespaces/ns/pods/{}", again.name);
+        let requests: Vec<String> = sent
+            .lock()
+            .expect("sent")
+            .iter()
+            .filter(|r| r.contains(&path))
+            .cloned()
+            .collect();
+        assert!(!requests.is_empty(), "{case}: the accepted pod is worked on");
     }
 }

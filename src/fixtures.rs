@@ -246,6 +246,7 @@ pub fn rule(name: &str) -> RuleView {
         taint: taint("k", "v", "NoExecute", Some(t(0))),
         condition: None,
         unknown_selector_fields: Vec::new(),
+        accept: None,
     }
 }
 
@@ -265,6 +266,13 @@ impl RuleView {
             pool: pool.map(Into::into),
             device: device.map(Into::into),
         });
+        self
+    }
+
+    /// With the acceptance annotation (SPEC D11); an annotation change keeps the generation.
+    #[must_use]
+    pub fn accepting(mut self, accept: Option<usize>) -> Self {
+        self.accept = accept;
         self
     }
 

@@ -7,7 +7,8 @@
 //! ```
 //!
 //! [`watch`] turns API objects into views ([`view`]) and feeds them to [`index::State`]
-//! (synchronous, no I/O); pure functions in [`eviction`] decide when each pod must go and why;
+//! (synchronous, no I/O); pure functions in [`eviction`] decide when each pod must go and why,
+//! and [`guard`] which of those evictions the blast-radius guard holds;
 //! the pending-eviction map in the index is the truth and a timed queue ([`queue`]) wakes workers
 //! at the deadlines; [`rule_status`] words the rules' status; one [`actuator`] does every API
 //! write. [`controller`] is the glue (shared state, workers, wiring, signals).
@@ -31,6 +32,7 @@ pub mod fixtures;
 #[cfg(any(test, feature = "testing"))]
 #[doc(hidden)]
 pub mod fuzz_targets;
+pub mod guard;
 pub mod index;
 pub mod k8s;
 pub mod leader;

@@ -42,6 +42,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let client = connect(&args.kube).await?;
             ops::untaint(&client, &args.request(), &mut out).await?;
         }
+        Command::Resume(args) => {
+            let client = connect(&args.kube).await?;
+            ops::resume(&client, &args.request(), &mut out).await?;
+        }
         Command::Explain(args) => {
             let client = connect(&args.kube).await?;
             ops::explain_cluster(&client, &args.request(), &mut out).await?;

@@ -59,6 +59,11 @@ struct KindLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ScopeLabels {
+    scope: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct SkipLabels {
     kind: String,
     reason: String,
@@ -86,6 +91,8 @@ struct Inner {
     api_conflicts: Family<VerbLabels, Counter>,
     evictions_rate_limited: Counter,
     leader: Gauge,
+    guard_tripped: Family<ScopeLabels, Gauge>,
+    guard_held: Gauge,
 }
 
 /// prometheus-client appends a '.' to every help text; strip ours so the exposed line has one.
@@ -113,6 +120,8 @@ impl Metrics {
             api_conflicts: Family::default(),
             evictions_rate_limited: Counter::default(),
             leader: Gauge::default(),
+            guard_tripped: Family::default(),
+            guard_held: Gauge::default(),
         };
         for verb in API_VERBS {
             let _ = inner.api_errors.get_or_create(&VerbLabels {
@@ -202,6 +211,17 @@ impl Metrics {
             "leader",
             "1 while this replica holds the leader Lease (or runs without leader election), else 0",
             inner.leader.clone(),
+        );
+        r.register(
+            "guard_tripped",
+            "1 while the blast-radius guard holds the evictions of a scope (rule/NAME, pool/DRIVER/POOL or \
+             cluster), 0 once it no longer does",
+            inner.guard_tripped.clone(),
+        );
+        r.register(
+            "guard_held_evictions",
+            "Evictions due within the guard's window that the blast-radius guard holds",
+            inner.guard_held.clone(),
         );
         Self {
             inner: Arc::new(inner),
@@ -322,6 +342,21 @@ impl Metrics {
     /// An eviction waited for the `--max-evictions-per-second` token bucket.
     pub fn eviction_rate_limited(&self) {
         self.inner.evictions_rate_limited.inc();
+    }
+
+    /// Whether the blast-radius guard holds a scope's evictions.
+    pub fn set_guard_tripped(&self, scope: &str, tripped: bool) {
+        self.inner
+            .guard_tripped
+            .get_or_create(&ScopeLabels {
+                scope: scope.to_owned(),
+            })
+            .set(i64::from(tripped));
+    }
+
+    /// Evictions the blast-radius guard holds.
+    pub fn set_guard_held(&self, pods: usize) {
+        self.inner.guard_held.set(i64::try_from(pods).unwrap_or(i64::MAX));
     }
 
     /// Whether this replica currently leads.

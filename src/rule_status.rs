@@ -14,6 +14,7 @@ use tracing::info;
 
 use crate::{
     eviction::{claim_counts_for_pod, pod_is_evictable, taint_deadline},
+    guard::{ACCEPT_ANNOTATION, Scope, Trip, scopes_of},
     index::State,
     k8s::SignedDuration,
     view::{EVICTION_IN_PROGRESS, Effect, RuleCondition, RuleRef, RuleView, Time},
@@ -55,7 +56,7 @@ pub fn rule_status(state: &State, rule: &RuleRef, now: Time) -> RuleStatusWork {
             return RuleStatusWork::Later((period - since).unsigned_abs());
         }
     }
-    let condition = current_condition(state, view);
+    let condition = current_condition(state, view, now);
     if let Some(c) = &view.condition
         && c.observed_generation == Some(view.generation)
         && c.status == condition.status
@@ -117,14 +118,14 @@ pub fn apply_body(
     })
 }
 
-/// The condition a rule should carry in the current state.
+/// The condition a rule should carry in the current state at `now`.
 #[must_use]
-pub fn current_condition(state: &State, rule: &RuleView) -> RuleStatusCondition {
-    rule_condition(&rule.taint.effect, &rule_counts(state, rule))
+pub fn current_condition(state: &State, rule: &RuleView, now: Time) -> RuleStatusCondition {
+    rule_condition(&rule.taint.effect, &rule_counts(state, rule, now))
 }
 
 /// The counts behind a rule's condition.
-fn rule_counts(state: &State, rule: &RuleView) -> RuleCounts {
+fn rule_counts(state: &State, rule: &RuleView, now: Time) -> RuleCounts {
     let rule_ref = rule.rule_ref();
     let mut counts = RuleCounts {
         evicted: state.evicted_by_rule(&rule.uid),
@@ -141,11 +142,68 @@ fn rule_counts(state: &State, rule: &RuleView) -> RuleCounts {
                 }
             }
             counts.pending_namespaces = namespaces.len();
+            if counts.pending_pods > 0 {
+                counts.paused = paused(state, &rule_ref, counts.pending_pods, now);
+            }
         }
-        Effect::None => counts.simulation = Some(simulate(state, rule)),
+        Effect::None => {
+            let sim = simulate(state, rule);
+            counts.guard_would_trip = state
+                .guard_config()
+                .exceeded(sim.pods, state.dra_pods())
+                .filter(|_| rule.accept.is_none_or(|n| sim.pods > n))
+                .map(|limit| {
+                    Trip {
+                        blast: sim.pods,
+                        window: state.guard_config().window,
+                        limit,
+                        accepted: rule.accept,
+                    }
+                    .to_string()
+                });
+            counts.simulation = Some(sim);
+        }
         Effect::NoSchedule | Effect::Unknown(_) => {}
     }
     counts
+}
+
+/// Why the blast-radius guard holds a rule's pending pods, and how to resume (SPEC D11), if it
+/// holds any: the rule's own scope first, else the pool or cluster scope that holds the first.
+fn paused(state: &State, rule: &RuleRef, pending: usize, now: Time) -> Option<Pause> {
+    let verdict = state.guard_verdict(now);
+    if verdict.tripped.is_empty() {
+        return None;
+    }
+    let own = Scope::Rule(rule.clone());
+    let mut held = 0;
+    let mut by: Option<(Scope, Trip)> = None;
+    for (_, eviction) in state.pending_evictions().filter(|(_, e)| e.has_rule(rule)) {
+        if let Some((scope, trip)) = verdict.holds(&scopes_of(eviction)) {
+            held += 1;
+            if by.as_ref().is_none_or(|(s, _)| *s != own) {
+                by = Some((scope.clone(), trip.clone()));
+            }
+        }
+    }
+    let (scope, trip) = by?;
+    let how = match &scope {
+        Scope::Rule(_) | Scope::Cluster => format!(
+            "To resume, accept them: device-taint-eviction resume --name {name} --accept {pending} \
+             (annotation {ACCEPT_ANNOTATION}={pending}){}.",
+            if scope == Scope::Cluster {
+                ", or raise --guard-accept-cluster"
+            } else {
+                ""
+            },
+            name = rule.name,
+        ),
+        Scope::Pool(pool) => format!("To resume, accept the pool's evictions: --guard-accept-pool {pool}=N."),
+    };
+    Some(Pause {
+        held,
+        message: format!("The blast-radius guard paused {held} of them (scope {scope}): {trip}. {how}"),
+    })
 }
 
 /// What a `None` rule would do with `NoExecute` (upstream's one-shot report).
@@ -199,8 +257,17 @@ fn simulate(state: &State, rule: &RuleView) -> Simulation {
     sim
 }
 
+/// Why the blast-radius guard holds some of a rule's pending pods (SPEC D11).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Pause {
+    /// Pods held.
+    pub held: usize,
+    /// Why, and how to resume.
+    pub message: String,
+}
+
 /// Counts describing a rule's effect on the cluster right now.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct RuleCounts {
     /// Pods waiting for eviction because of the rule (NoExecute).
     pub pending_pods: usize,
@@ -212,6 +279,11 @@ pub struct RuleCounts {
     pub evicted: u64,
     /// For a `None` rule: what would happen with `NoExecute`.
     pub simulation: Option<Simulation>,
+    /// Pending pods the blast-radius guard holds, why and how to resume (SPEC D11).
+    pub paused: Option<Pause>,
+    /// For a `None` rule: why the blast-radius guard would pause its evictions with
+    /// `NoExecute`, if it would.
+    pub guard_would_trip: Option<String>,
 }
 
 /// The one-shot report of a rule with effect `None`.
@@ -252,7 +324,11 @@ pub fn rule_condition(effect: &Effect, counts: &RuleCounts) -> RuleStatusConditi
     let (status, reason, mut message) = match effect {
         Effect::NoExecute if counts.pending_pods > 0 => (
             "True",
-            "PodsPendingEviction",
+            if counts.paused.is_some() {
+                "EvictionPaused"
+            } else {
+                "PodsPendingEviction"
+            },
             plural(
                 counts.pending_pods,
                 "1 pod needs to be evicted in ",
@@ -284,7 +360,12 @@ pub fn rule_condition(effect: &Effect, counts: &RuleCounts) -> RuleStatusConditi
                     "%d pods would be evicted in ",
                 ) + &plural(sim.namespaces, "1 namespace ", "%d different namespaces ")
                     + "if the effect was NoExecute. This information will not be updated again. \
-                       Recreate the DeviceTaintRule to trigger an update.",
+                       Recreate the DeviceTaintRule to trigger an update."
+                    + &counts
+                        .guard_would_trip
+                        .as_ref()
+                        .map(|why| format!(" The blast-radius guard would pause these evictions: {why}."))
+                        .unwrap_or_default(),
             )
         }
         Effect::NoSchedule | Effect::Unknown(_) => (
@@ -293,6 +374,10 @@ pub fn rule_condition(effect: &Effect, counts: &RuleCounts) -> RuleStatusConditi
             "Eviction only happens for the NoExecute effect.".to_owned(),
         ),
     };
+    if let Some(pause) = counts.paused.as_ref().filter(|_| status == "True") {
+        message.push(' ');
+        message += &pause.message;
+    }
     if counts.blocked_pods > 0 && status == "True" {
         message += &plural(
             counts.blocked_pods,
@@ -321,6 +406,7 @@ pub fn rule_condition(effect: &Effect, counts: &RuleCounts) -> RuleStatusConditi
 mod tests {
     use super::*;
 
+    #[allow(clippy::needless_pass_by_value)] // the cases build their counts inline
     fn cond(effect: &Effect, counts: RuleCounts) -> (String, String, String) {
         let c = rule_condition(effect, &counts);
         (c.status.into(), c.reason.into(), c.message)
@@ -334,6 +420,7 @@ mod tests {
             pending_namespaces: n,
             evicted: e,
             simulation: None,
+            ..RuleCounts::default()
         };
         assert_eq!(
             cond(&Effect::NoExecute, pending(1, 1, 0)),

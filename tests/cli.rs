@@ -281,6 +281,68 @@ async fn untaint_of_a_missing_rule_fails_and_names_it() {
     );
 }
 
+/// `resume` sets and removes the acceptance annotation of the blast-radius guard on a rule, and
+/// names a missing rule.
+#[tokio::test]
+async fn resume_sets_and_withdraws_the_acceptance_and_names_a_missing_rule() {
+    let env = TestEnv::new().await;
+    let name = env.unique_name("resume");
+    let run = cli(
+        env.kubeconfig(),
+        &["resume", "--name", &name, "--accept", "12"],
+        TIMEOUT,
+    )
+    .await;
+    assert_eq!(run.code, Some(1), "{run}");
+    assert_eq!(run.stdout, "", "{run}");
+    assert_eq!(
+        run.stderr,
+        format!("error: failed to resume DeviceTaintRule {name}: it does not exist\n"),
+        "{run}"
+    );
+
+    env.create_rule(&name, Some("gpu-0"), json!({"key": KEY, "effect": "NoExecute"}))
+        .await;
+    let annotation = || async {
+        let ar = env.rule_resource().await;
+        let rule = Api::<kube::api::DynamicObject>::all_with(env.client.clone(), &ar)
+            .get(&name)
+            .await
+            .expect("get rule");
+        rule.metadata
+            .annotations
+            .and_then(|a| a.get("device-taint-eviction/accept-evictions").cloned())
+    };
+    let run = cli(
+        env.kubeconfig(),
+        &["resume", "--name", &name, "--accept", "12"],
+        TIMEOUT,
+    )
+    .await;
+    assert_eq!(run.code, Some(0), "{run}");
+    assert_eq!(
+        run.stdout,
+        format!(
+            "devicetaintrule/{name} annotated device-taint-eviction/accept-evictions=12: up to 12 evictions accepted\n"
+        ),
+        "{run}"
+    );
+    assert_eq!(annotation().await.as_deref(), Some("12"));
+    let run = cli(
+        env.kubeconfig(),
+        &["resume", "--name", &name, "--withdraw"],
+        TIMEOUT,
+    )
+    .await;
+    assert_eq!(run.code, Some(0), "{run}");
+    assert_eq!(
+        run.stdout,
+        format!("devicetaintrule/{name}: acceptance device-taint-eviction/accept-evictions removed\n"),
+        "{run}"
+    );
+    assert_eq!(annotation().await, None);
+}
+
 /// Expected errors print as kubectl prints them, `error: ` and the causes, and nothing else: no
 /// backtrace even with `RUST_BACKTRACE=1` (only a panic may show one).
 const BACKTRACE_ON: [(&str, &str); 2] = [("RUST_BACKTRACE", "1"), ("RUST_LIB_BACKTRACE", "1")];

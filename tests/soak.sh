@@ -15,7 +15,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 runs=${SOAK_RUNS:-200}
-tests=${SOAK_TESTS:-scenarios podgroups api_faults leader restart relist modes scale bad_input fault_proxy controlplane_faults}
+tests=${SOAK_TESTS:-scenarios podgroups api_faults leader restart relist modes scale bad_input fault_proxy controlplane_faults guard}
 load=${SOAK_CPU_LOAD:-0}
 out=${SOAK_DIR:-target/soak}
 run_timeout=${SOAK_RUN_TIMEOUT:-900}

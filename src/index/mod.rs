@@ -24,6 +24,7 @@ use tracing::{debug, warn};
 
 use crate::{
     eviction::{Eviction, TaintSource, claim_eviction, pod_eviction},
+    guard::{self, GuardConfig, Scope, Trip, Verdict},
     rule_status::RULE_STATUS_PERIOD,
     view::{
         AllocatedDevice, ClaimView, DeviceId, Effect, ObjectName, PodRef, PodView, RuleCondition, RuleRef,
@@ -149,6 +150,34 @@ pub struct State {
     changes: Vec<Change>,
     /// Rule status requests not yet taken, with the shortest delay asked for.
     rule_requests: BTreeMap<RuleRef, Duration>,
+    /// The blast-radius guard's limits and flag acceptances (SPEC D11). Set once at start.
+    guard: GuardConfig,
+    /// Bumped when a pending eviction is added, changed or cancelled or a rule's acceptance
+    /// changes (not when a worker finishes one, which only shrinks blasts): a cached verdict of an
+    /// older version may be wrong.
+    guard_version: u64,
+    /// The last verdict of [`State::guard_verdict_cached`], with the version and time it was
+    /// computed at.
+    guard_cache: Option<(u64, Time, Verdict)>,
+    /// Scopes the workers found tripped at their last guard check, to tell a trip and its end
+    /// once each (Event, log). Memory only: a new leader tells the trips it finds again.
+    guard_told: BTreeSet<Scope>,
+}
+
+/// What a worker's guard check found (SPEC D11).
+#[derive(Clone, Debug, PartialEq)]
+pub struct GuardCheck {
+    /// The tripped scope that holds the eviction, if any.
+    pub hold: Option<(Scope, Trip)>,
+    /// Scopes tripped since the last check.
+    pub tripped: Vec<(Scope, Trip)>,
+    /// Scopes no longer tripped since the last check.
+    pub cleared: Vec<Scope>,
+    /// Evictions due within the window that the guard holds.
+    pub held: usize,
+    /// Rules whose pending pods a scope tripped since the last check holds, each with that scope
+    /// (the rule's own first), its trip and the rule's own blast: whom to warn with an Event.
+    pub rules_paused: Vec<(RuleRef, Scope, Trip, usize)>,
 }
 
 impl State {
@@ -156,6 +185,151 @@ impl State {
     #[must_use]
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// Sets the blast-radius guard's limits and flag acceptances.
+    pub fn set_guard(&mut self, config: GuardConfig) {
+        self.guard = config;
+        self.guard_version += 1;
+    }
+
+    /// The blast-radius guard's limits and flag acceptances.
+    #[must_use]
+    pub fn guard_config(&self) -> &GuardConfig {
+        &self.guard
+    }
+
+    /// Pods that use at least one claim and could be evicted (scheduled, neither terminal nor
+    /// terminating): the base of the guard's percentage. Pods on their way out do not dilute it.
+    #[must_use]
+    pub fn dra_pods(&self) -> usize {
+        self.pods
+            .values()
+            .filter(|p| crate::eviction::pod_is_evictable(p))
+            .count()
+    }
+
+    /// The blast-radius guard's verdict at `now` (SPEC D11): its blasts are the pending
+    /// evictions due by `now` plus the window, overdue ones included.
+    #[must_use]
+    pub fn guard_verdict(&self, now: Time) -> Verdict {
+        if self.guard.is_off() {
+            return Verdict::default();
+        }
+        let horizon = self.guard_horizon(now);
+        let due: Vec<Vec<Scope>> = self
+            .pending
+            .values()
+            .filter(|e| e.at <= horizon)
+            .map(guard::scopes_of)
+            .collect();
+        guard::decide(&self.guard, self.dra_pods(), &due, |rule| {
+            self.rules
+                .get(&rule.name)
+                .filter(|r| r.uid == rule.uid)
+                .and_then(|r| r.accept)
+        })
+    }
+
+    /// The end of the guard's window: evictions due by then count.
+    fn guard_horizon(&self, now: Time) -> Time {
+        crate::k8s::SignedDuration::try_from(self.guard.window)
+            .ok()
+            .and_then(|w| now.checked_add(w).ok())
+            .unwrap_or(Time::MAX)
+    }
+
+    /// [`State::guard_verdict`], computed again only when a pending eviction was added, changed
+    /// or cancelled, an acceptance changed or a second has passed: workers ask for every pod.
+    /// Evictions the workers finish only shrink blasts, and a pod count change moves the
+    /// percentage a little: either is seen within the second.
+    pub fn guard_verdict_cached(&mut self, now: Time) -> Verdict {
+        if let Some((version, at, verdict)) = &self.guard_cache
+            && *version == self.guard_version
+            && now >= *at
+            && now.duration_since(*at) < crate::k8s::SignedDuration::from_secs(1)
+        {
+            return verdict.clone();
+        }
+        let verdict = self.guard_verdict(now);
+        self.guard_cache = Some((self.guard_version, now, verdict.clone()));
+        verdict
+    }
+
+    /// The guard's answer for a due eviction at `now`, and which scopes tripped or cleared since
+    /// the last check (on a change, every rule with pending pods gets its status refreshed now).
+    /// `None` when the guard is off.
+    pub fn guard_check(&mut self, eviction: &Eviction, now: Time) -> Option<GuardCheck> {
+        let mut check = self.guard_transitions(now)?;
+        check.hold = self
+            .guard_verdict_cached(now)
+            .holds(&guard::scopes_of(eviction))
+            .map(|(s, t)| (s.clone(), t.clone()));
+        Some(check)
+    }
+
+    /// Whether a trip was announced and has not been seen to clear: then every index update asks
+    /// [`State::guard_transitions`], so that a trip that ends without a pod to check (the rule
+    /// deleted, the pods gone) is seen to end.
+    #[must_use]
+    pub fn guard_announced(&self) -> bool {
+        !self.guard_told.is_empty()
+    }
+
+    /// Which scopes tripped or cleared since the last check, as [`State::guard_check`] without
+    /// a pod.
+    pub fn guard_transitions(&mut self, now: Time) -> Option<GuardCheck> {
+        if self.guard.is_off() {
+            return None;
+        }
+        let verdict = self.guard_verdict_cached(now);
+        let tripped: Vec<(Scope, Trip)> = verdict
+            .tripped
+            .iter()
+            .filter(|(s, _)| !self.guard_told.contains(*s))
+            .map(|(s, t)| (s.clone(), t.clone()))
+            .collect();
+        let cleared: Vec<Scope> = self
+            .guard_told
+            .iter()
+            .filter(|s| !verdict.tripped.contains_key(*s))
+            .cloned()
+            .collect();
+        let mut rules_paused: BTreeMap<RuleRef, (Scope, Trip)> = BTreeMap::new();
+        let mut blasts: BTreeMap<RuleRef, usize> = BTreeMap::new();
+        if !tripped.is_empty() || !cleared.is_empty() {
+            self.guard_told = verdict.tripped.keys().cloned().collect();
+            let horizon = self.guard_horizon(now);
+            for eviction in self.pending.values() {
+                let in_window = eviction.at <= horizon;
+                let held = in_window
+                    .then(|| verdict.holds(&guard::scopes_of(eviction)))
+                    .flatten()
+                    .filter(|(scope, _)| tripped.iter().any(|(s, _)| s == *scope));
+                for rule in eviction.rules() {
+                    self.rule_requests.insert(rule.clone(), Duration::ZERO);
+                    *blasts.entry(rule.clone()).or_default() += usize::from(in_window);
+                    let Some((scope, trip)) = held else { continue };
+                    let own = *scope == Scope::Rule(rule.clone());
+                    if own || !rules_paused.contains_key(rule) {
+                        rules_paused.insert(rule.clone(), (scope.clone(), trip.clone()));
+                    }
+                }
+            }
+        }
+        Some(GuardCheck {
+            hold: None,
+            tripped,
+            cleared,
+            held: verdict.held,
+            rules_paused: rules_paused
+                .into_iter()
+                .map(|(rule, (scope, trip))| {
+                    let blast = blasts.get(&rule).copied().unwrap_or_default();
+                    (rule, scope, trip, blast)
+                })
+                .collect(),
+        })
     }
 
     /// Takes the changes accumulated since the last call.
@@ -351,6 +525,7 @@ impl State {
                 }
                 debug!(pod = %pod, at = %eviction.at, reasons = eviction.reasons.len(), "pod eviction scheduled");
                 let at = eviction.at;
+                self.guard_version += 1;
                 if let Some(old) = self.pending.insert(pod.clone(), eviction) {
                     self.request_status_of(&old, RULE_STATUS_PERIOD);
                 }
@@ -361,6 +536,7 @@ impl State {
             }
             None => {
                 if let Some(old) = self.pending.remove(&pod) {
+                    self.guard_version += 1;
                     self.blocked.remove(&pod);
                     debug!(pod = %pod, "pod eviction cancelled");
                     self.request_status_of(&old, RULE_STATUS_PERIOD);
@@ -543,11 +719,18 @@ impl State {
                 .or(Some(now));
         }
         if let Some(old) = old
+            && old.accept != rule.accept
+        {
+            self.acceptance_changed(&rule);
+        }
+        let old = self.rules.get(&rule.name);
+        if let Some(old) = old
             && old.same_spec(&rule)
         {
             // Status-only update, including our own status writes.
             if let Some(stored) = self.rules.get_mut(&rule.name) {
                 stored.condition = rule.condition;
+                stored.accept = rule.accept;
             }
             return;
         }
@@ -589,6 +772,25 @@ impl State {
                 devices: published,
             });
         }
+    }
+
+    /// An operator changed how many of a rule's evictions they accept (SPEC D11): the pods held
+    /// for it are looked at again now, and the rule status says what changed.
+    fn acceptance_changed(&mut self, rule: &RuleView) {
+        let rule_ref = rule.rule_ref();
+        tracing::info!(rule = %rule_ref, accept = ?rule.accept, "DeviceTaintRule acceptance of the blast-radius guard changed");
+        self.guard_version += 1;
+        let held: Vec<Change> = self
+            .pending
+            .iter()
+            .filter(|(_, e)| e.has_rule(&rule_ref))
+            .map(|(pod, e)| Change::Schedule {
+                pod: pod.clone(),
+                at: e.at,
+            })
+            .collect();
+        self.changes.extend(held);
+        self.request_status(rule_ref, Duration::ZERO);
     }
 
     /// A rule was deleted. A stale delete (another UID) is ignored.

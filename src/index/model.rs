@@ -206,6 +206,7 @@ pub fn rule_op(
         taint,
         condition: None,
         unknown_selector_fields: Vec::new(),
+        accept: None,
     })
 }
 

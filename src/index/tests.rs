@@ -266,7 +266,7 @@ impl Harness {
             .state
             .rule(name)
             .unwrap_or_else(|| panic!("rule {name} missing"));
-        let c = rule_status::current_condition(&self.state, view);
+        let c = rule_status::current_condition(&self.state, view, self.now);
         (c.reason.to_owned(), c.message)
     }
 }

@@ -30,12 +30,14 @@ pub enum OutputFormat {
 }
 
 /// What `explain` shows and how.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct ExplainRequest {
     /// Only pods in this namespace; `None` for all namespaces.
     pub namespace: Option<String>,
     /// Output format.
     pub output: OutputFormat,
+    /// The controller's blast-radius guard settings, to show what it holds.
+    pub guard: crate::guard::GuardConfig,
 }
 
 /// One reason a pod is pending eviction: a taint that applies to devices the pod uses.
@@ -64,17 +66,24 @@ pub struct ExplainRow {
     pub evict_at: String,
     /// Seconds from the time of the explanation until then; negative when overdue.
     pub evict_in_seconds: i64,
+    /// The blast-radius guard scope that holds the pod's eviction (`rule/NAME`,
+    /// `pool/DRIVER/POOL` or `cluster`), if one does (SPEC D11).
+    pub paused_by: Option<String>,
 }
 
 /// The rows for every pending eviction in `state`, as seen at `now`: sorted by time, then
 /// namespace, pod and source.
 #[must_use]
 pub fn explain(state: &State, now: Time) -> Vec<ExplainRow> {
+    let verdict = state.guard_verdict(now);
     let mut rows: Vec<(Time, ExplainRow)> = Vec::new();
     for (pod_ref, eviction) in state.pending_evictions() {
         let Some(pod) = state.pod(&pod_ref.object_name()).filter(|p| p.uid == pod_ref.uid) else {
             continue;
         };
+        let paused_by = verdict
+            .holds(&crate::guard::scopes_of(eviction))
+            .map(|(scope, _)| scope.to_string());
         let devices = used_devices(state, pod);
         for reason in &eviction.reasons {
             let Some((taint, source)) = taint_of(state, reason) else {
@@ -106,6 +115,7 @@ pub fn explain(state: &State, now: Time) -> Vec<ExplainRow> {
                     toleration: deciding_toleration(taint, &first.tolerations).map(format_toleration),
                     evict_at: format_time(at),
                     evict_in_seconds,
+                    paused_by: paused_by.clone(),
                 },
             ));
         }
@@ -256,7 +266,11 @@ pub fn write_table(rows: &[ExplainRow], out: &mut impl Write) -> Result<(), Erro
                 r.taint.clone(),
                 r.source.clone(),
                 r.toleration.clone().unwrap_or_else(|| "none".to_owned()),
-                format!("{} ({})", r.evict_at, format_relative(r.evict_in_seconds)),
+                format!("{} ({})", r.evict_at, format_relative(r.evict_in_seconds))
+                    + &r.paused_by
+                        .as_ref()
+                        .map(|scope| format!(", paused by the blast-radius guard ({scope})"))
+                        .unwrap_or_default(),
             ]
         })
         .collect();
@@ -278,6 +292,35 @@ pub fn write_table(rows: &[ExplainRow], out: &mut impl Write) -> Result<(), Erro
             }
         }
         write_line(out, &line)?;
+    }
+    Ok(())
+}
+
+/// One line per scope the blast-radius guard holds: why, and how to resume (SPEC D11).
+///
+/// # Errors
+/// When writing fails.
+pub fn write_guard(verdict: &crate::guard::Verdict, out: &mut impl Write) -> Result<(), Error> {
+    use crate::guard::{ACCEPT_ANNOTATION, Scope};
+    for (scope, trip) in &verdict.tripped {
+        let how = match scope {
+            Scope::Rule(rule) => format!(
+                "resume with: device-taint-eviction resume --name {} --accept {} (annotation {ACCEPT_ANNOTATION})",
+                rule.name, trip.blast
+            ),
+            Scope::Pool(pool) => format!(
+                "resume with the controller flag --guard-accept-pool {pool}={}",
+                trip.blast
+            ),
+            Scope::Cluster => format!(
+                "resume by accepting the rules' evictions, or with the controller flag --guard-accept-cluster {}",
+                trip.blast
+            ),
+        };
+        write_line(
+            out,
+            &format!("Evictions paused by the blast-radius guard for {scope}: {trip}; {how}."),
+        )?;
     }
     Ok(())
 }
@@ -328,6 +371,7 @@ pub async fn explain_cluster(
 
     let now = Time::now();
     let mut state = State::new();
+    state.set_guard(request.guard.clone());
     watch::reset(&mut state, &slices, now, skipping);
     watch::reset(&mut state, &rules, now, skipping);
     watch::reset(&mut state, &claims, now, skipping);
@@ -339,7 +383,10 @@ pub async fn explain_cluster(
         rows.retain(|r| r.namespace == *namespace);
     }
     match request.output {
-        OutputFormat::Table => write_table(&rows, out)?,
+        OutputFormat::Table => {
+            write_table(&rows, out)?;
+            write_guard(&state.guard_verdict(now), out)?;
+        }
         OutputFormat::Json => {
             serde_json::to_writer_pretty(&mut *out, &rows).map_err(Error::EncodeJson)?;
             write_line(out, "")?;
@@ -431,6 +478,7 @@ mod tests {
             toleration: toleration.map(Into::into),
             evict_at: format_time(t(at)),
             evict_in_seconds: at - now,
+            paused_by: None,
         }
     }
 
@@ -721,7 +769,8 @@ mod tests {
                 "source": "rule r",
                 "toleration": null,
                 "evictAt": "1970-01-01T00:01:00Z",
-                "evictInSeconds": 59
+                "evictInSeconds": 59,
+                "pausedBy": null
             })
         );
     }
@@ -774,6 +823,7 @@ mod tests {
         let request = ExplainRequest {
             namespace: None,
             output: OutputFormat::Json,
+            guard: crate::guard::GuardConfig::default(),
         };
         let mut out = Vec::new();
         let rows = explain_cluster(&client, &request, &mut out)

@@ -7,14 +7,17 @@
 //! drawn on stderr and never mixed into that writer.
 
 mod explain;
+mod resume;
 mod taint;
 
 use std::time::Duration;
 
 pub use explain::{
-    ExplainRequest, ExplainRow, OutputFormat, explain, explain_cluster, format_relative, write_table,
+    ExplainRequest, ExplainRow, OutputFormat, explain, explain_cluster, format_relative, write_guard,
+    write_table,
 };
 use kube::{Api, core::ApiResource};
+pub use resume::{ResumeRequest, accept_patch, resume};
 pub use taint::{
     Applied, MAX_NAME_LEN, Progress, ProgressDisplay, TaintEffect, TaintRequest, UntaintRequest,
     derive_rule_name, is_dns_subdomain, parse_progress, rule_manifest, taint, untaint, wait_until_done,
@@ -66,6 +69,16 @@ pub enum Error {
 
     #[error("failed to delete DeviceTaintRule {name}")]
     DeleteRule {
+        name: String,
+        #[source]
+        source: ApiError,
+    },
+
+    #[error("failed to resume DeviceTaintRule {name}: it does not exist")]
+    ResumeMissingRule { name: String },
+
+    #[error("failed to resume DeviceTaintRule {name}")]
+    ResumeRule {
         name: String,
         #[source]
         source: ApiError,

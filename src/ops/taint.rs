@@ -691,6 +691,7 @@ mod tests {
                     blocked_pods: 0,
                     evicted,
                     simulation: None,
+                    ..RuleCounts::default()
                 },
             );
             assert_eq!(

@@ -63,6 +63,9 @@ pub struct RuleView {
     /// Selector fields this controller does not understand. When there are any, `selector` is
     /// `None`: the rule fails closed and selects nothing (matching everything would be wrong).
     pub unknown_selector_fields: Vec<String>,
+    /// Evictions the operator accepted beyond the blast-radius guard (annotation
+    /// [`crate::guard::ACCEPT_ANNOTATION`], SPEC D11); `None` when absent or not a count.
+    pub accept: Option<usize>,
 }
 
 /// The condition type this controller owns on DeviceTaintRules.
@@ -119,6 +122,12 @@ impl RuleView {
                 .as_ref()
                 .map(|s| s.other.keys().cloned().collect())
                 .unwrap_or_default(),
+            accept: rule
+                .metadata
+                .annotations
+                .as_ref()
+                .and_then(|a| a.get(crate::guard::ACCEPT_ANNOTATION))
+                .and_then(|v| v.trim().parse().ok()),
         })
     }
 
@@ -160,6 +169,7 @@ mod tests {
             taint: Taint::from_parts("k", None, "NoExecute", None),
             condition: None,
             unknown_selector_fields: Vec::new(),
+            accept: None,
         };
         assert!(!rule.selects(&d));
         rule.selector = Some(Selector::default());
@@ -174,6 +184,27 @@ mod tests {
             ..Selector::default()
         });
         assert!(!rule.selects(&d));
+    }
+
+    /// The acceptance annotation: a count, else no acceptance (a typo accepts nothing).
+    #[test]
+    fn acceptance_annotation() {
+        let decode = |value: Option<&str>| {
+            let mut metadata = serde_json::json!({"name": "r", "uid": "u"});
+            if let Some(value) = value {
+                metadata["annotations"] = serde_json::json!({ crate::guard::ACCEPT_ANNOTATION: value });
+            }
+            let api: DeviceTaintRule = serde_json::from_value(serde_json::json!({
+                "metadata": metadata, "spec": {"taint": {"key": "k", "effect": "NoExecute"}}
+            }))
+            .expect("rule");
+            RuleView::from_api(&api).expect("valid rule").accept
+        };
+        assert_eq!(decode(None), None);
+        assert_eq!(decode(Some("30")), Some(30));
+        assert_eq!(decode(Some(" 0 ")), Some(0));
+        assert_eq!(decode(Some("-1")), None);
+        assert_eq!(decode(Some("all")), None);
     }
 
     /// As decoded from the API: `deviceSelector` absent or `null` selects nothing, `{}` selects

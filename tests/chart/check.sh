@@ -149,6 +149,10 @@ controller
 --leader-elect-lease-duration=15
 --kube-api-qps=100
 --kube-api-burst=200
+--guard-window=10m
+--guard-min-pods=16
+--guard-max-percent=25
+--guard-max-pods=1000
 --log-format=text
 --log-level=info
 EOF
@@ -279,6 +283,13 @@ controller
 --leader-elect-lease-duration=30
 --kube-api-qps=50.5
 --kube-api-burst=100
+--guard-window=90s
+--guard-min-pods=8
+--guard-max-percent=12.5
+--guard-max-pods=0
+--guard-accept-pool=gpu.example.com/node-1=12
+--guard-accept-pool=gpu.example.com/node-2=3
+--guard-accept-cluster=40
 --log-format=json
 --log-level=info,device_taint_eviction=debug,kube: warn
 --some-future-flag=1
@@ -323,6 +334,10 @@ must_fail evictionMode-enum "/controller/evictionMode" --set controller.eviction
 must_fail logFormat-enum "/logging/format" --set logging.format=xml
 must_fail syncs-minimum "/controller/concurrentDeviceTaintEvictionSyncs" --set controller.concurrentDeviceTaintEvictionSyncs=0
 must_fail rate-negative "/controller/maxEvictionsPerSecond" --set controller.maxEvictionsPerSecond=-1
+must_fail guard-percent-above-100 "/guard/maxPercent" --set guard.maxPercent=101
+must_fail guard-min-negative "/guard/minPods" --set guard.minPods=-1
+must_fail guard-window-unit "/guard/window" --set guard.window=10minutes
+must_fail guard-accept-pool-form "/guard/acceptPools/0" --set 'guard.acceptPools[0]=node-1'
 must_fail rate-string "/controller/maxEvictionsPerSecond" --set controller.maxEvictionsPerSecond=fast
 must_fail rate-too-small "/controller/maxEvictionsPerSecond" --set-json controller.maxEvictionsPerSecond=0.0001
 must_fail rate-too-large "/controller/maxEvictionsPerSecond" --set controller.maxEvictionsPerSecond=2000000

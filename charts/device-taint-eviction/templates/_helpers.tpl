@@ -108,6 +108,17 @@ force even if the binary's defaults change. Built as a list, not as YAML text, s
 {{- end }}
 {{- $args = append $args (printf "--kube-api-qps=%v" $c.kubeApiQps) }}
 {{- $args = append $args (printf "--kube-api-burst=%d" (int64 $c.kubeApiBurst)) }}
+{{- $g := .Values.guard }}
+{{- $args = append $args (printf "--guard-window=%v" $g.window) }}
+{{- $args = append $args (printf "--guard-min-pods=%d" (int64 $g.minPods)) }}
+{{- $args = append $args (printf "--guard-max-percent=%v" $g.maxPercent) }}
+{{- $args = append $args (printf "--guard-max-pods=%d" (int64 $g.maxPods)) }}
+{{- range $g.acceptPools }}
+{{- $args = append $args (printf "--guard-accept-pool=%s" .) }}
+{{- end }}
+{{- if not (kindIs "invalid" $g.acceptCluster) }}
+{{- $args = append $args (printf "--guard-accept-cluster=%d" (int64 $g.acceptCluster)) }}
+{{- end }}
 {{- $args = append $args (printf "--log-format=%s" .Values.logging.format) }}
 {{- $args = append $args (printf "--log-level=%s" .Values.logging.level) }}
 {{- concat $args .Values.extraArgs | toJson }}
