@@ -427,16 +427,21 @@ impl Actuator {
         );
     }
 
-    /// Warns on a rule whose empty selector selects every device (SPEC D10).
-    pub fn rule_selects_everything(&self, rule: &RuleRef, devices: usize) {
-        let Some(ar) = &self.rule_resource else { return };
-        let reference = ObjectReference {
+    /// The Event reference of `rule`; none when the cluster serves no DeviceTaintRule version.
+    fn rule_reference(&self, rule: &RuleRef) -> Option<ObjectReference> {
+        let ar = self.rule_resource.as_ref()?;
+        Some(ObjectReference {
             api_version: Some(ar.api_version.clone()),
             kind: Some("DeviceTaintRule".into()),
             name: Some(rule.name.clone()),
             uid: Some(rule.uid.clone()),
             ..ObjectReference::default()
-        };
+        })
+    }
+
+    /// Warns on a rule whose empty selector selects every device (SPEC D10).
+    pub fn rule_selects_everything(&self, rule: &RuleRef, devices: usize) {
+        let Some(reference) = self.rule_reference(rule) else { return };
         let note = format!(
             "The device selector is empty and selects every device in the cluster ({devices} published now); \
              every pod using one of them is affected by the taint."
@@ -453,28 +458,14 @@ impl Actuator {
     /// Warns that the blast-radius guard paused a rule's evictions (SPEC D11); `note` says why
     /// and how to resume.
     pub fn rule_evictions_paused(&self, rule: &RuleRef, note: String) {
-        let Some(ar) = &self.rule_resource else { return };
-        let reference = ObjectReference {
-            api_version: Some(ar.api_version.clone()),
-            kind: Some("DeviceTaintRule".into()),
-            name: Some(rule.name.clone()),
-            uid: Some(rule.uid.clone()),
-            ..ObjectReference::default()
-        };
+        let Some(reference) = self.rule_reference(rule) else { return };
         self.publish(reference, EventType::Warning, "EvictionPaused", "Evict", note);
     }
 
     /// Warns that a rule's selector has fields this controller does not understand, so that the
     /// rule selects no device here (fail closed).
     pub fn rule_selector_not_understood(&self, rule: &RuleRef, fields: &[String]) {
-        let Some(ar) = &self.rule_resource else { return };
-        let reference = ObjectReference {
-            api_version: Some(ar.api_version.clone()),
-            kind: Some("DeviceTaintRule".into()),
-            name: Some(rule.name.clone()),
-            uid: Some(rule.uid.clone()),
-            ..ObjectReference::default()
-        };
+        let Some(reference) = self.rule_reference(rule) else { return };
         let note = format!(
             "The device selector has fields this controller does not understand ({}); \
              the rule selects no device and evicts no pod until the controller is upgraded.",
