@@ -4,12 +4,18 @@
 # control plane only if that process's command line mentions $dir, so a recycled pid of some
 # unrelated process is never signalled.
 
-# alive PID: the process exists and is not a zombie waiting for its parent to reap it.
+# alive PID: a thread of the process still runs. A zombie waiting for its parent to reap it is not
+# alive; but a killed multi-threaded process (kube-apiserver, etcd) turns its main thread into a
+# zombie before its other threads have exited, and its files and sockets (the listening port a
+# restart needs) are closed only when the last one has: so every thread counts.
 alive() {
-	local stat
-	{ stat=$(<"/proc/$1/stat"); } 2>/dev/null || return 1
-	stat=${stat##*) }
-	[[ ${stat%% *} != Z ]]
+	local task stat
+	for task in /proc/"$1"/task/*/stat; do
+		{ stat=$(<"$task"); } 2>/dev/null || continue
+		stat=${stat##*) }
+		[[ ${stat%% *} == [ZX] ]] || return 0
+	done
+	return 1
 }
 
 # running_pid NAME: prints the pid of component NAME of this control plane if it runs.
