@@ -34,6 +34,8 @@ use crate::{
 pub const EVICTION_REASON: &str = "DeviceTaintManagerEviction";
 /// The `DisruptionTarget` condition's reason (upstream).
 pub const DISRUPTION_REASON: &str = "DeletionByDeviceTaintManager";
+/// Event reason on a pod whose due eviction `--protected-priority` withheld (SPEC D12).
+pub const PROTECTED_REASON: &str = "EvictionProtectedByPriority";
 /// The `DisruptionTarget` condition's message (upstream).
 pub const DISRUPTION_MESSAGE: &str = "Device Taint manager: deleting due to NoExecute taint";
 
@@ -424,6 +426,26 @@ impl Actuator {
             EVICTION_REASON,
             "CancelEviction",
             "Cancelling deletion".into(),
+        );
+    }
+
+    /// Warns a pod that its due eviction is withheld because its priority is at or above
+    /// `--protected-priority` (SPEC D12). Sent once per pod and eviction; nothing else is written.
+    pub fn pod_eviction_protected(&self, pod: &PodRef, eviction: &Eviction, priority: i32, threshold: i32) {
+        let reasons: Vec<String> = eviction.reasons.iter().map(ToString::to_string).collect();
+        info!(pod = %pod, priority, protected_priority = threshold, reasons = ?reasons,
+              "pod is protected by --protected-priority: not evicted automatically");
+        let note = format!(
+            "Not evicted despite the NoExecute taint ({}): priority {priority} is at or above \
+             --protected-priority={threshold}. Move or delete the pod by hand.",
+            reasons.join(", ")
+        );
+        self.publish(
+            pod_reference(pod),
+            EventType::Warning,
+            PROTECTED_REASON,
+            "Evict",
+            note,
         );
     }
 

@@ -245,6 +245,13 @@ impl Harness {
                     evicted.push(pod.name.clone());
                     Completion::Forget
                 }
+                Due::Protected { priority, .. } => {
+                    if self.state.eviction_protected(&pod) {
+                        self.emitted
+                            .push(format!("{}: protected, priority {priority}", pod.name));
+                    }
+                    Completion::Forget
+                }
             };
             self.queue.done(&Work::Pod(pod), ticket, completion);
         }
