@@ -1536,6 +1536,16 @@ mod tests {
                 .filter(|b| b.contains(crate::actuator::PROTECTED_REASON))
                 .collect();
             assert_eq!(protected.len(), 1, "one Event: {events:?}");
+            let event_writes = received
+                .lock()
+                .expect("received")
+                .iter()
+                .filter(|(_, _, path, _)| path.contains("/events"))
+                .count();
+            assert_eq!(
+                event_writes, 2,
+                "one Event for each pod, never repeated (a repeat would PATCH the series): {events:?}"
+            );
             assert!(
                 protected[0].contains("\"name\":\"high\"")
                     && protected[0].contains("DeviceTaintRule bad")
