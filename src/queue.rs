@@ -456,11 +456,11 @@ impl<K: Clone + Eq + Hash> Inner<K> {
     /// flight.
     fn pop_due(&mut self, now: Instant) -> Option<(K, Ticket)> {
         self.find_due(now);
-        let held = self.held(now);
+        let holding = self.held(now);
         loop {
             let head = self.due.first_entry()?;
             let (rank, at, seq) = *head.key();
-            if held && matches!(rank, Rank::Paced(_)) {
+            if holding && matches!(rank, Rank::Paced(_)) {
                 return None;
             }
             let key = head.remove();

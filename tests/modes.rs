@@ -186,41 +186,7 @@ async fn paced_evictions_go_lowest_priority_first_and_protected_pods_stay() {
     env.apply_slice(&slice, 1, &pods.map(|(_, _, device)| (device, vec![])))
         .await;
     for (pod, priority, device) in pods {
-        let class = env.unique_name(pod);
-        let priority_class: PriorityClass = serde_json::from_value(json!({
-            "apiVersion": "scheduling.k8s.io/v1", "kind": "PriorityClass",
-            "metadata": {"name": class, "labels": env.labels()},
-            "value": priority,
-        }))
-        .expect("priority class");
-        kube::Api::<PriorityClass>::all(env.client.clone())
-            .create(&PostParams::default(), &priority_class)
-            .await
-            .expect("create priority class");
-        let created: Pod = env
-            .api::<Pod>()
-            .create(
-                &PostParams::default(),
-                &serde_json::from_value(json!({
-                    "apiVersion": "v1", "kind": "Pod",
-                    "metadata": {"name": pod},
-                    "spec": {"nodeName": "node-1", "priorityClassName": class,
-                             "containers": [{"name": "c", "image": "registry.k8s.io/pause:3.10",
-                                             "resources": {"claims": [{"name": "gpu"}]}}],
-                             "resourceClaims": [{"name": "gpu", "resourceClaimName": format!("claim-{pod}")}],
-                             "terminationGracePeriodSeconds": 0}
-                }))
-                .expect("pod"),
-            )
-            .await
-            .expect("create pod");
-        assert_eq!(
-            created.spec.as_ref().and_then(|s| s.priority),
-            Some(priority),
-            "the Priority admission plugin set spec.priority"
-        );
-        env.create_allocated_claim(&format!("claim-{pod}"), device, vec![], &created)
-            .await;
+        create_pod_with_priority(&env, pod, priority, device).await;
     }
     let rule = env.unique_name("rule");
     env.create_rule(&rule, None, taint(KEY, "NoExecute")).await;
@@ -243,15 +209,7 @@ async fn paced_evictions_go_lowest_priority_first_and_protected_pods_stay() {
             .then_some(())
     })
     .await;
-    let deletes: Vec<(String, std::time::SystemTime)> = proxy
-        .records()
-        .into_iter()
-        .filter(|r| r.method == Method::DELETE && r.is_for_a_pod())
-        .map(|r| {
-            let name = r.path_only().rsplit('/').next().unwrap_or_default().to_owned();
-            (name, r.at)
-        })
-        .collect();
+    let deletes = pod_deletes(&proxy);
     let order: Vec<&str> = deletes.iter().map(|(name, _)| name.as_str()).collect();
     assert_eq!(order, evicted, "DELETEs by priority, lowest first: {deletes:?}");
     let spread = deletes[2].1.duration_since(deletes[0].1).expect("in order");
@@ -310,6 +268,59 @@ async fn paced_evictions_go_lowest_priority_first_and_protected_pods_stay() {
         "still one Event"
     );
     assert_eq!(c.stop().await, Some(0));
+}
+
+/// Creates a PriorityClass of value `priority` and a scheduled pod `pod` of that class using its
+/// own claim `claim-<pod>`, allocated `device`; checks that the API server set `spec.priority`.
+async fn create_pod_with_priority(env: &TestEnv, pod: &str, priority: i32, device: &str) {
+    let class = env.unique_name(pod);
+    let priority_class: PriorityClass = serde_json::from_value(json!({
+        "apiVersion": "scheduling.k8s.io/v1", "kind": "PriorityClass",
+        "metadata": {"name": class, "labels": env.labels()},
+        "value": priority,
+    }))
+    .expect("priority class");
+    kube::Api::<PriorityClass>::all(env.client.clone())
+        .create(&PostParams::default(), &priority_class)
+        .await
+        .expect("create priority class");
+    let created: Pod = env
+        .api::<Pod>()
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(json!({
+                "apiVersion": "v1", "kind": "Pod",
+                "metadata": {"name": pod},
+                "spec": {"nodeName": "node-1", "priorityClassName": class,
+                         "containers": [{"name": "c", "image": "registry.k8s.io/pause:3.10",
+                                         "resources": {"claims": [{"name": "gpu"}]}}],
+                         "resourceClaims": [{"name": "gpu", "resourceClaimName": format!("claim-{pod}")}],
+                         "terminationGracePeriodSeconds": 0}
+            }))
+            .expect("pod"),
+        )
+        .await
+        .expect("create pod");
+    assert_eq!(
+        created.spec.as_ref().and_then(|s| s.priority),
+        Some(priority),
+        "the Priority admission plugin set spec.priority"
+    );
+    env.create_allocated_claim(&format!("claim-{pod}"), device, vec![], &created)
+        .await;
+}
+
+/// Every DELETE of a pod the proxy saw, in order of arrival: (pod name, when).
+fn pod_deletes(proxy: &Proxy) -> Vec<(String, std::time::SystemTime)> {
+    proxy
+        .records()
+        .into_iter()
+        .filter(|r| r.method == Method::DELETE && r.is_for_a_pod())
+        .map(|r| {
+            let name = r.path_only().rsplit('/').next().unwrap_or_default().to_owned();
+            (name, r.at)
+        })
+        .collect()
 }
 
 /// (type, note) of the `EvictionProtectedByPriority` Events about `pod`.
