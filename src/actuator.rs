@@ -34,6 +34,8 @@ use crate::{
 pub const EVICTION_REASON: &str = "DeviceTaintManagerEviction";
 /// The `DisruptionTarget` condition's reason (upstream).
 pub const DISRUPTION_REASON: &str = "DeletionByDeviceTaintManager";
+/// Event reason on a pod whose due eviction `--protected-priority` withheld (SPEC D12).
+pub const PROTECTED_REASON: &str = "EvictionProtectedByPriority";
 /// The `DisruptionTarget` condition's message (upstream).
 pub const DISRUPTION_MESSAGE: &str = "Device Taint manager: deleting due to NoExecute taint";
 
@@ -427,6 +429,26 @@ impl Actuator {
         );
     }
 
+    /// Warns a pod that its due eviction is withheld because its priority is at or above
+    /// `--protected-priority` (SPEC D12). Sent once per pod and eviction; nothing else is written.
+    pub fn pod_eviction_protected(&self, pod: &PodRef, eviction: &Eviction, priority: i32, threshold: i32) {
+        let reasons: Vec<String> = eviction.reasons.iter().map(ToString::to_string).collect();
+        info!(pod = %pod, priority, protected_priority = threshold, reasons = ?reasons,
+              "pod is protected by --protected-priority: not evicted automatically");
+        let note = format!(
+            "Not evicted despite the NoExecute taint ({}): priority {priority} is at or above \
+             --protected-priority={threshold}. Move or delete the pod by hand.",
+            reasons.join(", ")
+        );
+        self.publish(
+            pod_reference(pod),
+            EventType::Warning,
+            PROTECTED_REASON,
+            "Evict",
+            note,
+        );
+    }
+
     /// The Event reference of `rule`; none when the cluster serves no DeviceTaintRule version.
     fn rule_reference(&self, rule: &RuleRef) -> Option<ObjectReference> {
         let ar = self.rule_resource.as_ref()?;
@@ -441,7 +463,9 @@ impl Actuator {
 
     /// Warns on a rule whose empty selector selects every device (SPEC D10).
     pub fn rule_selects_everything(&self, rule: &RuleRef, devices: usize) {
-        let Some(reference) = self.rule_reference(rule) else { return };
+        let Some(reference) = self.rule_reference(rule) else {
+            return;
+        };
         let note = format!(
             "The device selector is empty and selects every device in the cluster ({devices} published now); \
              every pod using one of them is affected by the taint."
@@ -458,14 +482,18 @@ impl Actuator {
     /// Warns that the blast-radius guard paused a rule's evictions (SPEC D11); `note` says why
     /// and how to resume.
     pub fn rule_evictions_paused(&self, rule: &RuleRef, note: String) {
-        let Some(reference) = self.rule_reference(rule) else { return };
+        let Some(reference) = self.rule_reference(rule) else {
+            return;
+        };
         self.publish(reference, EventType::Warning, "EvictionPaused", "Evict", note);
     }
 
     /// Warns that a rule's selector has fields this controller does not understand, so that the
     /// rule selects no device here (fail closed).
     pub fn rule_selector_not_understood(&self, rule: &RuleRef, fields: &[String]) {
-        let Some(reference) = self.rule_reference(rule) else { return };
+        let Some(reference) = self.rule_reference(rule) else {
+            return;
+        };
         let note = format!(
             "The device selector has fields this controller does not understand ({}); \
              the rule selects no device and evicts no pod until the controller is upgraded.",

@@ -149,6 +149,11 @@ pub struct ControllerArgs {
     #[arg(long, env = "DTE_MAX_EVICTIONS_BURST", default_value_t = 1, value_parser = positive_u32)]
     pub max_evictions_burst: u32,
 
+    /// Never evict automatically a pod whose spec.priority is at or above this value: it gets a
+    /// Warning Event and the rule status counts it [default: off, every pod is evicted].
+    #[arg(long, env = "DTE_PROTECTED_PRIORITY", allow_negative_numbers = true)]
+    pub protected_priority: Option<i32>,
+
     /// Decide, log, count and emit "would evict" Events, but never touch a pod.
     #[arg(long, env = "DTE_DRY_RUN", default_value_t = false, num_args = 0..=1,
         default_missing_value = "true", value_parser = BoolishValueParser::new())]
@@ -208,6 +213,7 @@ impl ControllerArgs {
             eviction_mode: self.eviction_mode,
             max_evictions_per_second: self.max_evictions_per_second,
             max_evictions_burst: self.max_evictions_burst,
+            protected_priority: self.protected_priority,
             dry_run: self.dry_run,
             watch_idle_timeout: self.watch_idle_timeout,
             http_addr: self.http_addr,
@@ -423,6 +429,10 @@ pub struct ExplainArgs {
 
     #[command(flatten)]
     pub guard: GuardArgs,
+    /// The controller's --protected-priority: pods at or above it are shown as protected (not
+    /// evicted automatically) [default: off].
+    #[arg(long, env = "DTE_PROTECTED_PRIORITY", allow_negative_numbers = true)]
+    pub protected_priority: Option<i32>,
 }
 
 impl ExplainArgs {
@@ -433,6 +443,7 @@ impl ExplainArgs {
             namespace: self.namespace.clone(),
             output: self.output,
             guard: self.guard.config(),
+            protected_priority: self.protected_priority,
         }
     }
 }
@@ -788,6 +799,7 @@ mod tests {
         assert_eq!(a.eviction_mode, EvictionMode::Delete);
         assert!((a.max_evictions_per_second - 0.0).abs() < f64::EPSILON);
         assert_eq!(a.max_evictions_burst, 1);
+        assert_eq!(a.protected_priority, None, "off by default");
         assert!(!a.dry_run);
         assert_eq!(a.http_addr, "0.0.0.0:8080".parse().expect("addr"));
         assert!(a.leader_elect);
@@ -807,6 +819,8 @@ mod tests {
             "evict",
             "--max-evictions-per-second=2.5",
             "--max-evictions-burst=4",
+            "--protected-priority",
+            "-5",
             "--dry-run",
             "--http-addr=127.0.0.1:9000",
             "--leader-elect=false",
@@ -823,6 +837,8 @@ mod tests {
         assert_eq!(a.eviction_mode, EvictionMode::Evict);
         assert!((a.max_evictions_per_second - 2.5).abs() < f64::EPSILON);
         assert_eq!(a.max_evictions_burst, 4);
+        assert_eq!(a.protected_priority, Some(-5));
+        assert_eq!(a.config().protected_priority, Some(-5));
         assert!(a.dry_run);
         assert_eq!(a.http_addr.port(), 9000);
         assert!(!a.leader_elect);

@@ -14,7 +14,7 @@ use std::{
     net::SocketAddr,
     sync::{
         Arc, Mutex, MutexGuard, PoisonError,
-        atomic::{AtomicBool, AtomicUsize, Ordering},
+        atomic::{AtomicBool, Ordering},
     },
     time::Duration,
 };
@@ -33,7 +33,7 @@ use crate::{
     k8s::{self, DeviceTaintRule, ResourceClaim, ResourceSlice, Timestamp, WatchedPod},
     leader::{LeaderConfig, Leadership},
     metrics::Metrics,
-    queue::{Backoff, Completion, WorkQueue, deadline_after},
+    queue::{Backoff, Completion, Rank, WorkQueue, deadline_after},
     rule_status::{self, RuleStatusWork},
     throttle::TokenBucket,
     view::{PodRef, RuleRef, Time},
@@ -53,6 +53,8 @@ pub struct Config {
     pub max_evictions_per_second: f64,
     /// Evictions allowed at once before the per-second pacing applies.
     pub max_evictions_burst: u32,
+    /// Pods whose `spec.priority` is at or above this are not evicted automatically.
+    pub protected_priority: Option<i32>,
     /// Decide, log, count and emit "would evict" Events, but never touch a pod.
     pub dry_run: bool,
     /// A watch that receives nothing, not even a bookmark, for this long is restarted.
@@ -144,8 +146,6 @@ struct WorkerBeat {
     running: AtomicBool,
     /// When a worker last took or finished a key.
     last: Mutex<Instant>,
-    /// Workers waiting for an eviction token (`--max-evictions-per-second`): busy by design.
-    pacing: AtomicUsize,
 }
 
 impl WorkerBeat {
@@ -153,7 +153,6 @@ impl WorkerBeat {
         Self {
             running: AtomicBool::new(false),
             last: Mutex::new(Instant::now()),
-            pacing: AtomicUsize::new(0),
         }
     }
 
@@ -172,7 +171,8 @@ const WORK_STALL_TIMEOUTS: u32 = 10;
 
 /// What is stuck, if anything, at `now`: a watch whose loop has not turned for twice the idle
 /// timeout (it turns at least once per idle timeout), or due work that waited longer than
-/// `work_bound` while running workers took or finished nothing and none was pacing.
+/// `work_bound` while running workers took or finished nothing and evictions were not held back
+/// for a token (`--max-evictions-per-second`: waiting by design).
 fn stuck(
     shared: &Shared,
     beats: &watch::Beats,
@@ -189,7 +189,7 @@ fn stuck(
         ));
     }
     let workers = &shared.workers;
-    if !workers.running.load(Ordering::SeqCst) || workers.pacing.load(Ordering::SeqCst) > 0 {
+    if !workers.running.load(Ordering::SeqCst) || shared.queue.is_holding() {
         return None;
     }
     let overdue = shared
@@ -239,13 +239,15 @@ fn instant_at(at: Time, now: Time) -> Instant {
 /// eviction. A pod key is scheduled no later than asked and never removed on `Cancel`; the
 /// worker re-checks the index when the key comes due ([`Due::Gone`] forgets it, [`Due::Later`]
 /// re-queues it at the index's time). Removing it on `Cancel` would lose a newer `Schedule`
-/// applied first, and moving it later would delay an earlier newer one.
+/// applied first, and moving it later would delay an earlier newer one. A pod key is ranked by
+/// the pod's priority (immutable for a pod UID), so that when evictions wait, the lowest priority
+/// goes first (SPEC D12); rule status keys are never paced and go before any pod.
 pub(crate) fn enqueue(queue: &WorkQueue<Work>, changes: Vec<Change>, now: Time) -> Vec<Change> {
     let mut notices = Vec::new();
     for change in changes {
         match change {
-            Change::Schedule { pod, at } => {
-                queue.schedule_no_later(Work::Pod(pod), instant_at(at, now));
+            Change::Schedule { pod, at, priority } => {
+                queue.schedule_no_later_ranked(Work::Pod(pod), instant_at(at, now), Rank::Paced(priority));
             }
             Change::RuleStatus { rule, after } => {
                 queue.schedule_no_later(Work::Rule(rule), deadline_after(Instant::now(), after));
@@ -323,38 +325,49 @@ impl Shared {
     }
 
     /// What to do with a pod key now: the pending eviction if it is due, else the completion.
+    /// A protected pod (`--protected-priority`) is told once and forgotten: it comes due again
+    /// only when its eviction changes.
     fn due_now(&self, pod: &PodRef) -> Result<crate::eviction::Eviction, Completion> {
         let now = Timestamp::now();
-        match self.lock().due(pod, now) {
+        let due = self.lock().due(pod, now);
+        match due {
             Due::Gone => Err(Completion::Forget),
             Due::Later(at) => Err(Completion::After(at.duration_since(now).unsigned_abs())),
             Due::Now(eviction) => Ok(eviction),
+            Due::Protected {
+                eviction,
+                priority,
+                threshold,
+            } => {
+                let mut first = false;
+                self.update(|state| first = state.eviction_protected(pod));
+                if first {
+                    self.metrics.eviction_protected();
+                    self.actuator
+                        .pod_eviction_protected(pod, &eviction, priority, threshold);
+                }
+                Err(Completion::Forget)
+            }
         }
     }
 
     async fn process_pod(&self, pod: &PodRef) -> Completion {
-        let mut eviction = match self.due_now(pod) {
+        let eviction = match self.due_now(pod) {
             Ok(eviction) => eviction,
             Err(completion) => return completion,
         };
         if let Some(held) = self.guard_holds(pod, &eviction) {
             return held;
         }
-        let wait = self.evictions.reserve();
-        if !wait.is_zero() {
+        // No token yet: the pod goes back to its place and every pod waits until one is earned;
+        // then the lowest (priority, deadline) due *then* goes (SPEC D12). A pod is thus never
+        // held by a worker while it waits, and is re-checked right before its token is taken.
+        if let Err(wait) = self.evictions.try_acquire() {
             self.metrics.eviction_rate_limited();
             debug!(pod = %pod, ?wait, "eviction paced by --max-evictions-per-second");
-            self.workers.pacing.fetch_add(1, Ordering::SeqCst);
-            tokio::time::sleep(wait).await;
-            self.workers.pacing.fetch_sub(1, Ordering::SeqCst);
-            // The index may have changed while this worker waited (taint removed, pod gone).
-            eviction = match self.due_now(pod) {
-                Ok(eviction) => eviction,
-                Err(completion) => return completion,
-            };
-            if let Some(held) = self.guard_holds(pod, &eviction) {
-                return held;
-            }
+            self.queue
+                .hold_paced_until(Some(deadline_after(Instant::now(), wait)));
+            return Completion::PutBack;
         }
         match self.actuator.evict(pod, &eviction).await {
             Ok(Outcome::Blocked { retry_after }) => {
@@ -700,7 +713,7 @@ pub async fn run_until(config: Config, shutdown: impl Future<Output = ()>) -> Re
         rule_resource.clone(),
         metrics.clone(),
     );
-    let mut state = State::new();
+    let mut state = State::with_protected_priority(config.protected_priority);
     state.set_guard(config.guard.clone());
     let shared = Arc::new(Shared {
         state: Mutex::new(state),
@@ -720,6 +733,7 @@ pub async fn run_until(config: Config, shutdown: impl Future<Output = ()>) -> Re
         workers = config.workers,
         mode = ?config.eviction_mode,
         dry_run = config.dry_run,
+        protected_priority = ?config.protected_priority,
         leader_election = config.lease.is_some(),
         "starting device-taint-eviction-controller"
     );
@@ -919,10 +933,10 @@ async fn shutdown_signal() {
 
 #[cfg(test)]
 mod tests {
-    use std::convert::Infallible;
+    use std::{collections::HashSet, convert::Infallible};
 
     use super::*;
-    use crate::fixtures::{claim, pod, slice, t, taint};
+    use crate::fixtures::{claim, pod, rule, slice, t, taint};
 
     /// A client whose API server records each request and answers `500`.
     fn recording_client(sent: &Arc<Mutex<Vec<String>>>) -> Client {
@@ -975,7 +989,9 @@ mod tests {
         });
     }
 
-    /// A taint removed while the worker waits for `--max-evictions-per-second` stops the eviction.
+    /// A taint removed while the pod waits for `--max-evictions-per-second` stops the eviction:
+    /// the pod goes back to the queue (no worker holds it), and is re-checked when a token is
+    /// there.
     #[tokio::test(start_paused = true)]
     async fn paced_eviction_is_rechecked_after_the_wait() {
         let sent = Arc::new(Mutex::new(Vec::new()));
@@ -990,22 +1006,22 @@ mod tests {
         let Work::Pod(pod) = &work else {
             panic!("expected a pod key, got {work:?}");
         };
-        let worker = tokio::spawn({
-            let shared = shared.clone();
-            let pod = pod.clone();
-            async move { shared.process_pod(&pod).await }
-        });
-        tokio::task::yield_now().await;
-        assert!(!worker.is_finished(), "the worker waits for its token");
+        assert_eq!(shared.process_pod(pod).await, Completion::PutBack);
+        shared.queue.done(&work, ticket, Completion::PutBack);
+        assert!(shared.queue.is_holding(), "every pod waits for the token");
+        assert!(shared.queue.try_next().is_none());
         set_taint(&shared, false);
-        let completion = worker.await.expect("worker");
-        assert_eq!(completion, Completion::Forget);
+        tokio::time::advance(Duration::from_secs(1)).await;
+        let (work, _) = shared.queue.try_next().expect("due with the token");
+        let Work::Pod(pod) = &work else {
+            panic!("expected a pod key, got {work:?}");
+        };
+        assert_eq!(shared.process_pod(pod).await, Completion::Forget);
         let sent = sent.lock().expect("sent").clone();
         assert!(
             !sent.iter().any(|r| r.contains("/pods/")),
             "no request for the pod: {sent:?}"
         );
-        shared.queue.done(&work, ticket, completion);
     }
 
     /// A watch that ends, or a worker group whose worker panicked, stops the controller by name.
@@ -1154,7 +1170,7 @@ mod tests {
                 "worker".to_owned()
             });
         }
-        while shared.workers.pacing.load(Ordering::SeqCst) == 0 {
+        while !shared.queue.is_holding() {
             tokio::task::yield_now().await;
         }
         leading.send_replace(false);
@@ -1246,27 +1262,374 @@ mod tests {
     /// Without the removal the same wait ends in an eviction attempt (the check above is real).
     #[tokio::test(start_paused = true)]
     async fn paced_eviction_proceeds_after_the_wait() {
-        let sent = Arc::new(Mutex::new(Vec::new()));
-        let shared = shared(recording_client(&sent), TokenBucket::new(1.0, 1));
-        set_taint(&shared, true);
+        let received = Arc::new(Mutex::new(Vec::new()));
+        let shared = shared_with(
+            fake_api(&received, |_| None),
+            TokenBucket::new(1.0, 1),
+            EvictionMode::Delete,
+            false,
+            None,
+        );
+        add_tainted_pod(&shared, "p", 0);
         assert_eq!(shared.evictions.reserve(), Duration::ZERO);
-        let (work, _ticket) = shared.queue.try_next().expect("the pod is due");
-        let Work::Pod(pod) = &work else {
-            panic!("expected a pod key, got {work:?}");
-        };
         let start = Instant::now();
-        let completion = shared.process_pod(pod).await;
-        assert_eq!(completion, Completion::Retry, "the scripted API answers 500");
+        let workers = spawn_workers(&shared, 2);
+        let gets = until_requests(&received, start, "GET", "/p", 1).await;
+        let at = received.lock().expect("received")[0].0;
+        assert_eq!(named(&gets), [("p", 1)]);
+        assert_eq!(at - start, Duration::from_secs(1), "paced by one token at 1/s");
+        drop(workers);
+    }
+
+    /// Runs `count` workers on the queue.
+    fn spawn_workers(shared: &Arc<Shared>, count: usize) -> JoinSet<()> {
+        let mut set = JoinSet::new();
+        for _ in 0..count {
+            set.spawn(worker(shared.clone()));
+        }
+        set
+    }
+
+    /// A request the fake API server received: when, method, path, body.
+    type Received = (Instant, String, String, String);
+
+    /// An API server that records every request with its (paused) time and answers: a pod with
+    /// the UID `uid-NAME` for GET and PATCH of `pods/NAME`, success for DELETE, `refuse(name)`
+    /// (a PodDisruptionBudget refusal, when `Some`) or success for an eviction, `{}` otherwise.
+    fn fake_api(
+        received: &Arc<Mutex<Vec<Received>>>,
+        refuse: impl Fn(&str) -> Option<u32> + Clone + Send + Sync + 'static,
+    ) -> Client {
+        use http_body_util::BodyExt as _;
+        let received = received.clone();
+        let service = tower::service_fn(move |request: http::Request<kube::client::Body>| {
+            let received = received.clone();
+            let refuse = refuse.clone();
+            async move {
+                let method = request.method().to_string();
+                let path = request.uri().path().to_owned();
+                let bytes = request.into_body().collect().await.expect("body").to_bytes();
+                received.lock().expect("received").push((
+                    Instant::now(),
+                    method.clone(),
+                    path.clone(),
+                    String::from_utf8_lossy(&bytes).into_owned(),
+                ));
+                let name = path
+                    .strip_prefix("/api/v1/namespaces/ns/pods/")
+                    .map(|rest| rest.split('/').next().unwrap_or_default().to_owned());
+                let (status, body) = match (method.as_str(), name) {
+                    ("POST", Some(name)) if path.ends_with("/eviction") => match refuse(&name) {
+                        Some(retry_after) => (
+                            429,
+                            serde_json::json!({"kind": "Status", "apiVersion": "v1", "status": "Failure",
+                                "code": 429, "reason": "TooManyRequests",
+                                "message": "Cannot evict pod as it would violate the pod's disruption budget.",
+                                "details": {"retryAfterSeconds": retry_after, "causes": [
+                                    {"reason": "DisruptionBudget", "message": "needs 1 healthy pod"}]}}),
+                        ),
+                        None => (
+                            201,
+                            serde_json::json!({"kind": "Status", "apiVersion": "v1", "status": "Success", "code": 201}),
+                        ),
+                    },
+                    (_, Some(name)) => (
+                        200,
+                        serde_json::json!({"apiVersion": "v1", "kind": "Pod",
+                            "metadata": {"name": name, "namespace": "ns", "uid": format!("uid-{name}")}}),
+                    ),
+                    _ => (200, serde_json::json!({})),
+                };
+                Ok::<_, Infallible>(
+                    http::Response::builder()
+                        .status(status)
+                        .header("content-type", "application/json")
+                        .body(kube::client::Body::from(body.to_string().into_bytes()))
+                        .expect("response"),
+                )
+            }
+        });
+        Client::new(service, "default")
+    }
+
+    /// A controller state for these tests, evicting as `mode`, `dry_run` and `protected` say.
+    fn shared_with(
+        client: Client,
+        evictions: TokenBucket,
+        mode: EvictionMode,
+        dry_run: bool,
+        protected: Option<i32>,
+    ) -> Arc<Shared> {
+        let metrics = Metrics::register(&mut Registry::default());
+        let (_, leader) = channel::channel(true);
+        Arc::new(Shared {
+            state: Mutex::new(State::with_protected_priority(protected)),
+            queue: WorkQueue::new(Backoff::default()),
+            actuator: Actuator::new(client, "test", mode, dry_run, None, metrics.clone()),
+            metrics,
+            leader,
+            evictions,
+            workers: WorkerBeat::new(),
+        })
+    }
+
+    /// Pod `name` of this priority on its own device `pool-NAME/dev`, which the rule `bad`
+    /// (selecting every pool of driver `d`) taints `NoExecute` since 1970: due at once.
+    fn add_tainted_pod(shared: &Shared, name: &str, priority: i32) {
+        let the_pod = pod("ns", name)
+            .with_claim(&format!("c-{name}"))
+            .with_priority(priority);
+        let the_claim = claim("ns", &format!("c-{name}"))
+            .with_device("d", &format!("pool-{name}"), "dev")
+            .reserved_for(&the_pod);
+        let the_slice = slice(&format!("s-{name}"), "d", &format!("pool-{name}")).with_device("dev");
+        shared.update(|state| {
+            if state.rule("bad").is_none() {
+                state.apply_rule(
+                    rule("bad").selecting(Some("d"), None, None).with_taint(taint(
+                        "k",
+                        "v",
+                        "NoExecute",
+                        Some(t(0)),
+                    )),
+                    Timestamp::now(),
+                );
+            }
+            state.apply_slice(the_slice, Timestamp::now());
+            state.apply_claim(the_claim);
+            state.apply_pod(&the_pod.object_name(), Some(the_pod.clone()));
+        });
+    }
+
+    /// Names of the pods to which a request `method` ending in `suffix` went, with the seconds
+    /// (since `start`) at which it went, in order.
+    fn pod_requests(
+        received: &Mutex<Vec<Received>>,
+        start: Instant,
+        method: &str,
+        suffix: &str,
+    ) -> Vec<(String, u64)> {
+        received
+            .lock()
+            .expect("received")
+            .iter()
+            .filter(|(_, m, path, _)| m == method && path.ends_with(suffix))
+            .filter_map(|(at, _, path, _)| {
+                let rest = path.strip_prefix("/api/v1/namespaces/ns/pods/")?;
+                let name = rest.split('/').next()?.to_owned();
+                Some((name, at.duration_since(start).as_secs()))
+            })
+            .collect()
+    }
+
+    /// Waits (paused time) until `count` requests match, at most an hour.
+    async fn until_requests(
+        received: &Mutex<Vec<Received>>,
+        start: Instant,
+        method: &str,
+        suffix: &str,
+        count: usize,
+    ) -> Vec<(String, u64)> {
+        let deadline = Instant::now() + Duration::from_secs(3600);
+        loop {
+            let got = pod_requests(received, start, method, suffix);
+            if got.len() >= count {
+                return got;
+            }
+            assert!(Instant::now() < deadline, "only {got:?}");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    fn named(list: &[(String, u64)]) -> Vec<(&str, u64)> {
+        list.iter().map(|(n, s)| (n.as_str(), *s)).collect()
+    }
+
+    /// With pacing (1/s, burst 1) and ten workers, three pods due at once go lowest priority
+    /// first, one a second; a pod of lower priority that becomes due while the others wait for a
+    /// token gets the next token.
+    #[tokio::test(start_paused = true)]
+    async fn paced_evictions_go_lowest_priority_first() {
+        let received = Arc::new(Mutex::new(Vec::new()));
+        let shared = shared_with(
+            fake_api(&received, |_| None),
+            TokenBucket::new(1.0, 1),
+            EvictionMode::Delete,
+            false,
+            None,
+        );
+        for (name, priority) in [("p100", 100), ("p0", 0), ("p50", 50)] {
+            add_tainted_pod(&shared, name, priority);
+        }
+        let start = Instant::now();
+        let workers = spawn_workers(&shared, 10);
+        tokio::time::sleep(Duration::from_millis(500)).await;
         assert_eq!(
-            start.elapsed(),
-            Duration::from_secs(1),
-            "paced by one token at 1/s"
+            named(&pod_requests(&received, start, "DELETE", "")),
+            [("p0", 0)],
+            "one token at first"
         );
-        let sent = sent.lock().expect("sent").clone();
-        assert!(
-            sent.iter().any(|r| r.contains("/namespaces/ns/pods/p")),
-            "{sent:?}"
+        add_tainted_pod(&shared, "p10", 10);
+        let deletes = until_requests(&received, start, "DELETE", "", 4).await;
+        assert_eq!(
+            named(&deletes),
+            [("p0", 0), ("p10", 1), ("p50", 2), ("p100", 3)],
+            "by priority, each when a token is earned"
         );
+        drop(workers);
+    }
+
+    /// Without pacing nothing waits: pods due at once are all evicted at once, whatever their
+    /// priority.
+    #[tokio::test(start_paused = true)]
+    async fn unpaced_evictions_all_go_at_once() {
+        let received = Arc::new(Mutex::new(Vec::new()));
+        let shared = shared_with(
+            fake_api(&received, |_| None),
+            TokenBucket::unlimited(),
+            EvictionMode::Delete,
+            false,
+            None,
+        );
+        for (name, priority) in [("p100", 100), ("p0", 0), ("p50", 50)] {
+            add_tainted_pod(&shared, name, priority);
+        }
+        let start = Instant::now();
+        let workers = spawn_workers(&shared, 10);
+        let mut deletes = until_requests(&received, start, "DELETE", "", 3).await;
+        deletes.sort();
+        assert_eq!(named(&deletes), [("p0", 0), ("p100", 0), ("p50", 0)]);
+        assert!(!shared.queue.is_holding());
+        drop(workers);
+    }
+
+    /// Pods a PodDisruptionBudget refused are retried lowest priority first once a token is
+    /// there, even when a higher-priority pod's retry was due earlier.
+    #[tokio::test(start_paused = true)]
+    async fn refused_evictions_are_retried_lowest_priority_first() {
+        let received = Arc::new(Mutex::new(Vec::new()));
+        let refused = Arc::new(Mutex::new(HashSet::new()));
+        let refuse = {
+            let refused = refused.clone();
+            // The first attempt of each pod is refused; the highest priority is told to come
+            // back soonest.
+            move |name: &str| {
+                refused
+                    .lock()
+                    .expect("refused")
+                    .insert(name.to_owned())
+                    .then_some(match name {
+                        "p100" => 1,
+                        "p50" => 2,
+                        _ => 3,
+                    })
+            }
+        };
+        let shared = shared_with(
+            fake_api(&received, refuse),
+            TokenBucket::new(0.1, 3),
+            EvictionMode::Evict,
+            false,
+            None,
+        );
+        for (name, priority) in [("p100", 100), ("p0", 0), ("p50", 50)] {
+            add_tainted_pod(&shared, name, priority);
+        }
+        let start = Instant::now();
+        let workers = spawn_workers(&shared, 1);
+        let evictions = until_requests(&received, start, "POST", "/eviction", 6).await;
+        assert_eq!(
+            named(&evictions),
+            [
+                ("p0", 0),
+                ("p50", 0),
+                ("p100", 0),
+                ("p0", 10),
+                ("p50", 20),
+                ("p100", 30)
+            ],
+            "the burst of 3, all refused; then one token every 10 s, by priority"
+        );
+        drop(workers);
+    }
+
+    /// A pod at or above `--protected-priority` is not touched (dry run or not): it gets one
+    /// Warning Event, the rule status counts it, and it does not come back in a loop; a pod
+    /// below is evicted.
+    #[tokio::test(start_paused = true)]
+    async fn protected_pods_are_told_once_and_left_alone() {
+        for dry_run in [false, true] {
+            let received = Arc::new(Mutex::new(Vec::new()));
+            let shared = shared_with(
+                fake_api(&received, |_| None),
+                TokenBucket::unlimited(),
+                EvictionMode::Evict,
+                dry_run,
+                Some(1000),
+            );
+            add_tainted_pod(&shared, "low", 999);
+            add_tainted_pod(&shared, "high", 1000);
+            let start = Instant::now();
+            let workers = spawn_workers(&shared, 10);
+            let gets = until_requests(&received, start, "GET", "/low", 1).await;
+            tokio::time::sleep(Duration::from_secs(3600)).await;
+            assert!(shared.actuator.flush_events(Duration::from_secs(5)).await);
+            let evictions = pod_requests(&received, start, "POST", "/eviction");
+            assert_eq!(
+                named(&evictions),
+                if dry_run { vec![] } else { vec![("low", 0)] },
+                "dry run {dry_run}"
+            );
+            assert_eq!(named(&gets), [("low", 0)], "no request for the protected pod");
+            assert!(
+                pod_requests(&received, start, "GET", "/high").is_empty(),
+                "no request for the protected pod"
+            );
+            let events: Vec<String> = received
+                .lock()
+                .expect("received")
+                .iter()
+                .filter(|(_, m, path, _)| m == "POST" && path.ends_with("/events"))
+                .map(|(_, _, _, body)| body.clone())
+                .collect();
+            let protected: Vec<&String> = events
+                .iter()
+                .filter(|b| b.contains(crate::actuator::PROTECTED_REASON))
+                .collect();
+            assert_eq!(protected.len(), 1, "one Event: {events:?}");
+            let event_writes = received
+                .lock()
+                .expect("received")
+                .iter()
+                .filter(|(_, _, path, _)| path.contains("/events"))
+                .count();
+            assert_eq!(
+                event_writes, 2,
+                "one Event for each pod, never repeated (a repeat would PATCH the series): {events:?}"
+            );
+            assert!(
+                protected[0].contains("\"name\":\"high\"")
+                    && protected[0].contains("DeviceTaintRule bad")
+                    && protected[0].contains("priority 1000 is at or above --protected-priority=1000"),
+                "{}",
+                protected[0]
+            );
+            let high = PodRef::new("ns", "high", "uid-high");
+            let state = shared.lock();
+            assert!(state.is_protected(&high));
+            assert_eq!(state.pending(&high).map(|e| e.at), Some(t(0)), "still pending");
+            let rule = state.rule("bad").expect("rule");
+            let condition = rule_status::current_condition(&state, rule, Timestamp::now());
+            assert!(
+                condition.message.contains(
+                    "1 pod is not evicted because its priority is protected (--protected-priority)."
+                ),
+                "{condition:?}"
+            );
+            drop(state);
+            assert!(shared.queue.is_empty(), "nothing comes back: no loop");
+            drop(workers);
+        }
     }
 
     /// The blast-radius guard holds a due pod of a tripped rule (no request for it, looked at
@@ -1341,13 +1704,20 @@ mod tests {
             "{case}: no request for a held pod"
         );
         shared.update(|state| state.apply_rule(everything.accepting(Some(30)), Timestamp::now()));
-        let (again, _ticket) = shared
-            .queue
-            .try_next()
-            .expect("accepting makes the held pods due at once");
-        let Work::Pod(again) = &again else {
-            panic!("{case}: expected a pod key, got {again:?}");
+        // Rule status work goes first (it never waits behind pods); then a held pod is due.
+        let again = loop {
+            let (work, ticket) = shared
+                .queue
+                .try_next()
+                .expect("accepting makes the held pods due at once");
+            match work {
+                Work::Pod(pod) => break pod,
+                rule @ Work::Rule(_) => {
+                    shared.queue.done(&rule, ticket, Completion::Forget);
+                }
+            }
         };
+        let again = &again;
         // The scripted API server answers the pod's GET with 500: retried.
         assert_eq!(shared.process_pod(again).await, Completion::Retry, "{case}");
         let path = format!("/namespaces/ns/pods/{}", again.name);

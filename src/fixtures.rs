@@ -49,12 +49,20 @@ pub fn pod(namespace: &str, name: &str) -> PodView {
         scheduled: true,
         terminal: false,
         terminating: false,
+        priority: 0,
         pod_group: None,
         claims: Vec::new(),
     }
 }
 
 impl PodView {
+    /// With this `spec.priority`.
+    #[must_use]
+    pub fn with_priority(mut self, priority: i32) -> Self {
+        self.priority = priority;
+        self
+    }
+
     /// With this UID.
     #[must_use]
     pub fn with_uid(mut self, uid: &str) -> Self {

@@ -151,7 +151,7 @@ pub struct WatchedPod {
     /// Namespace, name, UID, resourceVersion and deletionTimestamp; nothing else is kept.
     #[serde(default, deserialize_with = "watched_metadata")]
     pub metadata: ObjectMeta,
-    /// `spec.nodeName`, `spec.resourceClaims` and `spec.schedulingGroup`.
+    /// `spec.nodeName`, `spec.priority`, `spec.resourceClaims` and `spec.schedulingGroup`.
     #[serde(default)]
     pub spec: Option<WatchedPodSpec>,
     /// `status.phase`, `status.resourceClaimStatuses` and `status.extendedResourceClaimStatus`.
@@ -166,6 +166,10 @@ pub struct WatchedPodSpec {
     /// Set once the pod is scheduled.
     #[serde(default)]
     pub node_name: Option<String>,
+    /// Set by the API server's Priority admission from `priorityClassName` (or the global default
+    /// PriorityClass); absent means 0, as Kubernetes treats it.
+    #[serde(default)]
+    pub priority: Option<i32>,
     /// The claims the pod references, directly or through a template.
     #[serde(default)]
     pub resource_claims: Option<Vec<PodResourceClaim>>,

@@ -90,6 +90,7 @@ struct Inner {
     api_throttled: Family<VerbLabels, Counter>,
     api_conflicts: Family<VerbLabels, Counter>,
     evictions_rate_limited: Counter,
+    evictions_protected: Counter,
     leader: Gauge,
     guard_tripped: Family<ScopeLabels, Gauge>,
     guard_held: Gauge,
@@ -119,6 +120,7 @@ impl Metrics {
             api_throttled: Family::default(),
             api_conflicts: Family::default(),
             evictions_rate_limited: Counter::default(),
+            evictions_protected: Counter::default(),
             leader: Gauge::default(),
             guard_tripped: Family::default(),
             guard_held: Gauge::default(),
@@ -204,8 +206,15 @@ impl Metrics {
         );
         r.register(
             "evictions_rate_limited",
-            "Evictions that had to wait for --max-evictions-per-second",
+            "Times a due eviction found no --max-evictions-per-second token and went back to wait for one \
+             (the lowest priority goes first when one is earned)",
             inner.evictions_rate_limited.clone(),
+        );
+        r.register(
+            "evictions_protected",
+            "Due evictions withheld because the pod's priority is at or above --protected-priority \
+             (once per pod and eviction)",
+            inner.evictions_protected.clone(),
         );
         r.register(
             "leader",
@@ -339,7 +348,7 @@ impl Metrics {
             .inc();
     }
 
-    /// An eviction waited for the `--max-evictions-per-second` token bucket.
+    /// A due eviction found no `--max-evictions-per-second` token and went back to wait.
     pub fn eviction_rate_limited(&self) {
         self.inner.evictions_rate_limited.inc();
     }
@@ -357,6 +366,11 @@ impl Metrics {
     /// Evictions the blast-radius guard holds.
     pub fn set_guard_held(&self, pods: usize) {
         self.inner.guard_held.set(i64::try_from(pods).unwrap_or(i64::MAX));
+    }
+
+    /// A due eviction was withheld by `--protected-priority`.
+    pub fn eviction_protected(&self) {
+        self.inner.evictions_protected.inc();
     }
 
     /// Whether this replica currently leads.
@@ -465,6 +479,7 @@ mod tests {
         metrics.dry_run_eviction();
         metrics.eviction_blocked();
         metrics.eviction_rate_limited();
+        metrics.eviction_protected();
         metrics.set_leader(true);
         let clone = metrics.clone();
         clone.set_leader(false);
@@ -480,6 +495,7 @@ mod tests {
             "device_taint_eviction_controller_dry_run_evictions_total 1",
             "device_taint_eviction_controller_eviction_blocked_total 1",
             "device_taint_eviction_controller_evictions_rate_limited_total 1",
+            "device_taint_eviction_controller_evictions_protected_total 1",
             "device_taint_eviction_controller_leader 1",
             "# TYPE device_taint_eviction_controller_pending_evictions gauge",
             "# TYPE device_taint_eviction_controller_api_errors counter",

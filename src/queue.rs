@@ -1,44 +1,71 @@
-//! Timed work queue: keys with deadlines, handed to concurrent async workers once due.
+//! Timed work queue: keys with deadlines and ranks, handed to concurrent async workers once due.
 //!
 //! The controller keeps the pending evictions (the source of truth) elsewhere. This queue only
-//! carries *keys* and *deadlines*: it wakes one of N concurrent workers when a key's deadline has
-//! passed, and the worker re-reads the truth (missing means cancelled, a later deadline means
-//! "schedule again"). Every operation is defined for every state of a key; nothing here panics.
+//! carries *keys*, *deadlines* and *ranks*: it wakes one of N concurrent workers when a key's
+//! deadline has passed, and the worker re-reads the truth (missing means cancelled, a later
+//! deadline means "schedule again"). Every operation is defined for every state of a key; nothing
+//! here panics.
 //!
 //! # State machine
 //!
 //! Per key the queue holds at most one record, which is in exactly one of two states (a key
-//! without a record is *absent*):
+//! without a record is *absent*). Every record carries a [`Rank`], set by each schedule (`r`
+//! below) and kept across states:
 //!
-//! | state \ operation | `schedule(at)` | `schedule_no_later(at)` | `cancel` | due and taken by `next`/`try_next` | `done(ticket, c)` |
+//! | state \ operation | `schedule(at, r)` | `schedule_no_later(at, r)` | `cancel` | due and taken by `next`/`try_next` | `done(ticket, c)` |
 //! |---|---|---|---|---|---|
-//! | absent | → waiting(at) | → waiting(at) | no-op | — | stale, ignored |
-//! | waiting(d) | → waiting(at), earlier or later | → waiting(min(d, at)) | → absent | → in flight(deferred = none) | stale, ignored |
-//! | in flight(deferred) | deferred := at | deferred := min(deferred, at) | deferred := none | never (one worker per key) | see below |
+//! | absent | → waiting(at, r) | → waiting(at, r) | no-op | — | stale, ignored |
+//! | waiting(d, _) | → waiting(at, r), earlier or later | → waiting(min(d, at), r) | → absent | → in flight(taken = d, deferred = none) | stale, ignored |
+//! | in flight(taken, deferred) | deferred := at, rank := r | deferred := min(deferred, at), rank := r | deferred := none | never (one worker per key) | see below |
 //!
-//! `clear` (in tests) and [`WorkQueue::shutdown`] make every key absent (shutdown also makes
-//! `next` return `None` and later schedules no-ops).
+//! `schedule` and `schedule_no_later` give the rank [`Rank::Unpaced`]; `schedule_ranked` and
+//! `schedule_no_later_ranked` take one. `clear` (in tests) and [`WorkQueue::shutdown`] make every
+//! key absent and lift the hold (shutdown also makes `next` return `None` and later schedules
+//! no-ops). [`WorkQueue::hold_paced_until`] changes no key's state: it only decides which due
+//! keys may be taken (below).
 //!
 //! `done` with the ticket of the current in-flight record computes the completion's own deadline
-//! (`Forget`: none, `After(d)`: now + d, `Retry`: now + per-key exponential backoff) and re-queues
-//! the key at the *earlier* of that deadline and the deferred one; with neither, the key becomes
-//! absent. `done` with any other ticket (an older run of the same key, another key's ticket, a
-//! ticket from before `clear` or [`WorkQueue::shutdown`], or a second `done` with
-//! the same ticket) changes nothing and reports [`Finished::Stale`]: the completion of an old item
-//! never removes or alters its replacement. Tickets are unique for the life of the queue.
+//! (`Forget`: none, `After(d)`: now + d, `Retry`: now + per-key exponential backoff, `PutBack`:
+//! `taken`, the deadline the key had when it was taken) and re-queues the key at the *earlier* of
+//! that deadline and the deferred one; with neither, the key becomes absent. A key put back at its
+//! taken deadline also gets its old place among equal ranks and deadlines back, and `PutBack`
+//! leaves the failure count alone. `done` with any other ticket (an older run of the same key,
+//! another key's ticket, a ticket from before `clear` or [`WorkQueue::shutdown`], or a second
+//! `done` with the same ticket) changes nothing and reports [`Finished::Stale`]: the completion of
+//! an old item never removes or alters its replacement. Tickets are unique for the life of the
+//! queue.
 //!
 //! Cancelling an in-flight key only drops its deferred deadline; the running worker is unaffected,
-//! and its own completion (`After`, `Retry`) still re-queues the key. This errs on the side of one
-//! extra wake-up: the worker then re-reads the truth, finds the eviction gone and answers `Forget`.
+//! and its own completion (`After`, `Retry`, `PutBack`) still re-queues the key. This errs on the
+//! side of one extra wake-up: the worker then re-reads the truth, finds the eviction gone and
+//! answers `Forget`.
 //!
-//! # Ordering and data structures
+//! # Order among due keys, and the hold
 //!
-//! Waiting keys live in a `BTreeMap<(deadline, seq), key>` (the ordered set the workers pop
-//! from) plus a `HashMap<key, record>` (state, failure count, and the `(deadline, seq)` position
-//! needed to move or remove a waiting key). `seq` grows by one each time a key is put into the
-//! waiting set (inserted, moved, or re-queued), so keys with equal deadlines are handed out in the
-//! order they were last (re)positioned; a schedule that leaves the deadline unchanged keeps the
-//! position. Every operation is O(log n) (the hash map is amortised O(1)).
+//! A key is *due* once its deadline has passed. Among due keys, `next` hands out the lowest
+//! `(rank, deadline, seq)`: every [`Rank::Unpaced`] key before any [`Rank::Paced`] one, paced keys
+//! by their number (the pod priority: lowest first), then the earliest deadline, then the order
+//! in which the keys were last (re)positioned. Without paced keys this is plain deadline order.
+//!
+//! [`WorkQueue::hold_paced_until`] holds every paced key back until an instant (the controller
+//! sets it to when the next eviction token is earned): until then only unpaced keys are handed
+//! out, and at that instant the lowest-ranked paced key *then* due is. So the order is decided
+//! at the moment a paced key can proceed, not earlier; a key that became due meanwhile with a
+//! lower rank goes first.
+//!
+//! # Data structures
+//!
+//! Waiting keys live in a `BTreeMap<(deadline, seq), key>` (all of them, due or not: the timer
+//! order) plus, for those already found due, a `BTreeMap<(rank, deadline, seq), key>` (the order
+//! in which workers take them), plus a `HashMap<key, record>` (state, rank, failure count, and the
+//! `(deadline, seq)` position needed to move or remove a waiting key). A watermark (the latest
+//! instant at which due keys were looked for) says which waiting keys are in the second map:
+//! exactly those whose deadline is at or before it; each look moves the keys whose deadlines
+//! passed since the last one. `seq` grows by one each time a key is put into the waiting set
+//! (inserted, moved, or re-queued other than by `PutBack` to its taken deadline), so keys with
+//! equal ranks and deadlines are handed out in the order they were last (re)positioned; a
+//! schedule that leaves the deadline unchanged keeps the position. Every operation is O(log n)
+//! (the hash map is amortised O(1); moving k newly due keys costs O(k log n), once per key).
 //!
 //! # Deadlines
 //!
@@ -49,15 +76,18 @@
 //! # Waking workers
 //!
 //! A waiting [`WorkQueue::next`] first registers interest in the queue's [`Notify`], then checks
-//! the state, then sleeps until the earliest deadline or a notification, so no wake-up is lost.
-//! Every change that makes the earliest deadline earlier (and [`WorkQueue::shutdown`]) wakes all
+//! the state, then sleeps until the earliest deadline not yet found due (or the end of the hold,
+//! while only held keys are due) or a notification, so no wake-up is lost. Every change that makes
+//! the earliest deadline earlier, every hold change (and [`WorkQueue::shutdown`]) wakes all
 //! sleeping workers, which re-check and go back to sleep until the new earliest deadline. There is
-//! no polling loop: a worker only runs when a deadline passes or the head of the queue changes.
+//! no polling loop: a worker only runs when a deadline passes, the hold ends or the head of the
+//! queue changes.
 
 use std::{
     collections::{BTreeMap, HashMap},
     fmt,
     hash::Hash,
+    ops::Bound,
     pin::pin,
     sync::{Mutex, MutexGuard, PoisonError},
     time::Duration,
@@ -127,6 +157,19 @@ impl Default for Backoff {
     }
 }
 
+/// Where a due key stands in line (see the [module documentation](self#order-among-due-keys-and-the-hold)).
+///
+/// The derived order is the order of service: every `Unpaced` key before any `Paced` one, paced
+/// keys by their number, lowest first.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Rank {
+    /// Never held back by [`WorkQueue::hold_paced_until`] (work that is not paced).
+    #[default]
+    Unpaced,
+    /// Held back while a hold lasts; among due paced keys the lowest number goes first.
+    Paced(i32),
+}
+
 /// What [`WorkQueue::schedule`] or [`WorkQueue::schedule_no_later`] did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Scheduled {
@@ -173,6 +216,10 @@ pub enum Completion {
     /// Failure, and the server asked us to wait (`Retry-After`): as [`Completion::Retry`], but no
     /// sooner than this delay.
     RetryAfter(Duration),
+    /// Not processed (e.g. no eviction token yet): the key waits again where it was when taken
+    /// (its deadline and, unless an earlier deadline was deferred meanwhile, its place); the
+    /// failure count is unchanged.
+    PutBack,
 }
 
 /// What [`WorkQueue::done`] did.
@@ -204,16 +251,19 @@ enum State {
     /// In the ordered set at position `(at, seq)`.
     Waiting { at: Instant, seq: u64 },
     /// Handed to a worker holding ticket `generation`; `deferred` is the deadline for the re-queue
-    /// requested while it runs.
+    /// requested while it runs; `taken` the position it was taken from (for `PutBack`).
     InFlight {
         generation: u64,
         deferred: Option<Instant>,
+        taken: (Instant, u64),
     },
 }
 
 #[derive(Debug)]
 struct Record {
     state: State,
+    /// Set by the latest schedule.
+    rank: Rank,
     /// Consecutive `Retry` completions since the last `Forget`/`After`.
     failures: u32,
 }
@@ -229,6 +279,15 @@ struct Inner<K> {
     /// Waiting keys ordered by `(deadline, seq)`. Invariant: exactly the keys whose record is
     /// `Waiting`, each at the position stored in its record.
     waiting: BTreeMap<(Instant, u64), K>,
+    /// The waiting keys whose deadline is at or before `due_until`, ordered by
+    /// `(rank, deadline, seq)`: the order in which workers take them. Invariant: exactly those
+    /// keys, each with the rank and position stored in its record.
+    due: BTreeMap<(Rank, Instant, u64), K>,
+    /// The latest instant at which due keys were looked for (never decreases); `None` before the
+    /// first look.
+    due_until: Option<Instant>,
+    /// Paced keys are not handed out before this instant.
+    hold: Option<Instant>,
     /// One record per key present (waiting or in flight).
     records: HashMap<K, Record>,
     next_seq: u64,
@@ -241,6 +300,70 @@ impl<K: Clone + Eq + Hash> Inner<K> {
         self.waiting.first_key_value().map(|(&(at, _), _)| at)
     }
 
+    /// Whether a waiting key with deadline `at` belongs in the due set.
+    fn is_found_due(&self, at: Instant) -> bool {
+        self.due_until.is_some_and(|until| at <= until)
+    }
+
+    /// Puts a waiting key at `(at, seq)` with `rank` into the ordered sets.
+    fn insert_waiting(&mut self, key: K, at: Instant, seq: u64, rank: Rank) {
+        if self.is_found_due(at) {
+            self.due.insert((rank, at, seq), key.clone());
+        }
+        self.waiting.insert((at, seq), key);
+    }
+
+    /// Takes a waiting key at `(at, seq)` with `rank` out of the ordered sets.
+    fn remove_waiting(&mut self, at: Instant, seq: u64, rank: Rank) {
+        if self.is_found_due(at) {
+            self.due.remove(&(rank, at, seq));
+        }
+        self.waiting.remove(&(at, seq));
+    }
+
+    /// Moves the keys whose deadline passed since the last look into the due set.
+    fn find_due(&mut self, now: Instant) {
+        let from = match self.due_until {
+            Some(until) if now <= until => return,
+            Some(until) => Bound::Excluded((until, u64::MAX)),
+            None => Bound::Unbounded,
+        };
+        let newly: Vec<((Instant, u64), K)> = self
+            .waiting
+            .range((from, Bound::Included((now, u64::MAX))))
+            .map(|(&position, key)| (position, key.clone()))
+            .collect();
+        self.due_until = Some(now);
+        for ((at, seq), key) in newly {
+            let rank = self.records.get(&key).map_or_else(Rank::default, |r| r.rank);
+            self.due.insert((rank, at, seq), key);
+        }
+    }
+
+    /// Whether paced keys are held back at `now`.
+    fn held(&self, now: Instant) -> bool {
+        self.hold.is_some_and(|until| now < until)
+    }
+
+    /// When a worker that found nothing to take at `now` must look again (besides
+    /// notifications): the earliest deadline not yet found due, or the end of the hold while
+    /// held keys are due.
+    fn wake_at(&self, now: Instant) -> Option<Instant> {
+        let next = self
+            .waiting
+            .range((
+                Bound::Excluded((self.due_until.map_or(now, |u| u.max(now)), u64::MAX)),
+                Bound::Unbounded,
+            ))
+            .next()
+            .map(|(&(at, _), _)| at);
+        let hold_end = self.hold.filter(|_| !self.due.is_empty());
+        match (next, hold_end) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
     /// Whether a key put into the waiting set at `at` becomes the new head, i.e. whether
     /// sleeping workers must re-compute their wake-up time.
     fn heads_queue(&self, at: Instant) -> bool {
@@ -248,22 +371,29 @@ impl<K: Clone + Eq + Hash> Inner<K> {
     }
 
     /// Returns the outcome and whether sleeping workers must be woken.
-    fn schedule(&mut self, key: K, at: Instant, no_later: bool) -> (Scheduled, bool) {
+    fn schedule(&mut self, key: K, at: Instant, rank: Rank, no_later: bool) -> (Scheduled, bool) {
         let wake = self.heads_queue(at);
         let Some(record) = self.records.get_mut(&key) else {
             let seq = bump(&mut self.next_seq);
-            self.waiting.insert((at, seq), key.clone());
             self.records.insert(
-                key,
+                key.clone(),
                 Record {
                     state: State::Waiting { at, seq },
+                    rank,
                     failures: 0,
                 },
             );
+            self.insert_waiting(key, at, seq, rank);
             return (Scheduled::Inserted, wake);
         };
+        let old_rank = record.rank;
+        record.rank = rank;
         match record.state {
-            State::InFlight { generation, deferred } => {
+            State::InFlight {
+                generation,
+                deferred,
+                taken,
+            } => {
                 let deferred = match deferred {
                     Some(old) if no_later => old.min(at),
                     _ => at,
@@ -271,6 +401,7 @@ impl<K: Clone + Eq + Hash> Inner<K> {
                 record.state = State::InFlight {
                     generation,
                     deferred: Some(deferred),
+                    taken,
                 };
                 (Scheduled::DeferredWhileInFlight, false)
             }
@@ -279,12 +410,19 @@ impl<K: Clone + Eq + Hash> Inner<K> {
                 seq: old_seq,
             } => {
                 if at == old || (no_later && at > old) {
+                    if rank != old_rank {
+                        // Same deadline and place, another rank: only the due order changes.
+                        self.remove_waiting(old, old_seq, old_rank);
+                        self.insert_waiting(key, old, old_seq, rank);
+                    }
                     return (Scheduled::Unchanged, false);
                 }
-                self.waiting.remove(&(old, old_seq));
+                self.remove_waiting(old, old_seq, old_rank);
                 let seq = bump(&mut self.next_seq);
-                self.waiting.insert((at, seq), key);
-                record.state = State::Waiting { at, seq };
+                if let Some(record) = self.records.get_mut(&key) {
+                    record.state = State::Waiting { at, seq };
+                }
+                self.insert_waiting(key, at, seq, rank);
                 (Scheduled::Moved { earlier: at < old }, wake)
             }
         }
@@ -295,43 +433,54 @@ impl<K: Clone + Eq + Hash> Inner<K> {
             return Cancelled::NotPresent;
         };
         match record.state {
-            State::InFlight { generation, .. } => {
+            State::InFlight {
+                generation, taken, ..
+            } => {
                 record.state = State::InFlight {
                     generation,
                     deferred: None,
+                    taken,
                 };
                 Cancelled::InFlight
             }
             State::Waiting { at, seq } => {
-                self.waiting.remove(&(at, seq));
+                let rank = record.rank;
                 self.records.remove(key);
+                self.remove_waiting(at, seq, rank);
                 Cancelled::Removed
             }
         }
     }
 
-    /// Takes the earliest waiting key if it is due at `now`, marking it in flight.
+    /// Takes the lowest-ranked due key at `now` (paced keys only when not held), marking it in
+    /// flight.
     fn pop_due(&mut self, now: Instant) -> Option<(K, Ticket)> {
+        self.find_due(now);
+        let holding = self.held(now);
         loop {
-            let head = self.waiting.first_entry()?;
-            let (at, seq) = *head.key();
-            if at > now {
+            let head = self.due.first_entry()?;
+            let (rank, at, seq) = *head.key();
+            if holding && matches!(rank, Rank::Paced(_)) {
                 return None;
             }
             let key = head.remove();
+            self.waiting.remove(&(at, seq));
             // The record must agree that the key waits at this very position; anything else is a
             // position orphaned by a panic in `K`'s `Hash`/`Eq`/`Clone` mid-update: drop it rather
             // than risk handing out a key that is already in flight.
             let Some(record) = self.records.get_mut(&key) else {
                 continue;
             };
-            if !matches!(record.state, State::Waiting { at: a, seq: s } if a == at && s == seq) {
+            if record.rank != rank
+                || !matches!(record.state, State::Waiting { at: a, seq: s } if a == at && s == seq)
+            {
                 continue;
             }
             let generation = bump(&mut self.next_generation);
             record.state = State::InFlight {
                 generation,
                 deferred: None,
+                taken: (at, seq),
             };
             return Some((key, Ticket { generation }));
         }
@@ -351,7 +500,12 @@ impl<K: Clone + Eq + Hash> Inner<K> {
         let Some(record) = self.records.get_mut(key) else {
             return (Finished::Stale, false);
         };
-        let State::InFlight { generation, deferred } = record.state else {
+        let State::InFlight {
+            generation,
+            deferred,
+            taken,
+        } = record.state
+        else {
             return (Finished::Stale, false);
         };
         if generation != ticket.generation {
@@ -376,6 +530,7 @@ impl<K: Clone + Eq + Hash> Inner<K> {
                 record.failures = record.failures.saturating_add(1);
                 Some(deadline_after(now, delay))
             }
+            Completion::PutBack => Some(taken.0),
         };
         let target = match (deferred, own) {
             (Some(a), Some(b)) => Some(a.min(b)),
@@ -386,9 +541,14 @@ impl<K: Clone + Eq + Hash> Inner<K> {
             return (Finished::Forgotten, false);
         };
         let wake = head.is_none_or(|first| at < first);
-        let seq = bump(&mut self.next_seq);
-        self.waiting.insert((at, seq), key.clone());
+        let seq = if completion == Completion::PutBack && at == taken.0 {
+            taken.1
+        } else {
+            bump(&mut self.next_seq)
+        };
+        let rank = record.rank;
         record.state = State::Waiting { at, seq };
+        self.insert_waiting(key.clone(), at, seq, rank);
         (Finished::Requeued { at }, wake)
     }
 
@@ -415,6 +575,9 @@ impl<K: Clone + Eq + Hash> WorkQueue<K> {
         Self {
             inner: Mutex::new(Inner {
                 waiting: BTreeMap::new(),
+                due: BTreeMap::new(),
+                due_until: None,
+                hold: None,
                 records: HashMap::new(),
                 next_seq: 0,
                 next_generation: 0,
@@ -440,30 +603,53 @@ impl<K: Clone + Eq + Hash> WorkQueue<K> {
         self.inner.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Sets the key's deadline (clamped to [`MAX_HORIZON`] from now).
+    /// Sets the key's deadline (clamped to [`MAX_HORIZON`] from now), with [`Rank::Unpaced`].
     ///
     /// A waiting key is moved, earlier or later; an absent key is inserted; for an in-flight key
     /// the deadline is remembered (replacing an earlier remembered one) and, when its worker calls
     /// [`done`](Self::done), the key is re-queued at the earlier of this deadline and the
     /// completion's own. Wakes sleeping workers if the key becomes the head of the queue.
     pub fn schedule(&self, key: K, at: Instant) -> Scheduled {
-        self.schedule_with(key, at, false)
+        self.schedule_with(key, at, Rank::Unpaced, false)
+    }
+
+    /// Like [`schedule`](Self::schedule), with this rank (kept while the key is in flight too).
+    pub fn schedule_ranked(&self, key: K, at: Instant, rank: Rank) -> Scheduled {
+        self.schedule_with(key, at, rank, false)
     }
 
     /// Like [`schedule`](Self::schedule), but never moves a waiting key later (client-go's
     /// `AddAfter`): the key waits for the earlier of its current deadline and `at`. For an
     /// in-flight key the remembered deadline likewise only moves earlier.
     pub fn schedule_no_later(&self, key: K, at: Instant) -> Scheduled {
-        self.schedule_with(key, at, true)
+        self.schedule_with(key, at, Rank::Unpaced, true)
     }
 
-    fn schedule_with(&self, key: K, at: Instant, no_later: bool) -> Scheduled {
+    /// Like [`schedule_no_later`](Self::schedule_no_later), with this rank.
+    pub fn schedule_no_later_ranked(&self, key: K, at: Instant, rank: Rank) -> Scheduled {
+        self.schedule_with(key, at, rank, true)
+    }
+
+    /// Holds every [`Rank::Paced`] key back until `until` (replacing any earlier hold; `None`
+    /// lifts it): until then `next` hands out only unpaced keys. Changes no key's state.
+    pub fn hold_paced_until(&self, until: Option<Instant>) {
+        self.lock().hold = until;
+        self.notify.notify_waiters();
+    }
+
+    /// Whether paced keys are held back now (the eviction pacing is waiting for a token).
+    #[must_use]
+    pub fn is_holding(&self) -> bool {
+        self.lock().held(Instant::now())
+    }
+
+    fn schedule_with(&self, key: K, at: Instant, rank: Rank, no_later: bool) -> Scheduled {
         let at = clamp_deadline(Instant::now(), at);
         let mut inner = self.lock();
         if inner.shut_down {
             return Scheduled::ShutDown;
         }
-        let (outcome, wake) = inner.schedule(key, at, no_later);
+        let (outcome, wake) = inner.schedule(key, at, rank, no_later);
         drop(inner);
         if wake {
             self.notify.notify_waiters();
@@ -482,8 +668,9 @@ impl<K: Clone + Eq + Hash> WorkQueue<K> {
     /// been [shut down](Self::shutdown), also to callers already waiting.
     ///
     /// Any number of workers may wait concurrently; a key is never handed to two workers at once
-    /// (it stays in flight until `done`). Among due keys the earliest deadline goes first, ties in
-    /// the order the keys were (re)positioned. Cancel-safe: dropping the future before it
+    /// (it stays in flight until `done`). Among due keys the lowest rank goes first, then the
+    /// earliest deadline, ties in the order the keys were (re)positioned; paced keys wait while a
+    /// [hold](Self::hold_paced_until) lasts. Cancel-safe: dropping the future before it
     /// completes takes nothing from the queue.
     pub async fn next(&self) -> Option<(K, Ticket)> {
         loop {
@@ -496,10 +683,11 @@ impl<K: Clone + Eq + Hash> WorkQueue<K> {
                 if inner.shut_down {
                     return None;
                 }
-                if let Some(taken) = inner.pop_due(Instant::now()) {
+                let now = Instant::now();
+                if let Some(taken) = inner.pop_due(now) {
                     return Some(taken);
                 }
-                inner.earliest()
+                inner.wake_at(now)
             };
             match earliest {
                 Some(at) => {
@@ -514,7 +702,7 @@ impl<K: Clone + Eq + Hash> WorkQueue<K> {
         }
     }
 
-    /// Like [`next`](Self::next) without waiting: takes the earliest key if it is due now.
+    /// Like [`next`](Self::next) without waiting: takes the key `next` would take now, if any.
     /// Returns `None` if no key is due or the queue has been shut down.
     #[cfg(any(test, feature = "testing"))]
     #[must_use = "a taken key stays in flight until `done` is called with its ticket"]
@@ -597,6 +785,13 @@ impl<K: Clone + Eq + Hash> WorkQueue<K> {
         }
     }
 
+    /// The rank of a waiting or in-flight `key`.
+    #[cfg(test)]
+    #[must_use]
+    pub fn rank(&self, key: &K) -> Option<Rank> {
+        self.lock().record(key).map(|record| record.rank)
+    }
+
     /// The earliest deadline among waiting keys, if any.
     #[must_use]
     pub fn next_deadline(&self) -> Option<Instant> {
@@ -610,24 +805,29 @@ impl<K: Clone + Eq + Hash> WorkQueue<K> {
         self.lock().record(key).map_or(0, |record| record.failures)
     }
 
-    /// Drops every waiting and in-flight record (failure counts included). Outstanding tickets
-    /// become stale; workers keep waiting for new keys.
+    /// Drops every waiting and in-flight record (failure counts included) and lifts the hold.
+    /// Outstanding tickets become stale; workers keep waiting for new keys.
     #[cfg(test)]
     pub fn clear(&self) {
         let mut inner = self.lock();
         inner.waiting.clear();
+        inner.due.clear();
         inner.records.clear();
+        inner.hold = None;
     }
 
     /// Shuts the queue down: every current and future [`next`](Self::next) returns `None`,
-    /// waiting and in-flight records are dropped (outstanding tickets become stale) and later
+    /// waiting and in-flight records are dropped (outstanding tickets become stale), the hold is
+    /// lifted and later
     /// schedules are ignored ([`Scheduled::ShutDown`]). Idempotent.
     pub fn shutdown(&self) {
         {
             let mut inner = self.lock();
             inner.shut_down = true;
             inner.waiting.clear();
+            inner.due.clear();
             inner.records.clear();
+            inner.hold = None;
         }
         self.notify.notify_waiters();
     }

@@ -138,6 +138,7 @@ fn rule_counts(state: &State, rule: &RuleView, now: Time) -> RuleCounts {
                 if eviction.has_rule(&rule_ref) {
                     counts.pending_pods += 1;
                     counts.blocked_pods += usize::from(state.is_blocked(pod));
+                    counts.protected_pods += usize::from(state.is_protected(pod));
                     namespaces.insert(pod.namespace.as_str());
                 }
             }
@@ -275,6 +276,8 @@ pub struct RuleCounts {
     pub pending_namespaces: usize,
     /// Those of the pending pods whose eviction a PodDisruptionBudget refused (SPEC D7).
     pub blocked_pods: usize,
+    /// Those of the pending pods whose due eviction `--protected-priority` withheld (SPEC D12).
+    pub protected_pods: usize,
     /// Pods this controller deleted because of the rule since it started.
     pub evicted: u64,
     /// For a `None` rule: what would happen with `NoExecute`.
@@ -385,6 +388,13 @@ pub fn rule_condition(effect: &Effect, counts: &RuleCounts) -> RuleStatusConditi
             " %d pods wait for PodDisruptionBudgets.",
         );
     }
+    if counts.protected_pods > 0 && status == "True" {
+        message += &plural(
+            counts.protected_pods,
+            " 1 pod is not evicted because its priority is protected (--protected-priority).",
+            " %d pods are not evicted because their priority is protected (--protected-priority).",
+        );
+    }
     if counts.evicted > 0 {
         if !message.is_empty() {
             message.push(' ');
@@ -416,6 +426,7 @@ mod tests {
     fn no_execute_messages() {
         let pending = |p, n, e| RuleCounts {
             blocked_pods: 0,
+            protected_pods: 0,
             pending_pods: p,
             pending_namespaces: n,
             evicted: e,
@@ -461,6 +472,22 @@ mod tests {
         assert_eq!(
             cond(&Effect::NoExecute, blocked(1)).2,
             "5 pods need to be evicted in 3 different namespaces. 1 pod waits for a PodDisruptionBudget. \
+             2 pods evicted since starting the controller."
+        );
+        let protected = |b, p| RuleCounts {
+            protected_pods: p,
+            ..blocked(b)
+        };
+        assert_eq!(
+            cond(&Effect::NoExecute, protected(1, 1)).2,
+            "5 pods need to be evicted in 3 different namespaces. 1 pod waits for a PodDisruptionBudget. \
+             1 pod is not evicted because its priority is protected (--protected-priority). \
+             2 pods evicted since starting the controller."
+        );
+        assert_eq!(
+            cond(&Effect::NoExecute, protected(0, 3)).2,
+            "5 pods need to be evicted in 3 different namespaces. \
+             3 pods are not evicted because their priority is protected (--protected-priority). \
              2 pods evicted since starting the controller."
         );
         assert_eq!(

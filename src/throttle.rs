@@ -24,6 +24,9 @@ use tower::{Layer, Service};
 /// The longest wait [`TokenBucket::reserve`] returns (about 30 years, still a valid deadline).
 const MAX_WAIT: Duration = Duration::from_secs(1_000_000_000);
 
+/// Shortfall of a token that [`TokenBucket::try_acquire`] still counts as a whole token.
+const TOKEN_EPSILON: f64 = 1e-6;
+
 /// A token bucket shared by clones: `qps` tokens per second, at most `burst` saved up.
 #[derive(Clone)]
 pub struct TokenBucket {
@@ -88,6 +91,35 @@ impl TokenBucket {
             // A tiny `qps` makes the wait overflow a `Duration`: wait "for ever" instead.
             Duration::try_from_secs_f64(-*tokens / bucket.qps).unwrap_or(MAX_WAIT)
         }
+    }
+
+    /// Take one token if one is there now; otherwise take nothing and return how long until one
+    /// is (never zero). Unlike [`reserve`](Self::reserve) the balance never goes negative, so a
+    /// caller that does not come back costs nothing, and whoever asks first once the token is
+    /// earned gets it.
+    ///
+    /// # Errors
+    /// The wait until a token is earned, when none is there now.
+    pub fn try_acquire(&self) -> Result<(), Duration> {
+        let Some(bucket) = &self.inner else {
+            return Ok(());
+        };
+        let mut state = bucket.state.lock().unwrap_or_else(PoisonError::into_inner);
+        let (tokens, last) = &mut *state;
+        let now = Instant::now();
+        let earned = now.saturating_duration_since(*last).as_secs_f64() * bucket.qps;
+        *tokens = (*tokens + earned).min(bucket.burst);
+        *last = now;
+        // The tolerance absorbs rounding, so that a caller who comes back after exactly the
+        // returned wait finds its token.
+        if *tokens >= 1.0 - TOKEN_EPSILON {
+            *tokens = (*tokens - 1.0).max(0.0);
+            return Ok(());
+        }
+        let secs = (1.0 - *tokens) / bucket.qps;
+        // Rounded up to whole microseconds, and never zero.
+        let micros = (secs * 1e6).ceil().max(1.0);
+        Err(Duration::try_from_secs_f64(micros / 1e6).map_or(MAX_WAIT, |wait| wait.min(MAX_WAIT)))
     }
 
     /// Wait for a token. Returns at once while the burst lasts.
@@ -247,6 +279,25 @@ mod tests {
         assert_eq!(bucket.reserve(), Duration::from_millis(500));
         // A second waiter queues behind the first: reservations are served in order.
         assert_eq!(bucket.reserve(), Duration::from_secs(1));
+    }
+
+    /// `try_acquire` takes a token only when one is there, says how long until the next, and a
+    /// caller coming back after exactly that wait gets it.
+    #[tokio::test(start_paused = true)]
+    async fn try_acquire_never_goes_negative() {
+        let bucket = TokenBucket::new(3.0, 2);
+        assert_eq!(bucket.try_acquire(), Ok(()));
+        assert_eq!(bucket.try_acquire(), Ok(()));
+        let wait = bucket.try_acquire().expect_err("burst spent");
+        assert_eq!(wait, Duration::from_micros(333_334));
+        assert_eq!(bucket.try_acquire(), Err(wait), "a refusal costs nothing");
+        tokio::time::advance(wait).await;
+        assert_eq!(bucket.try_acquire(), Ok(()));
+        assert!(bucket.try_acquire().is_err());
+        assert_eq!(TokenBucket::unlimited().try_acquire(), Ok(()));
+        let tiny = TokenBucket::new(1e-300, 1);
+        assert_eq!(tiny.try_acquire(), Ok(()));
+        assert_eq!(tiny.try_acquire(), Err(MAX_WAIT));
     }
 
     #[tokio::test(start_paused = true)]

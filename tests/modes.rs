@@ -1,14 +1,20 @@
-//! D9 `--dry-run` and D7 `--eviction-mode=evict` against a real API server.
+//! D9 `--dry-run`, D7 `--eviction-mode=evict` and D12 (priority order when evictions wait,
+//! `--protected-priority`) against a real API server.
 //!
 //! Each test starts its own controller, so they must not overlap (both would act on every
 //! tainted pod): each holds [`SERIAL`].
 
 mod support;
 
-use k8s_openapi::api::{core::v1::Pod, policy::v1::PodDisruptionBudget};
+use std::{path::Path, time::Duration};
+
+use http::Method;
+use k8s_openapi::api::{
+    core::v1::Pod, events::v1::Event, policy::v1::PodDisruptionBudget, scheduling::v1::PriorityClass,
+};
 use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
 use serde_json::json;
-use support::{TIMEOUT, TestEnv, controller::Controller, objects::taint, wait_for};
+use support::{TIMEOUT, TestEnv, controller::Controller, objects::taint, proxy::Proxy, wait_for};
 use tokio::sync::Mutex;
 
 static SERIAL: Mutex<()> = Mutex::const_new(());
@@ -152,4 +158,181 @@ async fn evict_mode_respects_disruption_budget() {
         "events: {events:?}"
     );
     assert_eq!(c.stop().await, Some(0));
+}
+
+/// D12: pods of three priorities tainted at once with `--max-evictions-per-second=2` are deleted
+/// lowest priority first (the order of the DELETEs at a proxy in front of the API server); a pod
+/// at or above `--protected-priority` is not touched, gets one Warning Event, and the rule's
+/// status counts it.
+///
+/// Priorities come from PriorityClasses: the API server's Priority admission plugin sets
+/// `spec.priority` from `priorityClassName` (a pod cannot set it itself). The rule exists before
+/// the controller starts, so every pod is due by the time its workers start.
+#[tokio::test]
+async fn paced_evictions_go_lowest_priority_first_and_protected_pods_stay() {
+    if support::controller::skip_with_deployed_controller() {
+        return;
+    }
+    let _serial = SERIAL.lock().await;
+    let env = TestEnv::new().await;
+    let slice = env.unique_name("slice");
+    // Created in an order that is neither the priority order nor the name order.
+    let pods = [
+        ("p-mid", 500, "gpu-0"),
+        ("p-protected", 2000, "gpu-1"),
+        ("p-high", 900, "gpu-2"),
+        ("p-low", -10, "gpu-3"),
+    ];
+    env.apply_slice(&slice, 1, &pods.map(|(_, _, device)| (device, vec![])))
+        .await;
+    for (pod, priority, device) in pods {
+        create_pod_with_priority(&env, pod, priority, device).await;
+    }
+    let rule = env.unique_name("rule");
+    env.create_rule(&rule, None, taint(KEY, "NoExecute")).await;
+
+    let proxy = Proxy::start(env.client.clone(), Path::new(env!("CARGO_TARGET_TMPDIR"))).await;
+    let c = Controller::start(
+        &proxy.kubeconfig,
+        &[
+            "--leader-elect=false",
+            "--max-evictions-per-second=2",
+            "--protected-priority=1000",
+        ],
+    )
+    .await;
+    let evicted = ["p-low", "p-mid", "p-high"];
+    wait_for("the proxy to record three accepted DELETEs", TIMEOUT, || async {
+        evicted
+            .iter()
+            .all(|pod| !proxy.deletions_of(&env.namespace, pod).is_empty())
+            .then_some(())
+    })
+    .await;
+    let deletes = pod_deletes(&proxy);
+    let order: Vec<&str> = deletes.iter().map(|(name, _)| name.as_str()).collect();
+    assert_eq!(order, evicted, "DELETEs by priority, lowest first: {deletes:?}");
+    let spread = deletes[2].1.duration_since(deletes[0].1).expect("in order");
+    assert!(
+        spread >= Duration::from_millis(500),
+        "two tokens at 2/s take a second, minus request latencies: {spread:?}"
+    );
+
+    let told = wait_for("the protected pod's Event", TIMEOUT, || async {
+        let events = protected_events(&env, "p-protected").await;
+        (!events.is_empty()).then_some(events)
+    })
+    .await;
+    let (reason, message) = wait_for("the rule status to count the protected pod", TIMEOUT, || async {
+        env.rule_condition(&rule).await.filter(|(_, message)| {
+            message.contains("1 pod is not evicted because its priority is protected (--protected-priority).")
+                && message.contains("3 pods evicted since starting the controller.")
+        })
+    })
+    .await;
+    assert_eq!(reason, "PodsPendingEviction", "{message}");
+    assert_eq!(
+        told,
+        vec![(
+            "Warning".to_owned(),
+            format!(
+                "Not evicted despite the NoExecute taint (DeviceTaintRule {rule}): priority 2000 is at or \
+                 above --protected-priority=1000. Move or delete the pod by hand."
+            )
+        )],
+        "exactly one Event"
+    );
+    assert_eq!(
+        c.metric("device_taint_eviction_controller_evictions_protected_total")
+            .await,
+        Some(1.0)
+    );
+    assert!(
+        proxy
+            .records()
+            .iter()
+            .all(|r| !r.is_for_pod(&env.namespace, "p-protected")),
+        "no request for the protected pod"
+    );
+    assert!(!env.pod_deleted("p-protected").await);
+    assert!(
+        c.log_text()
+            .contains("pod is protected by --protected-priority: not evicted automatically"),
+        "{}",
+        c.log_text()
+    );
+    assert_eq!(c.metric(DELETIONS).await, Some(3.0));
+    assert_eq!(
+        protected_events(&env, "p-protected").await.len(),
+        1,
+        "still one Event"
+    );
+    assert_eq!(c.stop().await, Some(0));
+}
+
+/// Creates a PriorityClass of value `priority` and a scheduled pod `pod` of that class using its
+/// own claim `claim-<pod>`, allocated `device`; checks that the API server set `spec.priority`.
+async fn create_pod_with_priority(env: &TestEnv, pod: &str, priority: i32, device: &str) {
+    let class = env.unique_name(pod);
+    let priority_class: PriorityClass = serde_json::from_value(json!({
+        "apiVersion": "scheduling.k8s.io/v1", "kind": "PriorityClass",
+        "metadata": {"name": class, "labels": env.labels()},
+        "value": priority,
+    }))
+    .expect("priority class");
+    kube::Api::<PriorityClass>::all(env.client.clone())
+        .create(&PostParams::default(), &priority_class)
+        .await
+        .expect("create priority class");
+    let created: Pod = env
+        .api::<Pod>()
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(json!({
+                "apiVersion": "v1", "kind": "Pod",
+                "metadata": {"name": pod},
+                "spec": {"nodeName": "node-1", "priorityClassName": class,
+                         "containers": [{"name": "c", "image": "registry.k8s.io/pause:3.10",
+                                         "resources": {"claims": [{"name": "gpu"}]}}],
+                         "resourceClaims": [{"name": "gpu", "resourceClaimName": format!("claim-{pod}")}],
+                         "terminationGracePeriodSeconds": 0}
+            }))
+            .expect("pod"),
+        )
+        .await
+        .expect("create pod");
+    assert_eq!(
+        created.spec.as_ref().and_then(|s| s.priority),
+        Some(priority),
+        "the Priority admission plugin set spec.priority"
+    );
+    env.create_allocated_claim(&format!("claim-{pod}"), device, vec![], &created)
+        .await;
+}
+
+/// Every DELETE of a pod the proxy saw, in order of arrival: (pod name, when).
+fn pod_deletes(proxy: &Proxy) -> Vec<(String, std::time::SystemTime)> {
+    proxy
+        .records()
+        .into_iter()
+        .filter(|r| r.method == Method::DELETE && r.is_for_a_pod())
+        .map(|r| {
+            let name = r.path_only().rsplit('/').next().unwrap_or_default().to_owned();
+            (name, r.at)
+        })
+        .collect()
+}
+
+/// (type, note) of the `EvictionProtectedByPriority` Events about `pod`.
+async fn protected_events(env: &TestEnv, pod: &str) -> Vec<(String, String)> {
+    let api: kube::Api<Event> = env.api();
+    api.list(&kube::api::ListParams::default())
+        .await
+        .expect("events")
+        .items
+        .into_iter()
+        .filter(|e| e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(pod))
+        .filter(|e| e.reason.as_deref() == Some("EvictionProtectedByPriority"))
+        .map(|e| (e.type_.unwrap_or_default(), e.note.unwrap_or_default()))
+        .collect()
 }

@@ -41,6 +41,8 @@ pub enum Change {
         pod: PodRef,
         /// When.
         at: Time,
+        /// The pod's `spec.priority`: when evictions wait, the lowest goes first (SPEC D12).
+        priority: i32,
     },
     /// A pending eviction was dropped before it happened.
     Cancel {
@@ -81,6 +83,16 @@ pub enum Due {
     Later(Time),
     /// Evict now, for these reasons.
     Now(Eviction),
+    /// Due, but the pod's priority is at or above `--protected-priority`: not evicted
+    /// automatically (SPEC D12).
+    Protected {
+        /// Why it would have been evicted.
+        eviction: Eviction,
+        /// The pod's priority.
+        priority: i32,
+        /// The `--protected-priority` it reaches.
+        threshold: i32,
+    },
 }
 
 /// How a worker's eviction attempt ended (errors are retried and never reach the state).
@@ -144,6 +156,12 @@ pub struct State {
     /// Pending pods whose last eviction attempt a PodDisruptionBudget refused (evict mode), for
     /// the rule status. Set by the worker, cleared when the pod is no longer pending.
     blocked: HashSet<PodRef>,
+    /// Pods at or above this `spec.priority` are not evicted automatically (`--protected-priority`,
+    /// SPEC D12). Set once at start.
+    protected_priority: Option<i32>,
+    /// Pending pods whose due eviction `protected_priority` withheld, for the rule status and so
+    /// that each is told once. Set by the worker; cleared when the pod's eviction changes or ends.
+    protected: HashSet<PodRef>,
     /// Rule UID → pods this controller evicted because of it since start. Dropped with the rule.
     evicted_per_rule: HashMap<String, u64>,
     /// Changes not yet taken by the controller.
@@ -330,6 +348,28 @@ impl State {
                 })
                 .collect(),
         })
+    }
+
+    /// An empty state that keeps pods whose priority is at or above `threshold` from automatic
+    /// eviction (`--protected-priority`; `None`: no pod is protected).
+    #[must_use]
+    pub fn with_protected_priority(threshold: Option<i32>) -> Self {
+        Self {
+            protected_priority: threshold,
+            ..Self::default()
+        }
+    }
+
+    /// The `--protected-priority` threshold, if any.
+    #[must_use]
+    pub fn protected_priority(&self) -> Option<i32> {
+        self.protected_priority
+    }
+
+    /// Whether a pod of this priority is kept from automatic eviction; the threshold if so.
+    #[must_use]
+    pub fn protects(&self, priority: i32) -> Option<i32> {
+        self.protected_priority.filter(|threshold| priority >= *threshold)
     }
 
     /// Takes the changes accumulated since the last call.
@@ -526,24 +566,36 @@ impl State {
                 debug!(pod = %pod, at = %eviction.at, reasons = eviction.reasons.len(), "pod eviction scheduled");
                 let at = eviction.at;
                 self.guard_version += 1;
+                // A new situation: if it is withheld again, the pod is told again.
+                self.protected.remove(&pod);
+                let priority = self.pod_priority(&pod);
                 if let Some(old) = self.pending.insert(pod.clone(), eviction) {
                     self.request_status_of(&old, RULE_STATUS_PERIOD);
                 }
                 if let Some(new) = self.pending.get(&pod).cloned() {
                     self.request_status_of(&new, RULE_STATUS_PERIOD);
                 }
-                self.changes.push(Change::Schedule { pod, at });
+                self.changes.push(Change::Schedule { pod, at, priority });
             }
             None => {
                 if let Some(old) = self.pending.remove(&pod) {
                     self.guard_version += 1;
                     self.blocked.remove(&pod);
+                    self.protected.remove(&pod);
                     debug!(pod = %pod, "pod eviction cancelled");
                     self.request_status_of(&old, RULE_STATUS_PERIOD);
                     self.changes.push(Change::Cancel { pod, notify });
                 }
             }
         }
+    }
+
+    /// The stored pod's priority (0 if the watch no longer shows this pod).
+    fn pod_priority(&self, pod: &PodRef) -> i32 {
+        self.pods
+            .get(&pod.object_name())
+            .filter(|p| p.uid == pod.uid)
+            .map_or(0, |p| p.priority)
     }
 
     fn request_status_of(&mut self, eviction: &Eviction, after: Duration) {
@@ -787,6 +839,7 @@ impl State {
             .map(|(pod, e)| Change::Schedule {
                 pod: pod.clone(),
                 at: e.at,
+                priority: self.pod_priority(pod),
             })
             .collect();
         self.changes.extend(held);
@@ -868,14 +921,46 @@ impl State {
         match self.pending.get(pod) {
             None => Due::Gone,
             Some(e) if e.at > now => Due::Later(e.at),
-            Some(e) => Due::Now(e.clone()),
+            Some(e) => {
+                let priority = self.pod_priority(pod);
+                match self.protects(priority) {
+                    Some(threshold) => Due::Protected {
+                        eviction: e.clone(),
+                        priority,
+                        threshold,
+                    },
+                    None => Due::Now(e.clone()),
+                }
+            }
         }
+    }
+
+    /// A due eviction was withheld because the pod is protected (see [`Due::Protected`]).
+    /// Returns true the first time for the pod's current eviction (then tell the pod), false
+    /// when it was already withheld or is no longer pending.
+    pub fn eviction_protected(&mut self, pod: &PodRef) -> bool {
+        let Some(eviction) = self.pending.get(pod) else {
+            return false;
+        };
+        if !self.protected.insert(pod.clone()) {
+            return false;
+        }
+        let eviction = eviction.clone();
+        self.request_status_of(&eviction, Duration::ZERO);
+        true
+    }
+
+    /// Whether a pending pod's due eviction is withheld by `--protected-priority`.
+    #[must_use]
+    pub fn is_protected(&self, pod: &PodRef) -> bool {
+        self.protected.contains(pod)
     }
 
     /// A worker finished a pod. `eviction` is what [`State::due`] returned.
     pub fn finish(&mut self, pod: &PodRef, eviction: &Eviction, outcome: Finished) {
         self.pending.remove(pod);
         self.blocked.remove(pod);
+        self.protected.remove(pod);
         // Only a pod the watch still shows needs guarding; if its delete event came first, the
         // UID would otherwise stay in the set for ever.
         if self

@@ -104,6 +104,7 @@ pub fn pod_op(
         scheduled,
         terminal,
         terminating: false,
+        priority: 0,
         pod_group: group.map(|g| GROUPS[g % GROUPS.len()].to_owned()),
         claims: claims
             .into_iter()

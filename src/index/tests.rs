@@ -245,6 +245,13 @@ impl Harness {
                     evicted.push(pod.name.clone());
                     Completion::Forget
                 }
+                Due::Protected { priority, .. } => {
+                    if self.state.eviction_protected(&pod) {
+                        self.emitted
+                            .push(format!("{}: protected, priority {priority}", pod.name));
+                    }
+                    Completion::Forget
+                }
             };
             self.queue.done(&Work::Pod(pod), ticket, completion);
         }
@@ -2124,4 +2131,58 @@ fn rule_status_names_a_disruption_budget_wait() {
     h.state.finish(&pod, &eviction, Finished::Evicted);
     assert!(h.state.blocked.is_empty());
     assert_eq!(h.condition("my-rule"), ("Completed".into(), EVICTED_ONE.into()));
+}
+
+/// `--protected-priority` (SPEC D12): a due pod at or above it is `Protected`, not `Now`; it is
+/// withheld once per eviction (a changed eviction withholds, and tells, again); a pod below it,
+/// or any pod without the flag, is evicted; a gone pod is no longer protected.
+#[test]
+fn protected_pod_is_withheld_once_per_eviction() {
+    let high = the_pod().with_priority(7);
+    let setup = |threshold: Option<i32>, pod: &PodView| {
+        let mut state = State::with_protected_priority(threshold);
+        state.apply_slice(tainted_slice(), t(0));
+        state.apply_claim(the_claim());
+        state.apply_pod(&pod.object_name(), Some(pod.clone()));
+        state
+    };
+    let pod_ref = high.pod_ref();
+    let mut state = setup(Some(7), &high);
+    assert!(
+        state.take_changes().contains(&Change::Schedule {
+            pod: pod_ref.clone(),
+            at: t(0),
+            priority: 7
+        }),
+        "the schedule carries the priority"
+    );
+    assert!(matches!(
+        state.due(&pod_ref, t(1)),
+        Due::Protected {
+            priority: 7,
+            threshold: 7,
+            ..
+        }
+    ));
+    assert!(!state.is_protected(&pod_ref));
+    assert!(state.eviction_protected(&pod_ref), "told the first time");
+    assert!(!state.eviction_protected(&pod_ref), "not again");
+    assert!(state.is_protected(&pod_ref));
+    // Another taint on the device: a new eviction, withheld (and told) anew.
+    state.apply_rule(
+        the_rule().with_taint(taint("other", "", "NoExecute", Some(t(0)))),
+        t(0),
+    );
+    assert!(!state.is_protected(&pod_ref), "the situation changed");
+    assert!(state.eviction_protected(&pod_ref));
+    state.delete_pod(&high.object_name(), &high.uid);
+    assert!(!state.is_protected(&pod_ref));
+    assert!(!state.eviction_protected(&pod_ref), "nothing pending");
+
+    let below = the_pod().with_priority(6);
+    assert!(matches!(
+        setup(Some(7), &below).due(&below.pod_ref(), t(1)),
+        Due::Now(_)
+    ));
+    assert!(matches!(setup(None, &high).due(&pod_ref, t(1)), Due::Now(_)));
 }

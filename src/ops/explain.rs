@@ -38,6 +38,8 @@ pub struct ExplainRequest {
     pub output: OutputFormat,
     /// The controller's blast-radius guard settings, to show what it holds.
     pub guard: crate::guard::GuardConfig,
+    /// The controller's `--protected-priority`, if it has one.
+    pub protected_priority: Option<i32>,
 }
 
 /// One reason a pod is pending eviction: a taint that applies to devices the pod uses.
@@ -69,6 +71,11 @@ pub struct ExplainRow {
     /// The blast-radius guard scope that holds the pod's eviction (`rule/NAME`,
     /// `pool/DRIVER/POOL` or `cluster`), if one does (SPEC D11).
     pub paused_by: Option<String>,
+    /// The pod's `spec.priority`: when evictions wait, the lowest goes first.
+    pub priority: i32,
+    /// The priority is at or above `--protected-priority`: the pod is not evicted automatically,
+    /// it gets an Event once the eviction is due (SPEC D12).
+    pub protected: bool,
 }
 
 /// The rows for every pending eviction in `state`, as seen at `now`: sorted by time, then
@@ -116,6 +123,8 @@ pub fn explain(state: &State, now: Time) -> Vec<ExplainRow> {
                     evict_at: format_time(at),
                     evict_in_seconds,
                     paused_by: paused_by.clone(),
+                    priority: pod.priority,
+                    protected: state.protects(pod.priority).is_some(),
                 },
             ));
         }
@@ -266,11 +275,20 @@ pub fn write_table(rows: &[ExplainRow], out: &mut impl Write) -> Result<(), Erro
                 r.taint.clone(),
                 r.source.clone(),
                 r.toleration.clone().unwrap_or_else(|| "none".to_owned()),
-                format!("{} ({})", r.evict_at, format_relative(r.evict_in_seconds))
-                    + &r.paused_by
-                        .as_ref()
-                        .map(|scope| format!(", paused by the blast-radius guard ({scope})"))
-                        .unwrap_or_default(),
+                if r.protected {
+                    format!(
+                        "never: priority {} is protected (due {}, {})",
+                        r.priority,
+                        r.evict_at,
+                        format_relative(r.evict_in_seconds)
+                    )
+                } else {
+                    format!("{} ({})", r.evict_at, format_relative(r.evict_in_seconds))
+                } + &r
+                    .paused_by
+                    .as_ref()
+                    .map(|scope| format!(", paused by the blast-radius guard ({scope})"))
+                    .unwrap_or_default(),
             ]
         })
         .collect();
@@ -370,7 +388,7 @@ pub async fn explain_cluster(
     let pods = list_all(&Api::<Decoded<WatchedPod>>::all(client.clone()), "pods").await?;
 
     let now = Time::now();
-    let mut state = State::new();
+    let mut state = State::with_protected_priority(request.protected_priority);
     state.set_guard(request.guard.clone());
     watch::reset(&mut state, &slices, now, skipping);
     watch::reset(&mut state, &rules, now, skipping);
@@ -479,6 +497,8 @@ mod tests {
             evict_at: format_time(t(at)),
             evict_in_seconds: at - now,
             paused_by: None,
+            priority: 0,
+            protected: false,
         }
     }
 
@@ -530,6 +550,59 @@ mod tests {
                 5,
                 17
             )]
+        );
+    }
+
+    /// With `--protected-priority`, a pod at or above it is shown as protected with its
+    /// priority; one below it, or any pod without the flag, is not.
+    #[test]
+    fn protected_priority_is_shown() {
+        let high = pod(NS, "high").with_claim("c-high").with_priority(1000);
+        let low = pod(NS, "low").with_claim("c-low").with_priority(999);
+        let build = |threshold: Option<i32>| {
+            let mut state = State::with_protected_priority(threshold);
+            state.reset_slices(
+                vec![slice("s", DRIVER, POOL).with_device("gpu-0").with_taint(taint(
+                    KEY,
+                    "",
+                    "NoExecute",
+                    Some(t(5)),
+                ))],
+                t(0),
+            );
+            state.reset_claims(vec![
+                claim(NS, "c-high")
+                    .with_device(DRIVER, POOL, "gpu-0")
+                    .reserved_for(&high),
+                claim(NS, "c-low")
+                    .with_device(DRIVER, POOL, "gpu-0")
+                    .reserved_for(&low),
+            ]);
+            state.reset_pods(
+                [high.clone(), low.clone()]
+                    .into_iter()
+                    .map(|p| (p.object_name(), p.uid.clone(), Some(p)))
+                    .collect(),
+            );
+            explain(&state, t(17))
+        };
+        let shown: Vec<(String, i32, bool)> = build(Some(1000))
+            .into_iter()
+            .map(|r| (r.pod, r.priority, r.protected))
+            .collect();
+        assert_eq!(
+            shown,
+            [("high".to_owned(), 1000, true), ("low".to_owned(), 999, false)]
+        );
+        assert!(build(None).iter().all(|r| !r.protected));
+        let mut out = Vec::new();
+        write_table(&build(Some(1000)), &mut out).expect("write");
+        let text = String::from_utf8(out).expect("utf-8");
+        assert!(
+            text.lines().nth(1).is_some_and(
+                |l| l.ends_with("never: priority 1000 is protected (due 1970-01-01T00:00:05Z, 12s ago)")
+            ),
+            "{text}"
         );
     }
 
@@ -770,7 +843,9 @@ mod tests {
                 "toleration": null,
                 "evictAt": "1970-01-01T00:01:00Z",
                 "evictInSeconds": 59,
-                "pausedBy": null
+                "pausedBy": null,
+                "priority": 0,
+                "protected": false
             })
         );
     }
@@ -824,6 +899,7 @@ mod tests {
             namespace: None,
             output: OutputFormat::Json,
             guard: crate::guard::GuardConfig::default(),
+            protected_priority: None,
         };
         let mut out = Vec::new();
         let rows = explain_cluster(&client, &request, &mut out)

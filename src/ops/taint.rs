@@ -689,6 +689,7 @@ mod tests {
                     pending_pods,
                     pending_namespaces: usize::from(pending_pods > 0),
                     blocked_pods: 0,
+                    protected_pods: 0,
                     evicted,
                     simulation: None,
                     ..RuleCounts::default()

@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 
-use super::{Cancelled, Completion, Finished, MAX_HORIZON, Scheduled, Ticket};
+use super::{Cancelled, Completion, Finished, MAX_HORIZON, Rank, Scheduled, Ticket};
 
 pub const KEYS: u8 = 6;
 
@@ -13,8 +13,15 @@ pub fn horizon_ms() -> u64 {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum State {
-    Waiting { at: u64, seq: u64 },
-    InFlight { ticket: Ticket, deferred: Option<u64> },
+    Waiting {
+        at: u64,
+        seq: u64,
+    },
+    InFlight {
+        ticket: Ticket,
+        deferred: Option<u64>,
+        taken: (u64, u64),
+    },
 }
 
 #[derive(Debug, Default)]
@@ -23,6 +30,10 @@ pub struct Model {
     seq: u64,
     /// Key → (state, failures).
     pub records: HashMap<u8, (State, u32)>,
+    /// Key → rank, for every key in `records`.
+    pub ranks: HashMap<u8, Rank>,
+    /// Paced keys are not handed out before this time.
+    pub hold: Option<u64>,
     pub shut_down: bool,
 }
 
@@ -50,12 +61,13 @@ impl Model {
         self.seq
     }
 
-    pub fn schedule(&mut self, key: u8, at: u64, no_later: bool) -> Scheduled {
+    pub fn schedule(&mut self, key: u8, at: u64, rank: Rank, no_later: bool) -> Scheduled {
         if self.shut_down {
             return Scheduled::ShutDown;
         }
         let at = at.min(self.now + horizon_ms());
         let seq = self.next_seq();
+        self.ranks.insert(key, rank);
         match self.records.get_mut(&key) {
             None => {
                 self.records.insert(key, (State::Waiting { at, seq }, 0));
@@ -95,33 +107,48 @@ impl Model {
             }
             Some((State::Waiting { .. }, _)) => {
                 self.records.remove(&key);
+                self.ranks.remove(&key);
                 Cancelled::Removed
             }
         }
     }
 
-    /// The key `next` must hand out now: earliest deadline, ties by sequence.
+    /// The key `next` must hand out now: among due keys (paced ones only when not held) the
+    /// lowest rank, then the earliest deadline, ties by sequence.
     pub fn due(&self) -> Option<u8> {
         if self.shut_down {
             return None;
         }
+        let held = self.hold.is_some_and(|until| self.now < until);
         self.records
             .iter()
-            .filter_map(|(&key, &(state, _))| match state {
-                State::Waiting { at, seq } if at <= self.now => Some(((at, seq), key)),
-                _ => None,
+            .filter_map(|(&key, &(state, _))| {
+                let rank = self.ranks[&key];
+                match state {
+                    State::Waiting { at, seq } if at <= self.now && !(held && rank != Rank::Unpaced) => {
+                        Some(((rank, at, seq), key))
+                    }
+                    _ => None,
+                }
             })
             .min()
             .map(|(_, key)| key)
     }
 
     pub fn take(&mut self, key: u8, ticket: Ticket) {
-        if let Some((state, _)) = self.records.get_mut(&key) {
+        if let Some((state, _)) = self.records.get_mut(&key)
+            && let State::Waiting { at, seq } = *state
+        {
             *state = State::InFlight {
                 ticket,
                 deferred: None,
+                taken: (at, seq),
             };
         }
+    }
+
+    pub fn hold(&mut self, until: Option<u64>) {
+        self.hold = until;
     }
 
     pub fn done(&mut self, key: u8, ticket: Ticket, completion: Completion) -> Done {
@@ -131,6 +158,7 @@ impl Model {
             State::InFlight {
                 ticket: current,
                 deferred,
+                taken,
             },
             failures,
         )) = self.records.get(&key).copied()
@@ -157,14 +185,22 @@ impl Model {
                     .max(d.min(MAX_HORIZON).as_millis());
                 (Some(now + u64::try_from(delay).unwrap()), failures + 1)
             }
+            Completion::PutBack => (Some(taken.0), failures),
         };
         let target = [deferred, own].into_iter().flatten().min();
         match target {
             None => {
                 self.records.remove(&key);
+                self.ranks.remove(&key);
                 Done::Forgotten
             }
             Some(at) => {
+                // Put back to its own deadline, a key keeps its place.
+                let seq = if completion == Completion::PutBack && at == taken.0 {
+                    taken.1
+                } else {
+                    seq
+                };
                 self.records.insert(key, (State::Waiting { at, seq }, failures));
                 Done::Requeued(at)
             }
@@ -173,10 +209,12 @@ impl Model {
 
     pub fn clear(&mut self) {
         self.records.clear();
+        self.ranks.clear();
+        self.hold = None;
     }
 
     pub fn shutdown(&mut self) {
-        self.records.clear();
+        self.clear();
         self.shut_down = true;
     }
 }

@@ -598,6 +598,124 @@ async fn equal_deadlines_go_in_scheduling_order() {
     assert_eq!(order, [4, 1, 2, 5, 3]);
 }
 
+/// Among due keys: unpaced first, then paced by rank (lowest first), then deadline, then place.
+#[tokio::test(start_paused = true)]
+async fn due_keys_go_by_rank_then_deadline() {
+    let q = queue();
+    let start = Instant::now();
+    q.schedule_ranked(1, start + secs(1), Rank::Paced(100));
+    q.schedule_ranked(2, start + secs(3), Rank::Paced(0));
+    q.schedule_ranked(3, start + secs(2), Rank::Paced(50));
+    q.schedule_ranked(6, start + secs(1), Rank::Paced(50)); // same rank, earlier deadline
+    q.schedule(4, start + secs(4));
+    q.schedule_ranked(5, start + secs(9), Rank::Paced(-5)); // lowest rank, not yet due
+    tokio::time::advance(secs(5)).await;
+    let order: Vec<_> = std::iter::from_fn(|| q.try_next()).map(|(k, _)| k).collect();
+    assert_eq!(order, [4, 2, 6, 3, 1], "the key not yet due stays");
+    assert_eq!(q.rank(&5), Some(Rank::Paced(-5)));
+    assert_eq!(q.rank(&1), Some(Rank::Paced(100)), "kept while in flight");
+}
+
+/// A rank given to a waiting key (same deadline, found due or not) reorders it; one given while
+/// in flight applies when the key is re-queued.
+#[tokio::test(start_paused = true)]
+async fn a_new_rank_reorders_waiting_and_in_flight_keys() {
+    let q = queue();
+    let at = Instant::now() + secs(1);
+    q.schedule_ranked(1, at, Rank::Paced(1));
+    q.schedule_ranked(2, at, Rank::Paced(2));
+    q.schedule_ranked(3, at, Rank::Paced(3));
+    tokio::time::advance(secs(1)).await;
+    let (first, ticket) = q.try_next().expect("due");
+    assert_eq!(first, 1);
+    assert_eq!(
+        q.schedule_no_later_ranked(3, at + secs(5), Rank::Paced(0)),
+        Scheduled::Unchanged,
+        "the deadline stays"
+    );
+    assert_eq!(
+        q.schedule_ranked(1, at, Rank::Paced(9)),
+        Scheduled::DeferredWhileInFlight
+    );
+    assert_eq!(q.done(&1, ticket, Completion::Forget), Finished::Requeued { at });
+    let order: Vec<_> = std::iter::from_fn(|| q.try_next()).map(|(k, _)| k).collect();
+    assert_eq!(order, [3, 2, 1]);
+}
+
+/// While a hold lasts paced keys wait and unpaced ones go; when it ends, the lowest rank due
+/// *then* goes first, even one that became due during the hold.
+#[tokio::test(start_paused = true)]
+async fn a_hold_keeps_paced_keys_and_its_end_serves_the_lowest_rank_then_due() {
+    let q = queue();
+    let start = Instant::now();
+    q.schedule_ranked(1, start, Rank::Paced(100));
+    q.hold_paced_until(Some(start + secs(10)));
+    assert!(q.is_holding());
+    assert_eq!(q.try_next().map(|(k, _)| k), None, "held");
+    q.schedule(9, start + secs(1));
+    let worker = spawn_take_one(&q);
+    tokio::time::advance(secs(1)).await;
+    let (key, ticket, when) = worker.await.expect("worker").expect("a key");
+    assert_eq!((key, when), (9, start + secs(1)), "unpaced work is not held");
+    q.done(&9, ticket, Completion::Forget);
+    let worker = spawn_take_one(&q);
+    settle().await;
+    tokio::time::advance(secs(4)).await;
+    q.schedule_ranked(2, Instant::now(), Rank::Paced(0));
+    settle().await;
+    assert!(!worker.is_finished(), "still held");
+    tokio::time::advance(secs(5)).await;
+    let (key, _, when) = worker.await.expect("worker").expect("a key");
+    assert_eq!(
+        (key, when),
+        (2, start + secs(10)),
+        "the lower rank that became due during the hold goes first, at its end"
+    );
+    assert!(!q.is_holding());
+    assert_eq!(q.try_next().map(|(k, _)| k), Some(1));
+}
+
+/// A key put back waits at its old deadline, rank and place, failure count unchanged; an earlier
+/// deadline deferred meanwhile wins.
+#[tokio::test(start_paused = true)]
+async fn put_back_restores_the_place() {
+    let q = queue();
+    let at = Instant::now() + secs(1);
+    q.schedule_ranked(1, at, Rank::Paced(5));
+    q.schedule_ranked(2, at, Rank::Paced(5));
+    tokio::time::advance(secs(1)).await;
+    let (key, ticket) = q.try_next().expect("due");
+    assert_eq!(key, 1);
+    q.done(&1, ticket, Completion::Retry);
+    tokio::time::advance(secs(1)).await;
+    let (key, ticket) = q.try_next().expect("due");
+    assert_eq!(key, 2, "1 retries later");
+    assert_eq!(q.done(&2, ticket, Completion::PutBack), Finished::Requeued { at });
+    assert_eq!(q.failures(&2), 0);
+    let (key, ticket) = q.try_next().expect("due");
+    assert_eq!(key, 2, "put back before 1, as it was");
+    assert_eq!(q.done(&2, ticket, Completion::PutBack), Finished::Requeued { at });
+    let (key, ticket) = q.try_next().expect("due");
+    assert_eq!(key, 2);
+    q.done(&2, ticket, Completion::Forget);
+    let (key, ticket) = q.try_next().expect("due");
+    assert_eq!(key, 1);
+    let retried = Instant::now() - secs(1) + ms(5);
+    q.schedule_ranked(3, at - secs(1), Rank::Paced(5));
+    assert_eq!(
+        q.done(&1, ticket, Completion::PutBack),
+        Finished::Requeued { at: retried }
+    );
+    assert_eq!(q.failures(&1), 1, "unchanged by PutBack");
+    let (key, ticket) = q.try_next().expect("due");
+    assert_eq!(key, 3, "earlier deadline first");
+    q.schedule(3, at);
+    assert_eq!(
+        q.done(&3, ticket, Completion::PutBack),
+        Finished::Requeued { at: at - secs(1) }
+    );
+}
+
 /// A key whose `Hash` panics on the n-th call from now (0: never).
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct Touchy(u32);
@@ -749,10 +867,16 @@ enum Op {
         past: bool,
         ms: u64,
         no_later: bool,
+        rank: Rank,
     },
     ScheduleFar {
         key: u8,
         no_later: bool,
+        rank: Rank,
+    },
+    /// `hold_paced_until(now + ms)`, or lift the hold.
+    Hold {
+        ms: Option<u64>,
     },
     Cancel {
         key: u8,
@@ -783,15 +907,22 @@ fn completion_strategy() -> impl Strategy<Value = Completion> {
         (0u64..200).prop_map(|n| Completion::After(ms(n))),
         Just(Completion::After(Duration::MAX)),
         Just(Completion::Retry),
+        Just(Completion::PutBack),
     ]
+}
+
+fn rank_strategy() -> impl Strategy<Value = Rank> {
+    prop_oneof![Just(Rank::Unpaced), (-2i32..3).prop_map(Rank::Paced)]
 }
 
 fn op_strategy() -> impl Strategy<Value = Op> {
     let key = 0..model::KEYS;
     prop_oneof![
-        6 => (key.clone(), any::<bool>(), 0u64..300, any::<bool>())
-            .prop_map(|(key, past, ms, no_later)| Op::Schedule { key, past, ms, no_later }),
-        1 => (key.clone(), any::<bool>()).prop_map(|(key, no_later)| Op::ScheduleFar { key, no_later }),
+        6 => (key.clone(), any::<bool>(), 0u64..300, any::<bool>(), rank_strategy())
+            .prop_map(|(key, past, ms, no_later, rank)| Op::Schedule { key, past, ms, no_later, rank }),
+        1 => (key.clone(), any::<bool>(), rank_strategy())
+            .prop_map(|(key, no_later, rank)| Op::ScheduleFar { key, no_later, rank }),
+        1 => prop::option::of(0u64..300).prop_map(|ms| Op::Hold { ms }),
         2 => key.clone().prop_map(|key| Op::Cancel { key }),
         3 => prop_oneof![0u64..20, 0u64..300].prop_map(|ms| Op::Advance { ms }),
         3 => Just(Op::TryNext),
@@ -840,7 +971,15 @@ fn check_state(q: &WorkQueue<u8>, m: &model::Model, start: Instant, op: &Op) -> 
             op
         );
         prop_assert_eq!(q.failures(&key), failures, "failures of {} after {:?}", key, op);
+        prop_assert_eq!(
+            q.rank(&key),
+            m.ranks.get(&key).copied(),
+            "rank of {} after {:?}",
+            key,
+            op
+        );
     }
+    prop_assert_eq!(q.is_holding(), m.hold.is_some_and(|until| m.now < until));
     let waiting: Vec<u64> = m
         .records
         .values()
@@ -884,27 +1023,33 @@ fn run_model(ops: &[Op], shutdown_at: Option<usize>) -> Result<(), TestCaseError
                 past,
                 ms: offset,
                 no_later,
+                rank,
             } => {
                 let t = if past {
                     m.now.saturating_sub(offset)
                 } else {
                     m.now + offset
                 };
-                let got = if no_later {
-                    q.schedule_no_later(key, at(t))
-                } else {
-                    q.schedule(key, at(t))
+                let got = match (no_later, rank) {
+                    (true, Rank::Unpaced) => q.schedule_no_later(key, at(t)),
+                    (false, Rank::Unpaced) => q.schedule(key, at(t)),
+                    (true, rank) => q.schedule_no_later_ranked(key, at(t), rank),
+                    (false, rank) => q.schedule_ranked(key, at(t), rank),
                 };
-                prop_assert_eq!(got, m.schedule(key, t, no_later));
+                prop_assert_eq!(got, m.schedule(key, t, rank, no_later));
             }
-            Op::ScheduleFar { key, no_later } => {
+            Op::ScheduleFar { key, no_later, rank } => {
                 let far = Instant::now() + MAX_HORIZON * 2;
                 let got = if no_later {
-                    q.schedule_no_later(key, far)
+                    q.schedule_no_later_ranked(key, far, rank)
                 } else {
-                    q.schedule(key, far)
+                    q.schedule_ranked(key, far, rank)
                 };
-                prop_assert_eq!(got, m.schedule(key, to_ms(far), no_later));
+                prop_assert_eq!(got, m.schedule(key, to_ms(far), rank, no_later));
+            }
+            Op::Hold { ms: offset } => {
+                q.hold_paced_until(offset.map(|o| at(m.now + o)));
+                m.hold(offset.map(|o| m.now + o));
             }
             Op::Cancel { key } => prop_assert_eq!(q.cancel(&key), m.cancel(key)),
             Op::Advance { ms: by } => {

@@ -28,6 +28,9 @@ pub struct PodView {
     pub terminal: bool,
     /// `metadata.deletionTimestamp` is set: someone is deleting it already.
     pub terminating: bool,
+    /// `spec.priority` (0 when absent): when evictions wait, the lowest goes first, and
+    /// `--protected-priority` keeps pods at or above a value (SPEC D12).
+    pub priority: i32,
     /// `spec.schedulingGroup.podGroupName`: the PodGroup (in the pod's namespace) the pod belongs
     /// to. A claim reserved for that PodGroup counts for the pod (KEP-5729).
     pub pod_group: Option<String>,
@@ -95,6 +98,7 @@ impl PodView {
                 .is_some_and(|n| !n.is_empty()),
             terminal: matches!(phase, Some("Succeeded" | "Failed")),
             terminating: meta.deletion_timestamp.is_some(),
+            priority: pod.spec.as_ref().and_then(|s| s.priority).unwrap_or_default(),
             pod_group: pod
                 .spec
                 .as_ref()
@@ -187,6 +191,17 @@ mod tests {
         let view = PodView::from_api(&p).unwrap().unwrap();
         assert!(!view.scheduled && view.terminal && view.terminating);
         assert_eq!(view.pod_group, None);
+        assert_eq!(view.priority, 0, "no spec.priority counts as 0");
+    }
+
+    #[test]
+    fn keeps_the_priority() {
+        let p = pod(serde_json::json!({
+            "metadata": {"namespace": "ns", "name": "p", "uid": "u"},
+            "spec": {"containers": [], "priority": -7,
+                     "resourceClaims": [{"name": "a", "resourceClaimName": "c"}]}
+        }));
+        assert_eq!(PodView::from_api(&p).unwrap().unwrap().priority, -7);
     }
 
     #[test]

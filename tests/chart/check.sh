@@ -275,6 +275,7 @@ controller
 --eviction-mode=evict
 --max-evictions-per-second=2.5
 --max-evictions-burst=10
+--protected-priority=-1000000
 --dry-run
 --http-addr=[::]:9090
 --leader-elect=true
@@ -345,6 +346,8 @@ must_fail qps-negative "/controller/kubeApiQps" --set controller.kubeApiQps=-1
 must_fail qps-too-small "/controller/kubeApiQps" --set-json controller.kubeApiQps=0.0001
 must_fail qps-too-large "/controller/kubeApiQps" --set controller.kubeApiQps=2000000
 must_fail burst-minimum "/controller/maxEvictionsBurst" --set controller.maxEvictionsBurst=0
+must_fail protectedPriority-type "/controller/protectedPriority" --set controller.protectedPriority=high
+must_fail protectedPriority-range "/controller/protectedPriority" --set controller.protectedPriority=3000000000
 must_fail dryRun-type "/controller/dryRun" --set controller.dryRun=maybe
 must_fail leaseDuration-minimum "/leaderElection/leaseDuration" --set leaderElection.leaseDuration=0
 must_fail leaderElect-type "/leaderElection/enabled" --set leaderElection.enabled=yes

@@ -17,8 +17,8 @@
 //!   the logs stay in `<dir>/logs` for a look after a failure).
 //!
 //! Each [`TestEnv`] owns a namespace labelled `device-taint-eviction.test=true`; dropping the
-//! environment deletes it and every cluster-scoped `ResourceSlice`, `DeviceTaintRule` and
-//! `DeviceClass` labelled with [`TestEnv::labels`] (best effort: a self-started control plane runs
+//! environment deletes it and every cluster-scoped `ResourceSlice`, `DeviceTaintRule`,
+//! `DeviceClass` and `PriorityClass` labelled with [`TestEnv::labels`] (best effort: a self-started control plane runs
 //! no namespace controller, so namespaces stay `Terminating` there, which is harmless).
 #![allow(dead_code)] // each test binary uses a different part of this module
 
@@ -42,6 +42,7 @@ use k8s_openapi::{
         authentication::v1::{TokenRequest, TokenRequestSpec},
         core::v1::{Namespace, Node, ServiceAccount},
         resource::v1::{DeviceClass, ResourceSlice},
+        scheduling::v1::PriorityClass,
     },
     apimachinery::pkg::apis::meta::v1::ObjectMeta,
 };
@@ -564,6 +565,9 @@ impl Drop for TestEnv {
                             .await;
                     }
                     let _ = Api::<DeviceClass>::all(client.clone())
+                        .delete_collection(&dp, &selector)
+                        .await;
+                    let _ = Api::<PriorityClass>::all(client.clone())
                         .delete_collection(&dp, &selector)
                         .await;
                     let _ = Api::<Node>::all(client.clone())

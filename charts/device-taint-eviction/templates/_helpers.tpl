@@ -84,7 +84,7 @@ Combinations the schema cannot express; rendering fails with a readable message.
 
 {{/*
 The controller's command line as a JSON list, one flag per controller value. Every flag is passed
-explicitly (only the --dry-run switch is omitted when off), so the chart's defaults are the ones in
+explicitly (only the --dry-run switch and --protected-priority are omitted when off), so the chart's defaults are the ones in
 force even if the binary's defaults change. Built as a list, not as YAML text, so that no value
 (a log filter with ":" or ",") can break the manifest.
 */}}
@@ -96,6 +96,9 @@ force even if the binary's defaults change. Built as a list, not as YAML text, s
 {{- $args = append $args (printf "--eviction-mode=%s" $c.evictionMode) }}
 {{- $args = append $args (printf "--max-evictions-per-second=%v" $c.maxEvictionsPerSecond) }}
 {{- $args = append $args (printf "--max-evictions-burst=%d" (int64 $c.maxEvictionsBurst)) }}
+{{- if not (kindIs "invalid" $c.protectedPriority) }}
+{{- $args = append $args (printf "--protected-priority=%d" (int64 $c.protectedPriority)) }}
+{{- end }}
 {{- if $c.dryRun }}
 {{- $args = append $args "--dry-run" }}
 {{- end }}
