@@ -1,7 +1,7 @@
 # Every target is what CI runs (see .ci/run); nothing here needs a manual install step.
 CARGO ?= cargo
 
-.PHONY: unit test test-compat lint fmt chart-check image image-check ci demo soak fuzz bench bench-smoke
+.PHONY: unit test test-compat lint fmt chart-check image image-check ci demo demo-guard soak fuzz bench bench-smoke
 
 ## unit: the tests that need nothing but cargo (no control plane, no cluster): the library's unit
 ## and property tests, the actuator against a scripted API, doc tests, and one pass of each
@@ -56,6 +56,11 @@ ci: lint chart-check test image-check
 ## demo: start a local control plane, taint a device, watch the pod go, clean up.
 demo:
 	bash tests/demo.sh
+
+## demo-guard: the blast-radius guard (D11) on a local control plane: 30 running pods, one rule
+## with an empty selector, the guard pauses it, `device-taint-eviction resume` lets the pods go.
+demo-guard:
+	bash tests/demo-guard.sh
 
 ## soak: the scenario, PodGroup, fault (API, control plane, bad input, proxy), leader, restart,
 ## re-list, mode and scale tests SOAK_RUNS times (default 200) on one local control plane;

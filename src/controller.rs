@@ -430,8 +430,8 @@ impl Shared {
                 rule,
                 format!(
                     "Evictions paused by the blast-radius guard (scope {scope}): {trip}. To resume, accept \
-                     this rule's: device-taint-eviction resume --name {name} --accept {blast} (annotation \
-                     {key}={blast}){how}.",
+                     this rule's {blast} evictions: device-taint-eviction resume --name {name} --accept \
+                     {blast} (annotation {key}={blast}){how}.",
                     name = rule.name,
                     key = guard::ACCEPT_ANNOTATION,
                 ),
