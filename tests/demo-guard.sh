@@ -15,43 +15,10 @@ dir=$(mktemp -d "${TMPDIR:-/tmp}/dte-demo-guard.XXXXXX")
 namespaces=(team-a team-b team-c)
 pods=30
 rule=everything
-start=$(date +%s.%N)
-controller_pid=
+# shellcheck source=tests/demo-common.sh
+source "$root/tests/demo-common.sh"
 
-say() { printf '[%6.2fs] %s\n' "$(awk -v a="$(date +%s.%N)" -v b="$start" 'BEGIN { print a - b }')" "$*"; }
-cleanup() {
-	[[ -n $controller_pid ]] && kill "$controller_pid" 2>/dev/null && wait "$controller_pid" 2>/dev/null
-	"$root/tests/controlplane/down.sh" "$dir" >/dev/null 2>&1 || true
-	rm -rf "$dir"
-}
-trap cleanup EXIT
-
-# await DESCRIPTION SECONDS COMMAND...: polls COMMAND until it succeeds or the deadline passes.
-await() {
-	local what=$1 deadline=$(($(date +%s) + $2))
-	shift 2
-	until "$@" >/dev/null 2>&1; do
-		if (($(date +%s) >= deadline)); then
-			echo "demo-guard: timed out waiting for $what" >&2
-			echo "--- controller log ---" >&2
-			tail -20 "$dir/controller.log" >&2 || true
-			exit 1
-		fi
-		sleep 0.2
-	done
-}
-
-say "building device-taint-eviction"
-cargo build --quiet --locked --manifest-path "$root/Cargo.toml"
-"$root/tests/controlplane/build.sh" >/dev/null
-"$root/tests/controlplane/build-kwok.sh" >/dev/null
-say "starting etcd, kube-apiserver, kube-scheduler, the resource-claim controller and KWOK with node node-1"
-"$root/tests/controlplane/up.sh" --with-scheduler --controllers=resource-claim-controller --kwok-nodes=1 "$dir" \
-	>"$dir.up.log" 2>&1 || { cat "$dir.up.log" >&2; exit 1; }
-rm -f "$dir.up.log"
-export KUBECONFIG=$dir/kubeconfig
-kubectl=$("$root/tests/controlplane/build.sh" --print-dir)/kubectl
-k() { "$kubectl" "$@"; }
+start_cluster
 dte() { "$root/target/debug/device-taint-eviction" "$@"; }
 
 say "creating the device class and a ResourceSlice with gpu-0..gpu-$((pods - 1)) on node-1"
@@ -68,7 +35,9 @@ k apply -f "$root/examples/deviceclass.yaml" >/dev/null
 } | k apply -f - >/dev/null
 
 say "starting the controller with its default flags (log: controller.log)"
-dte controller --http-addr 127.0.0.1:0 --leader-elect=false >"$dir/controller.log" 2>&1 &
+# Started directly, not through dte, so that $! is the controller's own pid.
+"$root/target/debug/device-taint-eviction" controller --http-addr 127.0.0.1:0 --leader-elect=false \
+	>"$dir/controller.log" 2>&1 &
 controller_pid=$!
 await "the controller to list everything" 60 grep -q "starting workers" "$dir/controller.log"
 

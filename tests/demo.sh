@@ -14,46 +14,10 @@ set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 dir=$(mktemp -d "${TMPDIR:-/tmp}/dte-demo.XXXXXX")
 ns=demo
-start=$(date +%s.%N)
-controller_pid=
-follower_pid=
+# shellcheck source=tests/demo-common.sh
+source "$root/tests/demo-common.sh"
 
-say() { printf '[%6.2fs] %s\n' "$(awk -v a="$(date +%s.%N)" -v b="$start" 'BEGIN { print a - b }')" "$*"; }
-cleanup() {
-	[[ -z $follower_pid ]] || kill "$follower_pid" 2>/dev/null || true
-	[[ -n $controller_pid ]] && kill "$controller_pid" 2>/dev/null && wait "$controller_pid" 2>/dev/null
-	"$root/tests/controlplane/down.sh" "$dir" >/dev/null 2>&1 || true
-	rm -rf "$dir"
-}
-trap cleanup EXIT
-
-# await DESCRIPTION SECONDS COMMAND...: polls COMMAND until it succeeds or the deadline passes.
-await() {
-	local what=$1 deadline=$(($(date +%s) + $2))
-	shift 2
-	until "$@" >/dev/null 2>&1; do
-		if (($(date +%s) >= deadline)); then
-			echo "demo: timed out waiting for $what" >&2
-			echo "--- controller log ---" >&2
-			tail -20 "$dir/controller.log" >&2 || true
-			exit 1
-		fi
-		sleep 0.2
-	done
-}
-
-say "building device-taint-eviction"
-cargo build --quiet --locked --manifest-path "$root/Cargo.toml"
-# A first run builds the binaries here, with its progress on the terminal (a one-time build).
-"$root/tests/controlplane/build.sh" >/dev/null
-"$root/tests/controlplane/build-kwok.sh" >/dev/null
-say "starting etcd, kube-apiserver, kube-scheduler, the resource-claim controller and KWOK with node node-1"
-"$root/tests/controlplane/up.sh" --with-scheduler --controllers=resource-claim-controller --kwok-nodes=1 "$dir" \
-	>"$dir.up.log" 2>&1 || { cat "$dir.up.log" >&2; exit 1; }
-rm -f "$dir.up.log"
-export KUBECONFIG=$dir/kubeconfig
-kubectl=$("$root/tests/controlplane/build.sh" --print-dir)/kubectl
-k() { "$kubectl" "$@"; }
+start_cluster
 say "node-1 is $(k get node node-1 -o jsonpath='{range .status.conditions[?(@.type=="Ready")]}Ready={.status} ({.reason}){end}'), its kubelet simulated by KWOK"
 
 # follow_pod: prints each change of the pod's state (phase, Terminating, gone) until it is gone.
