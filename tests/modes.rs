@@ -284,23 +284,30 @@ async fn create_pod_with_priority(env: &TestEnv, pod: &str, priority: i32, devic
         .create(&PostParams::default(), &priority_class)
         .await
         .expect("create priority class");
-    let created: Pod = env
-        .api::<Pod>()
-        .create(
-            &PostParams::default(),
-            &serde_json::from_value(json!({
-                "apiVersion": "v1", "kind": "Pod",
-                "metadata": {"name": pod},
-                "spec": {"nodeName": "node-1", "priorityClassName": class,
-                         "containers": [{"name": "c", "image": "registry.k8s.io/pause:3.10",
-                                         "resources": {"claims": [{"name": "gpu"}]}}],
-                         "resourceClaims": [{"name": "gpu", "resourceClaimName": format!("claim-{pod}")}],
-                         "terminationGracePeriodSeconds": 0}
-            }))
-            .expect("pod"),
-        )
-        .await
-        .expect("create pod");
+    let manifest: Pod = serde_json::from_value(json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": pod},
+        "spec": {"nodeName": "node-1", "priorityClassName": class,
+                 "containers": [{"name": "c", "image": "registry.k8s.io/pause:3.10",
+                                 "resources": {"claims": [{"name": "gpu"}]}}],
+                 "resourceClaims": [{"name": "gpu", "resourceClaimName": format!("claim-{pod}")}],
+                 "terminationGracePeriodSeconds": 0}
+    }))
+    .expect("pod");
+    // The Priority admission plugin reads PriorityClasses from its own cache, which may not have
+    // the new class yet: its "no PriorityClass with name" refusal is retried, anything else fails.
+    let created: Pod = wait_for("the API server to know the PriorityClass", TIMEOUT, || async {
+        match env.api::<Pod>().create(&PostParams::default(), &manifest).await {
+            Ok(created) => Some(created),
+            Err(kube::Error::Api(status))
+                if status.code == 403 && status.message.contains("no PriorityClass with name") =>
+            {
+                None
+            }
+            Err(error) => panic!("create pod {pod}: {error}"),
+        }
+    })
+    .await;
     assert_eq!(
         created.spec.as_ref().and_then(|s| s.priority),
         Some(priority),
