@@ -33,7 +33,7 @@ use crate::{
     k8s::{self, DeviceTaintRule, ResourceClaim, ResourceSlice, Timestamp, WatchedPod},
     leader::{LeaderConfig, Leadership},
     metrics::Metrics,
-    queue::{Backoff, Completion, Rank, WorkQueue, deadline_after},
+    queue::{Backoff, Completion, Rank, Ticket, WorkQueue, deadline_after},
     rule_status::{self, RuleStatusWork},
     throttle::TokenBucket,
     view::{PodRef, RuleRef, Time},
@@ -232,6 +232,16 @@ fn instant_at(at: Time, now: Time) -> Instant {
     }
 }
 
+/// The work queue for an eviction pacer: paced pod keys are handed out one token decision at a
+/// time when `evictions` limits the rate (SPEC D12), all at once when it does not.
+fn work_queue(evictions: &TokenBucket) -> WorkQueue<Work> {
+    let queue = WorkQueue::new(Backoff::default());
+    if !evictions.is_unlimited() {
+        queue.serialize_paced();
+    }
+    queue
+}
+
 /// Turns the index's changes into queue operations; returns the changes that ask for an Event.
 ///
 /// Order-safe: batches from concurrent [`Shared::update`] calls may reach the queue in any order,
@@ -317,9 +327,9 @@ impl Shared {
     }
 
     /// Processes one work item; returns how the queue should treat the key.
-    async fn process(&self, work: &Work) -> Completion {
+    async fn process(&self, work: &Work, ticket: Ticket) -> Completion {
         match work {
-            Work::Pod(pod) => self.process_pod(pod).await,
+            Work::Pod(pod) => self.process_pod(pod, ticket).await,
             Work::Rule(rule) => self.process_rule(rule).await,
         }
     }
@@ -351,7 +361,13 @@ impl Shared {
         }
     }
 
-    async fn process_pod(&self, pod: &PodRef) -> Completion {
+    /// Processes a due pod key. The queue hands out no other pod key until this one has said
+    /// whether it got its token ([`WorkQueue::paced_decided`], or the key's `done`), so that with
+    /// pacing the token goes to the lowest (priority, deadline) due pod, whichever worker took it.
+    async fn process_pod(&self, pod: &PodRef, ticket: Ticket) -> Completion {
+        if self.evictions.is_unlimited() {
+            self.queue.paced_decided(ticket);
+        }
         let eviction = match self.due_now(pod) {
             Ok(eviction) => eviction,
             Err(completion) => return completion,
@@ -369,6 +385,7 @@ impl Shared {
                 .hold_paced_until(Some(deadline_after(Instant::now(), wait)));
             return Completion::PutBack;
         }
+        self.queue.paced_decided(ticket);
         match self.actuator.evict(pod, &eviction).await {
             Ok(Outcome::Blocked { retry_after }) => {
                 self.metrics.eviction_blocked();
@@ -606,7 +623,7 @@ async fn wait_until_active(readiness: &Readiness, leader: &mut channel::Receiver
 async fn worker(shared: Arc<Shared>) {
     while let Some((work, ticket)) = shared.queue.next().await {
         shared.workers.beat();
-        let completion = shared.process(&work).await;
+        let completion = shared.process(&work, ticket).await;
         shared.queue.done(&work, ticket, completion);
         shared.workers.beat();
         shared
@@ -715,17 +732,18 @@ pub async fn run_until(config: Config, shutdown: impl Future<Output = ()>) -> Re
     );
     let mut state = State::with_protected_priority(config.protected_priority);
     state.set_guard(config.guard.clone());
+    let evictions = if config.max_evictions_per_second > 0.0 {
+        TokenBucket::new(config.max_evictions_per_second, config.max_evictions_burst)
+    } else {
+        TokenBucket::unlimited()
+    };
     let shared = Arc::new(Shared {
         state: Mutex::new(state),
-        queue: WorkQueue::new(Backoff::default()),
+        queue: work_queue(&evictions),
         actuator,
         metrics: metrics.clone(),
         leader: leader.clone(),
-        evictions: if config.max_evictions_per_second > 0.0 {
-            TokenBucket::new(config.max_evictions_per_second, config.max_evictions_burst)
-        } else {
-            TokenBucket::unlimited()
-        },
+        evictions,
         workers: WorkerBeat::new(),
     });
     info!(
@@ -963,7 +981,7 @@ mod tests {
         let (_, leader) = channel::channel(true);
         Arc::new(Shared {
             state: Mutex::new(State::new()),
-            queue: WorkQueue::new(Backoff::default()),
+            queue: work_queue(&evictions),
             actuator: Actuator::new(client, "test", EvictionMode::Delete, false, None, metrics.clone()),
             metrics,
             leader,
@@ -1006,17 +1024,17 @@ mod tests {
         let Work::Pod(pod) = &work else {
             panic!("expected a pod key, got {work:?}");
         };
-        assert_eq!(shared.process_pod(pod).await, Completion::PutBack);
+        assert_eq!(shared.process_pod(pod, ticket).await, Completion::PutBack);
         shared.queue.done(&work, ticket, Completion::PutBack);
         assert!(shared.queue.is_holding(), "every pod waits for the token");
         assert!(shared.queue.try_next().is_none());
         set_taint(&shared, false);
         tokio::time::advance(Duration::from_secs(1)).await;
-        let (work, _) = shared.queue.try_next().expect("due with the token");
+        let (work, ticket) = shared.queue.try_next().expect("due with the token");
         let Work::Pod(pod) = &work else {
             panic!("expected a pod key, got {work:?}");
         };
-        assert_eq!(shared.process_pod(pod).await, Completion::Forget);
+        assert_eq!(shared.process_pod(pod, ticket).await, Completion::Forget);
         let sent = sent.lock().expect("sent").clone();
         assert!(
             !sent.iter().any(|r| r.contains("/pods/")),
@@ -1149,7 +1167,7 @@ mod tests {
         let client = recording_client(&sent);
         let shared = Arc::new(Shared {
             state: Mutex::new(State::new()),
-            queue: WorkQueue::new(Backoff::default()),
+            queue: work_queue(&TokenBucket::new(1.0, 1)),
             actuator: Actuator::new(client, "test", EvictionMode::Delete, false, None, metrics.clone()),
             metrics,
             leader,
@@ -1364,7 +1382,7 @@ mod tests {
         let (_, leader) = channel::channel(true);
         Arc::new(Shared {
             state: Mutex::new(State::with_protected_priority(protected)),
-            queue: WorkQueue::new(Backoff::default()),
+            queue: work_queue(&evictions),
             actuator: Actuator::new(client, "test", mode, dry_run, None, metrics.clone()),
             metrics,
             leader,
@@ -1654,7 +1672,7 @@ mod tests {
         let (_, leader) = channel::channel(true);
         let shared = Arc::new(Shared {
             state: Mutex::new(State::new()),
-            queue: WorkQueue::new(Backoff::default()),
+            queue: work_queue(&TokenBucket::unlimited()),
             actuator: Actuator::new(
                 recording_client(&sent),
                 "test",
@@ -1688,7 +1706,7 @@ mod tests {
                 continue;
             };
             let before = shared.lock().pending(pod).cloned().expect("pending");
-            let completion = shared.process_pod(pod).await;
+            let completion = shared.process_pod(pod, ticket).await;
             assert_eq!(completion, Completion::After(guard::RECHECK_PERIOD), "{case}");
             assert_eq!(
                 shared.lock().pending(pod),
@@ -1705,13 +1723,13 @@ mod tests {
         );
         shared.update(|state| state.apply_rule(everything.accepting(Some(30)), Timestamp::now()));
         // Rule status work goes first (it never waits behind pods); then a held pod is due.
-        let again = loop {
+        let (again, ticket) = loop {
             let (work, ticket) = shared
                 .queue
                 .try_next()
                 .expect("accepting makes the held pods due at once");
             match work {
-                Work::Pod(pod) => break pod,
+                Work::Pod(pod) => break (pod, ticket),
                 rule @ Work::Rule(_) => {
                     shared.queue.done(&rule, ticket, Completion::Forget);
                 }
@@ -1719,7 +1737,11 @@ mod tests {
         };
         let again = &again;
         // The scripted API server answers the pod's GET with 500: retried.
-        assert_eq!(shared.process_pod(again).await, Completion::Retry, "{case}");
+        assert_eq!(
+            shared.process_pod(again, ticket).await,
+            Completion::Retry,
+            "{case}"
+        );
         let path = format!("/namespaces/ns/pods/{}", again.name);
         let requests: Vec<String> = sent
             .lock()

@@ -53,6 +53,12 @@
 //! at the moment a paced key can proceed, not earlier; a key that became due meanwhile with a
 //! lower rank goes first.
 //!
+//! After [`WorkQueue::serialize_paced`] (the controller calls it when the eviction rate is
+//! limited), a paced key handed out keeps every other paced key back until its worker says
+//! whether it took its token ([`WorkQueue::paced_decided`]) or finishes it (`done`): several
+//! workers taking paced keys at the same moment would otherwise race for one token, and the
+//! token need not go to the lowest rank. Unpaced keys are not held back by it.
+//!
 //! # Data structures
 //!
 //! Waiting keys live in a `BTreeMap<(deadline, seq), key>` (all of them, due or not: the timer
@@ -288,6 +294,13 @@ struct Inner<K> {
     due_until: Option<Instant>,
     /// Paced keys are not handed out before this instant.
     hold: Option<Instant>,
+    /// The generation of the paced key handed out whose worker has not yet said whether it got
+    /// its token ([`WorkQueue::paced_decided`], or its `done`): no other paced key is handed out
+    /// meanwhile, so that the token goes to the lowest-ranked due key, not to whichever of
+    /// several workers that took paced keys at once reaches the token bucket first.
+    deciding: Option<u64>,
+    /// Whether paced keys are handed out one decision at a time ([`WorkQueue::serialize_paced`]).
+    serial: bool,
     /// One record per key present (waiting or in flight).
     records: HashMap<K, Record>,
     next_seq: u64,
@@ -456,7 +469,7 @@ impl<K: Clone + Eq + Hash> Inner<K> {
     /// flight.
     fn pop_due(&mut self, now: Instant) -> Option<(K, Ticket)> {
         self.find_due(now);
-        let holding = self.held(now);
+        let holding = self.held(now) || self.deciding.is_some();
         loop {
             let head = self.due.first_entry()?;
             let (rank, at, seq) = *head.key();
@@ -482,6 +495,9 @@ impl<K: Clone + Eq + Hash> Inner<K> {
                 deferred: None,
                 taken: (at, seq),
             };
+            if self.serial && matches!(rank, Rank::Paced(_)) {
+                self.deciding = Some(generation);
+            }
             return Some((key, Ticket { generation }));
         }
     }
@@ -511,6 +527,13 @@ impl<K: Clone + Eq + Hash> Inner<K> {
         if generation != ticket.generation {
             return (Finished::Stale, false);
         }
+        let decided = self.deciding == Some(generation);
+        if decided {
+            self.deciding = None;
+        }
+        let Some(record) = self.records.get_mut(key) else {
+            return (Finished::Stale, decided);
+        };
         let own = match completion {
             Completion::Forget => {
                 record.failures = 0;
@@ -538,9 +561,9 @@ impl<K: Clone + Eq + Hash> Inner<K> {
         };
         let Some(at) = target else {
             self.records.remove(key);
-            return (Finished::Forgotten, false);
+            return (Finished::Forgotten, decided);
         };
-        let wake = head.is_none_or(|first| at < first);
+        let wake = decided || head.is_none_or(|first| at < first);
         let seq = if completion == Completion::PutBack && at == taken.0 {
             taken.1
         } else {
@@ -578,6 +601,8 @@ impl<K: Clone + Eq + Hash> WorkQueue<K> {
                 due: BTreeMap::new(),
                 due_until: None,
                 hold: None,
+                deciding: None,
+                serial: false,
                 records: HashMap::new(),
                 next_seq: 0,
                 next_generation: 0,
@@ -635,6 +660,25 @@ impl<K: Clone + Eq + Hash> WorkQueue<K> {
     pub fn hold_paced_until(&self, until: Option<Instant>) {
         self.lock().hold = until;
         self.notify.notify_waiters();
+    }
+
+    /// From now on, after handing out a paced key, hands out no other paced key until its worker
+    /// has decided whether it may go ([`Self::paced_decided`] or its `done`). For a pacer with
+    /// one token bucket: without this, several workers that took paced keys at once race for the
+    /// next token, and it need not go to the lowest rank.
+    pub fn serialize_paced(&self) {
+        self.lock().serial = true;
+    }
+
+    /// The worker of the paced key with `ticket` has decided (it took its token, or needs none):
+    /// the next paced key may be handed out. Its `done` does the same.
+    pub fn paced_decided(&self, ticket: Ticket) {
+        let mut inner = self.lock();
+        if inner.deciding == Some(ticket.generation) {
+            inner.deciding = None;
+            drop(inner);
+            self.notify.notify_waiters();
+        }
     }
 
     /// Whether paced keys are held back now (the eviction pacing is waiting for a token).
@@ -814,6 +858,7 @@ impl<K: Clone + Eq + Hash> WorkQueue<K> {
         inner.due.clear();
         inner.records.clear();
         inner.hold = None;
+        inner.deciding = None;
     }
 
     /// Shuts the queue down: every current and future [`next`](Self::next) returns `None`,
@@ -828,6 +873,7 @@ impl<K: Clone + Eq + Hash> WorkQueue<K> {
             inner.due.clear();
             inner.records.clear();
             inner.hold = None;
+            inner.deciding = None;
         }
         self.notify.notify_waiters();
     }

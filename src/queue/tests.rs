@@ -675,6 +675,55 @@ async fn a_hold_keeps_paced_keys_and_its_end_serves_the_lowest_rank_then_due() {
     assert_eq!(q.try_next().map(|(k, _)| k), Some(1));
 }
 
+/// With paced keys serialised, a paced key handed out keeps every other paced key back until its
+/// worker has decided (`paced_decided`) or finished (`done`), so workers that take keys at the
+/// same moment cannot race for one token; unpaced work still goes, and a waiting worker is woken
+/// when the decision comes. Without serialising, all due keys go at once.
+#[tokio::test(start_paused = true)]
+async fn serialised_paced_keys_go_one_decision_at_a_time() {
+    let q = queue();
+    q.serialize_paced();
+    let now = Instant::now();
+    for (key, rank) in [(1, 500), (2, -10), (3, 900)] {
+        q.schedule_ranked(key, now, Rank::Paced(rank));
+    }
+    q.schedule(9, now);
+    let (first, ticket) = q.try_next().expect("unpaced work first");
+    assert_eq!(first, 9);
+    q.done(&9, ticket, Completion::Forget);
+    let (lowest, ticket) = q.try_next().expect("the lowest rank");
+    assert_eq!(lowest, 2);
+    assert_eq!(
+        q.try_next().map(|(k, _)| k),
+        None,
+        "no other paced key before the decision"
+    );
+    let worker = spawn_take_one(&q);
+    settle().await;
+    assert!(!worker.is_finished(), "waits for the decision");
+    q.paced_decided(ticket);
+    let (next, next_ticket, _) = worker.await.expect("worker").expect("a key");
+    assert_eq!(next, 1, "woken by the decision, the next rank");
+    assert_eq!(q.try_next().map(|(k, _)| k), None);
+    q.done(&1, next_ticket, Completion::PutBack);
+    assert_eq!(
+        q.try_next().map(|(k, _)| k),
+        Some(1),
+        "done decides too; the put-back key keeps its rank"
+    );
+
+    let q = queue();
+    for (key, rank) in [(1, 500), (2, -10)] {
+        q.schedule_ranked(key, now, Rank::Paced(rank));
+    }
+    assert_eq!(q.try_next().map(|(k, _)| k), Some(2));
+    assert_eq!(
+        q.try_next().map(|(k, _)| k),
+        Some(1),
+        "not serialised: both at once"
+    );
+}
+
 /// A key put back waits at its old deadline, rank and place, failure count unchanged; an earlier
 /// deadline deferred meanwhile wins.
 #[tokio::test(start_paused = true)]
