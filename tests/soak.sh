@@ -131,6 +131,20 @@ lines += ["", f"{total} failed binary runs; logs of each failure: " + (", ".join
 (out / "report.json").write_text(json.dumps({"rounds": runs, "cpu_load": load, "tests": {
     t: {k: v for k, v in p.items() if k != "seconds"} | {"median_seconds": sorted(p["seconds"])[len(p["seconds"])//2]}
     for t, p in per.items()}}, indent=2) + "\n")
+# Why each failed run failed, ahead of the table: the panic line and the first lines of its
+# message (the whole log is in failures/), so that a CI log's tail says it.
+for p in per.values():
+    for log in p["logs"]:
+        text = (out / log).read_text(errors="replace").splitlines()
+        print(f"## {log}")
+        shown = 0
+        for i, line in enumerate(text):
+            if "panicked at" in line and shown < 3:
+                print("\n".join(l[:300] for l in text[i:i + 6]))
+                shown += 1
+        if not shown:
+            print("\n".join(l[:300] for l in text[-15:]))
+        print()
 print("\n".join(lines))
 PY
 # The closing line counts binary runs, the form CI reads.

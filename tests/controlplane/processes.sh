@@ -11,7 +11,9 @@
 alive() {
 	local task stat
 	for task in /proc/"$1"/task/*/stat; do
-		{ stat=$(<"$task"); } 2>/dev/null || continue
+		# A thread that exits while it is read fails the read (ESRCH): it is gone, so skip it.
+		# (`read`, not `$(<file)`: under `set -e` that form could end the calling script.)
+		read -r stat 2>/dev/null <"$task" || continue
 		stat=${stat##*) }
 		[[ ${stat%% *} == [ZX] ]] || return 0
 	done
@@ -21,11 +23,10 @@ alive() {
 # running_pid NAME: prints the pid of component NAME of this control plane if it runs.
 running_pid() {
 	local pidfile=$dir/run/$1.pid pid cmdline
-	[[ -f $pidfile ]] || return 1
-	pid=$(<"$pidfile")
+	read -r pid 2>/dev/null <"$pidfile" || return 1
 	[[ $pid =~ ^[0-9]+$ ]] || return 1
 	alive "$pid" || return 1
-	cmdline=$(tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null) || return 1
+	cmdline=$(tr '\0' ' ' 2>/dev/null <"/proc/$pid/cmdline") || return 1
 	[[ $cmdline == *"$dir/"* ]] || return 1
 	echo "$pid"
 }
