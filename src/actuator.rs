@@ -21,6 +21,7 @@ use serde_json::json;
 use tokio::sync::{Notify, mpsc};
 use tracing::{debug, error, info, warn};
 
+pub use crate::k8s::{DISRUPTION_MESSAGE, DISRUPTION_REASON};
 use crate::{
     CONTROLLER_NAME, client,
     eviction::Eviction,
@@ -32,12 +33,8 @@ use crate::{
 
 /// Event reason of every pod Event (upstream).
 pub const EVICTION_REASON: &str = "DeviceTaintManagerEviction";
-/// The `DisruptionTarget` condition's reason (upstream).
-pub const DISRUPTION_REASON: &str = "DeletionByDeviceTaintManager";
 /// Event reason on a pod whose due eviction `--protected-priority` withheld (SPEC D12).
 pub const PROTECTED_REASON: &str = "EvictionProtectedByPriority";
-/// The `DisruptionTarget` condition's message (upstream).
-pub const DISRUPTION_MESSAGE: &str = "Device Taint manager: deleting due to NoExecute taint";
 
 /// How pods are removed from tainted devices (`--eviction-mode`; the variants' doc comments are
 /// its `--help` text).
@@ -52,15 +49,6 @@ pub enum EvictionMode {
 /// A failed API call. Each is retried with backoff by the caller.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    /// GET of the live pod failed.
-    #[error("failed to get pod {pod}")]
-    GetPod {
-        /// The pod.
-        pod: PodRef,
-        /// Cause.
-        #[source]
-        source: kube::Error,
-    },
     /// The `DisruptionTarget` status patch failed.
     #[error("failed to add the DisruptionTarget condition to pod {pod}")]
     PatchPodCondition {
@@ -104,7 +92,6 @@ impl Error {
     #[must_use]
     pub fn verb(&self) -> &'static str {
         match self {
-            Self::GetPod { .. } => "get",
             Self::PatchPodCondition { .. } => "patch",
             Self::DeletePod { .. } => "delete",
             Self::EvictPod { .. } => "evict",
@@ -116,7 +103,6 @@ impl Error {
     #[must_use]
     pub fn permission(&self) -> String {
         match self {
-            Self::GetPod { .. } => "get pods".to_owned(),
             Self::PatchPodCondition { .. } => "patch pods/status".to_owned(),
             Self::DeletePod { .. } => "delete pods".to_owned(),
             Self::EvictPod { .. } => "create pods/eviction".to_owned(),
@@ -130,8 +116,7 @@ impl Error {
     /// a 403 with how to fix it), or kube's own text for a transport or decoding failure.
     #[must_use]
     pub fn explain(&self) -> String {
-        let (Self::GetPod { source, .. }
-        | Self::PatchPodCondition { source, .. }
+        let (Self::PatchPodCondition { source, .. }
         | Self::DeletePod { source, .. }
         | Self::EvictPod { source, .. }
         | Self::ApplyRuleStatus { source, .. }) = self;
@@ -146,8 +131,7 @@ impl Error {
     }
     fn source_error(&self) -> &kube::Error {
         match self {
-            Self::GetPod { source, .. }
-            | Self::PatchPodCondition { source, .. }
+            Self::PatchPodCondition { source, .. }
             | Self::DeletePod { source, .. }
             | Self::EvictPod { source, .. }
             | Self::ApplyRuleStatus { source, .. } => source,
@@ -508,35 +492,21 @@ impl Actuator {
         );
     }
 
-    /// Evicts one pod (upstream `addConditionAndDeletePod`): GET it live, check the UID, skip
-    /// a terminating pod, Event, `DisruptionTarget` condition, DELETE with UID precondition (or
-    /// the Eviction API).
+    /// Evicts one pod (upstream `addConditionAndDeletePod`), deciding from the watched pod
+    /// rather than a live GET (SPEC section 3): the `DisruptionTarget` condition, patched with
+    /// the pod's UID (skipped when `marked`: the watched pod has it already), then the Event and
+    /// a DELETE with UID precondition (or the Eviction API). A pod that is gone or was replaced
+    /// (NotFound, or the UID check failed) needs nothing more; one that the patch's answer shows
+    /// terminating is being deleted by someone else and is not counted. Response bodies are not
+    /// decoded into pods: the patch's answer is read for `metadata.deletionTimestamp` only, the
+    /// DELETE's not at all.
     ///
     /// # Errors
     /// Any API failure other than "gone"; the caller retries with backoff.
-    pub async fn evict(&self, pod: &PodRef, eviction: &Eviction) -> Result<Outcome, Error> {
-        let api: Api<Pod> = Api::namespaced(self.client.clone(), &pod.namespace);
-        let live = match api.get(&pod.name).await {
-            Ok(live) => live,
-            Err(e) if is_gone(&e) => return Ok(Outcome::NotNeeded),
-            Err(source) => {
-                return Err(Error::GetPod {
-                    pod: pod.clone(),
-                    source,
-                });
-            }
-        };
-        if live.metadata.uid.as_deref() != Some(pod.uid.as_str()) {
-            debug!(pod = %pod, "pod was replaced by another one with the same name");
-            return Ok(Outcome::NotNeeded);
-        }
-        if live.metadata.deletion_timestamp.is_some() {
-            debug!(pod = %pod, "pod is already being deleted");
-            return Ok(Outcome::NotNeeded);
-        }
+    pub async fn evict(&self, pod: &PodRef, eviction: &Eviction, marked: bool) -> Result<Outcome, Error> {
         let reasons: Vec<String> = eviction.reasons.iter().map(ToString::to_string).collect();
         if self.dry_run {
-            info!(pod = %pod, reasons = ?reasons, "dry run: would evict pod");
+            debug!(pod = %pod, reasons = ?reasons, "dry run: would evict pod");
             self.publish(
                 pod_reference(pod),
                 EventType::Normal,
@@ -546,6 +516,16 @@ impl Actuator {
             );
             return Ok(Outcome::DryRun);
         }
+        if !marked {
+            match add_disruption_condition(&self.client, pod).await? {
+                Patched::Live => {}
+                Patched::Gone => return Ok(Outcome::NotNeeded),
+                Patched::Terminating => {
+                    debug!(pod = %pod, "pod is already being deleted");
+                    return Ok(Outcome::NotNeeded);
+                }
+            }
+        }
         self.publish(
             pod_reference(pod),
             EventType::Normal,
@@ -553,13 +533,9 @@ impl Actuator {
             "Evict",
             "Marking for deletion".into(),
         );
-        if !has_disruption_condition(&live) && !add_disruption_condition(&api, pod).await? {
-            return Ok(Outcome::NotNeeded);
-        }
-        let result = self.delete_or_evict(&api, pod).await;
-        match result {
+        match self.delete_or_evict(pod).await {
             Ok(()) => {
-                info!(pod = %pod, reasons = ?reasons, "evicted pod");
+                debug!(pod = %pod, reasons = ?reasons, "evicted pod");
                 Ok(Outcome::Evicted)
             }
             Err(e) if is_gone(&e) => Ok(Outcome::NotNeeded),
@@ -581,17 +557,24 @@ impl Actuator {
         }
     }
 
-    /// DELETE with the pod's UID as precondition, or the same through the Eviction API.
-    async fn delete_or_evict(&self, api: &Api<Pod>, pod: &PodRef) -> Result<(), kube::Error> {
+    /// DELETE with the pod's UID as precondition, or the same through the Eviction API. The
+    /// answer's body is not decoded (its status says all).
+    async fn delete_or_evict(&self, pod: &PodRef) -> Result<(), kube::Error> {
         match self.mode {
             EvictionMode::Delete => {
                 let delete = DeleteParams::default().preconditions(Preconditions {
                     uid: Some(pod.uid.clone()),
                     resource_version: None,
                 });
-                api.delete(&pod.name, &delete).await.map(|_| ())
+                let request = pods(pod)
+                    .delete(&pod.name, &delete)
+                    .map_err(kube::Error::BuildRequest)?;
+                self.client.request_text(request).await.map(drop)
             }
-            EvictionMode::Evict => evict_pod(api, pod).await,
+            EvictionMode::Evict => {
+                let api: Api<Pod> = Api::namespaced(self.client.clone(), &pod.namespace);
+                evict_pod(&api, pod).await
+            }
         }
     }
 
@@ -645,9 +628,37 @@ pub async fn evict_pod(api: &Api<Pod>, pod: &PodRef) -> Result<(), kube::Error> 
         .map(|_| ())
 }
 
-/// Adds the `DisruptionTarget` condition to the pod, if it still has our UID. Returns false when
-/// the pod is gone (or replaced).
-async fn add_disruption_condition(api: &Api<Pod>, pod: &PodRef) -> Result<bool, Error> {
+/// What the `DisruptionTarget` status patch found.
+enum Patched {
+    /// The pod (our UID) has the condition now and is not terminating.
+    Live,
+    /// The pod is gone, or its name belongs to another pod.
+    Gone,
+    /// The pod has the condition but is already being deleted (by someone else).
+    Terminating,
+}
+
+/// The only part of the patch's answer that is read.
+#[derive(serde::Deserialize)]
+struct Answered {
+    metadata: AnsweredMeta,
+}
+
+#[derive(serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct AnsweredMeta {
+    #[serde(default)]
+    deletion_timestamp: Option<serde::de::IgnoredAny>,
+}
+
+/// The pods of `pod`'s namespace, as a request builder.
+fn pods(pod: &PodRef) -> kube::core::Request {
+    kube::core::Request::new(format!("/api/v1/namespaces/{}/pods", pod.namespace))
+}
+
+/// Adds the `DisruptionTarget` condition to the pod, with its UID in the patch so that a pod that
+/// replaced it under the same name is never touched (the API server refuses the patch).
+async fn add_disruption_condition(client: &Client, pod: &PodRef) -> Result<Patched, Error> {
     let patch = json!({
         "metadata": {"uid": pod.uid},
         "status": {"conditions": [{
@@ -658,12 +669,19 @@ async fn add_disruption_condition(api: &Api<Pod>, pod: &PodRef) -> Result<bool, 
             "lastTransitionTime": Timestamp::now().to_string(),
         }]}
     });
-    match api
-        .patch_status(&pod.name, &PatchParams::default(), &Patch::Strategic(patch))
-        .await
-    {
-        Ok(_) => Ok(true),
-        Err(e) if is_gone(&e) => Ok(false),
+    let answer = match pods(pod).patch_subresource(
+        "status",
+        &pod.name,
+        &PatchParams::default(),
+        &Patch::Strategic(patch),
+    ) {
+        Ok(request) => client.request::<Answered>(request).await,
+        Err(e) => Err(kube::Error::BuildRequest(e)),
+    };
+    match answer {
+        Ok(answered) if answered.metadata.deletion_timestamp.is_some() => Ok(Patched::Terminating),
+        Ok(_) => Ok(Patched::Live),
+        Err(e) if is_gone(&e) => Ok(Patched::Gone),
         Err(source) => Err(Error::PatchPodCondition {
             pod: pod.clone(),
             source,
@@ -683,21 +701,6 @@ fn budget_refusal(pod: &PodRef, status: &kube::core::Status) -> Outcome {
     warn!(pod = %pod, message = %status.message, budget, ?retry_after,
           "eviction refused for now (PodDisruptionBudget); will retry");
     Outcome::Blocked { retry_after }
-}
-
-/// Whether the pod already carries our `DisruptionTarget` condition (then no patch is sent).
-fn has_disruption_condition(pod: &Pod) -> bool {
-    pod.status
-        .as_ref()
-        .and_then(|s| s.conditions.as_ref())
-        .is_some_and(|conditions| {
-            conditions.iter().any(|c| {
-                c.type_ == "DisruptionTarget"
-                    && c.status == "True"
-                    && c.reason.as_deref() == Some(DISRUPTION_REASON)
-                    && c.message.as_deref() == Some(DISRUPTION_MESSAGE)
-            })
-        })
 }
 
 /// The actuator against a scripted API server: every request it sends, in order.

@@ -50,6 +50,7 @@ pub fn pod(namespace: &str, name: &str) -> PodView {
         terminal: false,
         terminating: false,
         priority: 0,
+        disruption_target: false,
         pod_group: None,
         claims: Vec::new(),
     }

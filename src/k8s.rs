@@ -29,6 +29,11 @@ use serde::{Deserialize, Deserializer, Serialize};
 /// The API group of every DRA object this controller reads.
 pub const RESOURCE_GROUP: &str = "resource.k8s.io";
 
+/// The `DisruptionTarget` condition's reason (upstream).
+pub const DISRUPTION_REASON: &str = "DeletionByDeviceTaintManager";
+/// The `DisruptionTarget` condition's message (upstream).
+pub const DISRUPTION_MESSAGE: &str = "Device Taint manager: deleting due to NoExecute taint";
+
 /// DeviceTaintRule versions this controller understands, most preferred first.
 pub const DEVICE_TAINT_RULE_VERSIONS: [&str; 3] = ["v1", "v1beta2", "v1alpha3"];
 
@@ -154,7 +159,8 @@ pub struct WatchedPod {
     /// `spec.nodeName`, `spec.priority`, `spec.resourceClaims` and `spec.schedulingGroup`.
     #[serde(default)]
     pub spec: Option<WatchedPodSpec>,
-    /// `status.phase`, `status.resourceClaimStatuses` and `status.extendedResourceClaimStatus`.
+    /// `status.phase`, `status.resourceClaimStatuses`, `status.extendedResourceClaimStatus`, and
+    /// whether `status.conditions` holds this controller's `DisruptionTarget`.
     #[serde(default)]
     pub status: Option<WatchedPodStatus>,
 }
@@ -192,6 +198,35 @@ pub struct WatchedPodStatus {
     /// The claim generated for DRA-backed extended resources.
     #[serde(default)]
     pub extended_resource_claim_status: Option<PodExtendedResourceClaimStatus>,
+    /// `status.conditions` has the `DisruptionTarget` condition this controller adds before it
+    /// deletes a pod (an earlier attempt got that far), so it is not patched again. Only this
+    /// flag is kept of the conditions.
+    #[serde(default, rename = "conditions", deserialize_with = "has_disruption_target")]
+    pub disruption_target: bool,
+}
+
+/// Whether a pod's `status.conditions` holds our `DisruptionTarget` condition: type, status,
+/// reason and message as the controller writes them. The conditions are read in place; no
+/// string is kept.
+fn has_disruption_target<'de, D: Deserializer<'de>>(deserializer: D) -> Result<bool, D::Error> {
+    #[derive(Deserialize)]
+    struct Listed<'a> {
+        #[serde(default, rename = "type", borrow)]
+        type_: Option<Cow<'a, str>>,
+        #[serde(default, borrow)]
+        status: Option<Cow<'a, str>>,
+        #[serde(default, borrow)]
+        reason: Option<Cow<'a, str>>,
+        #[serde(default, borrow)]
+        message: Option<Cow<'a, str>>,
+    }
+    let conditions: Option<Vec<Listed<'de>>> = Option::deserialize(deserializer)?;
+    Ok(conditions.into_iter().flatten().any(|c| {
+        c.type_.as_deref() == Some("DisruptionTarget")
+            && c.status.as_deref() == Some("True")
+            && c.reason.as_deref() == Some(DISRUPTION_REASON)
+            && c.message.as_deref() == Some(DISRUPTION_MESSAGE)
+    }))
 }
 
 /// The metadata fields a [`WatchedPod`] keeps (the watcher needs `resourceVersion`).
@@ -361,6 +396,37 @@ mod tests {
         assert_eq!(pod.status, None);
         let empty: WatchedPod = serde_json::from_value(serde_json::json!({})).unwrap();
         assert_eq!(empty, WatchedPod::default());
+    }
+
+    /// Of the conditions only whether ours is there is kept: exactly our type, status, reason
+    /// and message, read from bytes as the watcher reads them (escaped strings too).
+    #[test]
+    fn watched_pod_knows_only_whether_it_has_our_disruption_target() {
+        let ours = serde_json::json!({"type": "DisruptionTarget", "status": "True",
+            "reason": DISRUPTION_REASON, "message": DISRUPTION_MESSAGE, "lastTransitionTime": "2026-11-23T10:00:00Z"});
+        let with = |conditions: serde_json::Value| -> bool {
+            let json = serde_json::json!({"metadata": {"name": "p"}, "status": {"conditions": conditions}});
+            let pod: WatchedPod = serde_json::from_slice(&serde_json::to_vec(&json).unwrap()).unwrap();
+            pod.status.is_some_and(|s| s.disruption_target)
+        };
+        assert!(with(
+            serde_json::json!([{"type": "Ready", "status": "True"}, ours])
+        ));
+        assert!(!with(serde_json::json!([{"type": "Ready", "status": "True"}])));
+        assert!(!with(serde_json::json!(null)));
+        for (field, other) in [
+            ("type", "Ready"),
+            ("status", "False"),
+            ("reason", "EvictionByEvictionAPI"),
+            ("message", "deleting \"x\"\n"),
+        ] {
+            let mut theirs = ours.clone();
+            theirs[field] = other.into();
+            assert!(!with(serde_json::json!([theirs])), "{field}");
+        }
+        let pod: WatchedPod =
+            serde_json::from_value(serde_json::json!({"metadata": {"name": "p"}, "status": {}})).unwrap();
+        assert!(!pod.status.unwrap().disruption_target);
     }
 
     #[test]

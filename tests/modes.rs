@@ -215,9 +215,9 @@ async fn paced_evictions_go_lowest_priority_first_and_protected_pods_stay() {
             .then_some(())
     })
     .await;
-    // A worker's first request for a pod (its live GET) goes out right after it took the pod's
-    // token, so the first requests show the order in which tokens went; the DELETEs that follow
-    // a GET, an Event and a PATCH may pass each other on a loaded machine.
+    // A worker's first request for a pod (its status PATCH) goes out right after it took the
+    // pod's token, so the first requests show the order in which tokens went; the DELETEs that
+    // follow a PATCH may pass each other on a loaded machine.
     let firsts = first_pod_requests(&proxy);
     let order: Vec<&str> = firsts.iter().map(|(name, _)| name.as_str()).collect();
     assert_eq!(

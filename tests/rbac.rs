@@ -34,10 +34,9 @@ const KEY: &str = "example.com/broken";
 /// default), as `verb resource`. The chart must grant exactly these: the scenario below proves
 /// each is needed (taken away, the controller fails naming it); this list makes a granted but
 /// unused verb fail at once, by name, instead of as a wait for a Forbidden that never comes.
-const USED_CLUSTER: [&str; 14] = [
+const USED_CLUSTER: [&str; 13] = [
     "create events",                 // Events on pods and rules
     "delete pods",                   // eviction mode "delete"
-    "get pods",                      // the live pod, before acting on it
     "list devicetaintrules",         // the watches: list, then watch
     "list pods",                     //
     "list resourceclaims",           //

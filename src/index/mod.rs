@@ -591,6 +591,15 @@ impl State {
     }
 
     /// The stored pod's priority (0 if the watch no longer shows this pod).
+    /// Whether the stored pod of this UID already carries the `DisruptionTarget` condition this
+    /// controller adds (then the eviction does not patch it again).
+    #[must_use]
+    pub fn disruption_target(&self, pod: &PodRef) -> bool {
+        self.pods
+            .get(&pod.object_name())
+            .is_some_and(|p| p.uid == pod.uid && p.disruption_target)
+    }
+
     fn pod_priority(&self, pod: &PodRef) -> i32 {
         self.pods
             .get(&pod.object_name())

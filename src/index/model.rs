@@ -105,6 +105,7 @@ pub fn pod_op(
         terminal,
         terminating: false,
         priority: 0,
+        disruption_target: false,
         pod_group: group.map(|g| GROUPS[g % GROUPS.len()].to_owned()),
         claims: claims
             .into_iter()

@@ -2186,3 +2186,20 @@ fn protected_pod_is_withheld_once_per_eviction() {
     ));
     assert!(matches!(setup(None, &high).due(&pod_ref, t(1)), Due::Now(_)));
 }
+
+/// Whether the eviction may skip the `DisruptionTarget` patch is read from the stored pod of
+/// that UID only: a pod that replaced it under the same name answers for nothing.
+#[test]
+fn disruption_target_is_read_from_the_pod_of_that_uid() {
+    let mut state = State::new();
+    let marked = PodView {
+        disruption_target: true,
+        ..the_pod()
+    };
+    state.apply_pod(&marked.object_name(), Some(marked.clone()));
+    assert!(state.disruption_target(&marked.pod_ref()));
+    let replaced = PodRef::new(NS, &marked.name, "uid-of-a-new-pod");
+    assert!(!state.disruption_target(&replaced));
+    state.apply_pod(&marked.object_name(), Some(the_pod()));
+    assert!(!state.disruption_target(&the_pod().pod_ref()));
+}

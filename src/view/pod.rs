@@ -15,6 +15,7 @@ pub struct PodClaim {
 
 /// The parts of a pod that the eviction decision reads.
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[allow(clippy::struct_excessive_bools)] // four independent facts of the pod, not a state machine
 pub struct PodView {
     /// Namespace.
     pub namespace: String,
@@ -34,6 +35,9 @@ pub struct PodView {
     /// `spec.schedulingGroup.podGroupName`: the PodGroup (in the pod's namespace) the pod belongs
     /// to. A claim reserved for that PodGroup counts for the pod (KEP-5729).
     pub pod_group: Option<String>,
+    /// `status.conditions` has this controller's `DisruptionTarget` condition (an earlier attempt
+    /// added it): the eviction skips that status patch and goes straight to the DELETE.
+    pub disruption_target: bool,
     /// Claims in use, resolved from `spec.resourceClaims`, `status.resourceClaimStatuses` and
     /// `status.extendedResourceClaimStatus` (SPEC D6).
     pub claims: Vec<PodClaim>,
@@ -105,6 +109,7 @@ impl PodView {
                 .and_then(|s| s.scheduling_group.as_ref())
                 .and_then(|g| g.pod_group_name.clone())
                 .filter(|g| !g.is_empty()),
+            disruption_target: status.is_some_and(|s| s.disruption_target),
             claims,
         }))
     }
@@ -161,7 +166,7 @@ mod tests {
                 "extendedResourceClaimStatus": {"resourceClaimName": "p-extended", "requestMappings": []}}
         }));
         let view = PodView::from_api(&p).unwrap().unwrap();
-        assert!(view.scheduled && !view.terminal && !view.terminating);
+        assert!(view.scheduled && !view.terminal && !view.terminating && !view.disruption_target);
         assert_eq!(
             view.claims,
             vec![
@@ -186,10 +191,12 @@ mod tests {
         let p = pod(serde_json::json!({
             "metadata": {"namespace": "ns", "name": "p", "uid": "u", "deletionTimestamp": "2026-01-01T00:00:00Z"},
             "spec": {"containers": [], "resourceClaims": [{"name": "a", "resourceClaimName": "c"}]},
-            "status": {"phase": "Succeeded"}
+            "status": {"phase": "Succeeded", "conditions": [{"type": "DisruptionTarget", "status": "True",
+                "reason": crate::k8s::DISRUPTION_REASON, "message": crate::k8s::DISRUPTION_MESSAGE}]}
         }));
         let view = PodView::from_api(&p).unwrap().unwrap();
         assert!(!view.scheduled && view.terminal && view.terminating);
+        assert!(view.disruption_target, "an earlier attempt added our condition");
         assert_eq!(view.pod_group, None);
         assert_eq!(view.priority, 0, "no spec.priority counts as 0");
     }

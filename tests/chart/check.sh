@@ -159,7 +159,6 @@ EOF
 # The least privilege the controller needs (delete mode): no pods/eviction, nothing else.
 expect_same "default: RBAC rules" "$out/default.rbac" <<'EOF'
 ClusterRole core/pods delete
-ClusterRole core/pods get
 ClusterRole core/pods list
 ClusterRole core/pods watch
 ClusterRole core/pods/status patch
