@@ -506,7 +506,7 @@ impl Actuator {
     pub async fn evict(&self, pod: &PodRef, eviction: &Eviction, marked: bool) -> Result<Outcome, Error> {
         let reasons: Vec<String> = eviction.reasons.iter().map(ToString::to_string).collect();
         if self.dry_run {
-            debug!(pod = %pod, reasons = ?reasons, "dry run: would evict pod");
+            info!(pod = %pod, reasons = ?reasons, "dry run: would evict pod");
             self.publish(
                 pod_reference(pod),
                 EventType::Normal,

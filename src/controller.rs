@@ -32,7 +32,7 @@ use crate::{
     index::{Change, Due, Finished, State},
     k8s::{self, DeviceTaintRule, ResourceClaim, ResourceSlice, Timestamp, WatchedPod},
     leader::{LeaderConfig, Leadership},
-    metrics::Metrics,
+    metrics::{EvictionTotals, Metrics},
     queue::{Backoff, Completion, Rank, Ticket, WorkQueue, deadline_after},
     rule_status::{self, RuleStatusWork},
     throttle::TokenBucket,
@@ -798,6 +798,7 @@ pub async fn run_until(config: Config, shutdown: impl Future<Output = ()>) -> Re
             for _ in 0..count {
                 set.spawn(worker(shared.clone()));
             }
+            tokio::spawn(summarize_evictions(shared.clone()));
             // Workers only stop once the queue is shut down; one that ends before (a panic in a
             // test build; release builds abort) ends the whole controller.
             while let Some(joined) = set.join_next().await {
@@ -855,6 +856,52 @@ pub async fn run_until(config: Config, shutdown: impl Future<Output = ()>) -> Re
 /// the whole stop stays well inside the chart's 30 s termination grace period, whatever
 /// `--api-timeout` is: a call still hanging then is abandoned (the pod stays pending on the API
 /// server's side, and the next leader evicts it at its deadline, once: writes carry the pod's UID).
+/// How often the evictions of the last period are summed up in one info line (per-pod lines are
+/// at debug level: a bulk eviction of thousands of pods must not log thousands of lines).
+const SUMMARY_PERIOD: Duration = Duration::from_secs(10);
+
+/// Logs, every [`SUMMARY_PERIOD`] in which pods were evicted (or would have been, in dry run),
+/// how many, the totals and what is still pending; silent otherwise. Ends with the queue.
+async fn summarize_evictions(shared: Arc<Shared>) {
+    let mut last = shared.metrics.eviction_totals();
+    let mut tick = tokio::time::interval_at(Instant::now() + SUMMARY_PERIOD, SUMMARY_PERIOD);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    while !shared.queue.is_shut_down() {
+        tick.tick().await;
+        let now = shared.metrics.eviction_totals();
+        if let Some(line) = eviction_summary(last, now) {
+            info!(
+                evicted = now.evicted - last.evicted,
+                dry_run = now.dry_run - last.dry_run,
+                evicted_total = now.evicted,
+                pending = now.pending,
+                "{line}"
+            );
+        }
+        last = now;
+    }
+}
+
+/// The summary line for the change from `before` to `now`, if anything was evicted.
+fn eviction_summary(before: EvictionTotals, now: EvictionTotals) -> Option<String> {
+    let evicted = now.evicted.saturating_sub(before.evicted);
+    let dry_run = now.dry_run.saturating_sub(before.dry_run);
+    let pending = now.pending;
+    match (evicted, dry_run) {
+        (0, 0) => None,
+        (n, 0) => Some(format!(
+            "evicted {n} pods in the last {}s ({} since start, {pending} pending)",
+            SUMMARY_PERIOD.as_secs(),
+            now.evicted
+        )),
+        (_, n) => Some(format!(
+            "dry run: would have evicted {n} pods in the last {}s ({} since start, {pending} pending)",
+            SUMMARY_PERIOD.as_secs(),
+            now.dry_run
+        )),
+    }
+}
+
 const DRAIN: Duration = Duration::from_secs(15);
 /// How long queued Events may be published after the drain.
 const EVENT_FLUSH: Duration = Duration::from_secs(3);
@@ -955,6 +1002,25 @@ mod tests {
     use std::{collections::HashSet, convert::Infallible};
 
     use super::*;
+
+    /// One info line per period with evictions, none for a quiet one; dry run says so.
+    #[test]
+    fn eviction_summary_counts_the_period() {
+        let at = |evicted, dry_run, pending| EvictionTotals {
+            evicted,
+            dry_run,
+            pending,
+        };
+        assert_eq!(eviction_summary(at(5, 0, 3), at(5, 0, 3)), None);
+        assert_eq!(
+            eviction_summary(at(5, 0, 300), at(105, 0, 200)).as_deref(),
+            Some("evicted 100 pods in the last 10s (105 since start, 200 pending)")
+        );
+        assert_eq!(
+            eviction_summary(at(0, 2, 9), at(0, 9, 2)).as_deref(),
+            Some("dry run: would have evicted 7 pods in the last 10s (9 since start, 2 pending)")
+        );
+    }
     use crate::fixtures::{claim, pod, rule, slice, t, taint};
 
     /// A client whose API server records each request and answers `500`.

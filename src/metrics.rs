@@ -23,6 +23,17 @@ pub const PREFIX: &str = "device_taint_eviction_controller";
 /// Content type of [`encode`]'s output, for the `/metrics` response.
 pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
+/// What [`Metrics::eviction_totals`] reads.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct EvictionTotals {
+    /// `pod_deletions_total`.
+    pub evicted: u64,
+    /// `dry_run_evictions_total`.
+    pub dry_run: u64,
+    /// `pending_evictions`.
+    pub pending: i64,
+}
+
 /// Upstream help of `pod_deletions_total`, verbatim.
 const POD_DELETIONS_HELP: &str =
     "Total number of Pods deleted by DeviceTaintEvictionController since its start.";
@@ -241,6 +252,16 @@ impl Metrics {
     pub fn pod_deleted(&self, latency: Duration) {
         self.inner.pod_deletions.inc();
         self.inner.pod_deletion_duration.observe(latency.as_secs_f64());
+    }
+
+    /// Pods evicted and dry-run evictions so far, and pods pending now: the periodic summary.
+    #[must_use]
+    pub fn eviction_totals(&self) -> EvictionTotals {
+        EvictionTotals {
+            evicted: self.inner.pod_deletions.get(),
+            dry_run: self.inner.dry_run_evictions.get(),
+            pending: self.inner.pending_evictions.get(),
+        }
     }
 
     /// Number of pods scheduled for eviction.
