@@ -192,7 +192,7 @@ pub enum Outcome {
 #[derive(Clone)]
 pub struct Actuator {
     client: Client,
-    events: mpsc::Sender<(Event, ObjectReference)>,
+    events: Arc<[mpsc::Sender<(Event, ObjectReference)>]>,
     backlog: Arc<Backlog>,
     mode: EvictionMode,
     dry_run: bool,
@@ -200,9 +200,15 @@ pub struct Actuator {
     metrics: Metrics,
 }
 
-/// Events waiting for publication. They are written one at a time, in order, by one task (as
-/// upstream's event broadcaster does): a burst of evictions then does not compete with its own
-/// Events for the API server, nor open a connection per Event.
+/// Events are published by [`EVENT_PUBLISHERS`] tasks, each with its own queue of
+/// [`EVENT_QUEUE`] Events and its own recorder; an object's Events all go to the same task
+/// (chosen by its namespace and name), so they are written in order and a repeated Event becomes
+/// a series, as upstream's event broadcaster does. Several tasks keep a bulk eviction's Events
+/// up with its deletions (one task writing one Event at a time fell behind at thousands of
+/// pods and had to drop them), yet a burst of Events never takes more than these few requests
+/// of the API server at once: the evictions keep their own workers.
+const EVENT_PUBLISHERS: usize = 4;
+/// Events waiting in each publisher's queue; beyond that they are dropped and counted.
 const EVENT_QUEUE: usize = 1000;
 
 async fn publish_events(
@@ -221,6 +227,15 @@ async fn publish_events(
         }
         backlog.done();
     }
+}
+
+/// The publisher of `reference`'s Events: the same one for every Event of an object.
+fn publisher_of(reference: &ObjectReference, publishers: usize) -> usize {
+    use std::hash::{BuildHasher, BuildHasherDefault, DefaultHasher};
+    let hash = BuildHasherDefault::<DefaultHasher>::default()
+        .hash_one((reference.namespace.as_deref(), reference.name.as_deref()));
+    // The remainder is below `publishers`, a usize.
+    usize::try_from(hash % publishers as u64).unwrap_or_default()
 }
 
 /// Events queued or being published, so that shutdown can wait for them.
@@ -325,14 +340,19 @@ impl Actuator {
             controller: CONTROLLER_NAME.into(),
             instance: Some(identity.to_owned()),
         };
-        let (events, queue) = mpsc::channel(EVENT_QUEUE);
         let backlog = Arc::new(Backlog::default());
-        tokio::spawn(publish_events(
-            Recorder::new(client.clone(), reporter),
-            queue,
-            backlog.clone(),
-            metrics.clone(),
-        ));
+        let events = (0..EVENT_PUBLISHERS)
+            .map(|_| {
+                let (events, queue) = mpsc::channel(EVENT_QUEUE);
+                tokio::spawn(publish_events(
+                    Recorder::new(client.clone(), reporter.clone()),
+                    queue,
+                    backlog.clone(),
+                    metrics.clone(),
+                ));
+                events
+            })
+            .collect();
         Self {
             client,
             events,
@@ -365,7 +385,8 @@ impl Actuator {
             secondary: None,
         };
         self.backlog.pending.fetch_add(1, Ordering::SeqCst);
-        if let Err(error) = self.events.try_send((event, reference)) {
+        let publisher = &self.events[publisher_of(&reference, self.events.len())];
+        if let Err(error) = publisher.try_send((event, reference)) {
             self.backlog.done();
             match error {
                 mpsc::error::TrySendError::Full((event, reference)) => {

@@ -781,6 +781,42 @@ async fn unknown_selector_fields_post_one_warning_event_for_the_rule() {
     );
 }
 
+/// A burst of Events far beyond one publisher's queue (2 500 pods' Events queued without a
+/// pause, as a bulk eviction does) is spread over the publishers by object and every one is
+/// written, none dropped; an object's Events stay with one publisher, in order, so a repeated one
+/// becomes a series (a POST, then a PATCH of it).
+#[tokio::test]
+async fn a_burst_of_events_beyond_one_queue_is_all_published() {
+    let script = Script::new([]);
+    let mut registry = Registry::default();
+    let metrics = Metrics::register(&mut registry);
+    let actuator = Actuator::new(
+        script.client(),
+        "replica-1",
+        EvictionMode::Delete,
+        false,
+        None,
+        metrics,
+    );
+    let repeated = PodRef::new(NS, "repeated", "uid-repeated");
+    actuator.pod_eviction_cancelled(&repeated);
+    for i in 0..2500 {
+        actuator.pod_eviction_cancelled(&PodRef::new(NS, format!("pod-{i}"), format!("uid-{i}")));
+    }
+    actuator.pod_eviction_cancelled(&repeated);
+    assert!(actuator.flush_events(Duration::from_secs(60)).await);
+    let text = metrics::encode(&registry);
+    assert!(!text.contains("event_queue_full"), "{text}");
+    let events = script.events();
+    assert_eq!(events.len(), 2502);
+    let of_repeated: Vec<&str> = events
+        .iter()
+        .filter(|e| e.body["regarding"]["name"] == "repeated" || e.uri.contains("/events/repeated."))
+        .map(|e| e.method.as_str())
+        .collect();
+    assert_eq!(of_repeated, ["POST", "PATCH"], "one series, in order");
+}
+
 /// An Event that cannot be queued because the publisher task is gone is counted and logged as
 /// such, not as a full queue.
 #[test]
