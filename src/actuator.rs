@@ -192,7 +192,7 @@ pub enum Outcome {
 #[derive(Clone)]
 pub struct Actuator {
     client: Client,
-    events: Arc<[mpsc::Sender<(Event, ObjectReference)>]>,
+    events: Arc<[mpsc::Sender<Queued>]>,
     backlog: Arc<Backlog>,
     mode: EvictionMode,
     dry_run: bool,
@@ -211,14 +211,37 @@ const EVENT_PUBLISHERS: usize = 4;
 /// Events waiting in each publisher's queue; beyond that they are dropped and counted.
 const EVENT_QUEUE: usize = 1000;
 
+/// An Event waiting for its publisher.
+struct Queued {
+    event: Event,
+    reference: ObjectReference,
+    /// An Event that is never repeated for its object (the eviction of one pod): written as it is,
+    /// not remembered. Any other goes through the recorder, which keeps each Event it sent for
+    /// some minutes so that a repeat becomes a series; remembering one Event per evicted pod
+    /// would hold thousands of Events in memory after a bulk eviction.
+    once: bool,
+}
+
 async fn publish_events(
     recorder: Recorder,
-    mut queue: mpsc::Receiver<(Event, ObjectReference)>,
+    client: Client,
+    reporter: Reporter,
+    mut queue: mpsc::Receiver<Queued>,
     backlog: Arc<Backlog>,
     metrics: Metrics,
 ) {
-    while let Some((event, reference)) = queue.recv().await {
-        if let Err(error) = recorder.publish(&event, &reference).await
+    while let Some(Queued {
+        event,
+        reference,
+        once,
+    }) = queue.recv().await
+    {
+        let written = if once {
+            write_event(&client, &reporter, &event, &reference).await
+        } else {
+            recorder.publish(&event, &reference).await
+        };
+        if let Err(error) = written
             && !crate::client::is_not_leader(&error)
         {
             metrics.api_error("create_event");
@@ -227,6 +250,57 @@ async fn publish_events(
         }
         backlog.done();
     }
+}
+
+/// Creates `event` about `reference` as an `events.k8s.io/v1` Event shaped as the recorder shapes
+/// a new one (name `<object>.<nanoseconds hex>`, event time now, this controller and replica as
+/// reporter), without remembering it; the answer is not decoded.
+async fn write_event(
+    client: &Client,
+    reporter: &Reporter,
+    event: &Event,
+    reference: &ObjectReference,
+) -> Result<(), kube::Error> {
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta};
+    let now = Timestamp::now();
+    let namespace = reference.namespace.clone().unwrap_or_else(|| "default".to_owned());
+    let body = k8s_openapi::api::events::v1::Event {
+        action: Some(event.action.clone()),
+        reason: Some(event.reason.clone()),
+        event_time: Some(MicroTime(now)),
+        regarding: Some(reference.clone()),
+        note: event.note.clone(),
+        metadata: ObjectMeta {
+            namespace: Some(namespace.clone()),
+            name: Some(format!(
+                "{}.{:x}",
+                reference.name.as_deref().unwrap_or(&reporter.controller),
+                now.as_nanosecond()
+            )),
+            ..ObjectMeta::default()
+        },
+        reporting_controller: Some(reporter.controller.clone()),
+        reporting_instance: Some(
+            reporter
+                .instance
+                .clone()
+                .unwrap_or_else(|| reporter.controller.clone()),
+        ),
+        type_: Some(
+            match event.type_ {
+                EventType::Normal => "Normal",
+                EventType::Warning => "Warning",
+            }
+            .to_owned(),
+        ),
+        related: event.secondary.clone(),
+        ..k8s_openapi::api::events::v1::Event::default()
+    };
+    let body = serde_json::to_vec(&body).map_err(kube::Error::SerdeError)?;
+    let request = kube::core::Request::new(format!("/apis/events.k8s.io/v1/namespaces/{namespace}/events"))
+        .create(&PostParams::default(), body)
+        .map_err(kube::Error::BuildRequest)?;
+    client.request_text(request).await.map(drop)
 }
 
 /// The publisher of `reference`'s Events: the same one for every Event of an object.
@@ -346,6 +420,8 @@ impl Actuator {
                 let (events, queue) = mpsc::channel(EVENT_QUEUE);
                 tokio::spawn(publish_events(
                     Recorder::new(client.clone(), reporter.clone()),
+                    client.clone(),
+                    reporter.clone(),
                     queue,
                     backlog.clone(),
                     metrics.clone(),
@@ -377,6 +453,24 @@ impl Actuator {
         action: &str,
         note: String,
     ) {
+        self.enqueue(reference, type_, reason, action, note, false);
+    }
+
+    /// [`Self::publish`] for an Event that is never repeated for its object: written without
+    /// being remembered (see [`Queued::once`]).
+    fn publish_once(&self, reference: ObjectReference, reason: &str, action: &str, note: String) {
+        self.enqueue(reference, EventType::Normal, reason, action, note, true);
+    }
+
+    fn enqueue(
+        &self,
+        reference: ObjectReference,
+        type_: EventType,
+        reason: &str,
+        action: &str,
+        note: String,
+        once: bool,
+    ) {
         let event = Event {
             type_,
             reason: reason.into(),
@@ -386,17 +480,21 @@ impl Actuator {
         };
         self.backlog.pending.fetch_add(1, Ordering::SeqCst);
         let publisher = &self.events[publisher_of(&reference, self.events.len())];
-        if let Err(error) = publisher.try_send((event, reference)) {
+        if let Err(error) = publisher.try_send(Queued {
+            event,
+            reference,
+            once,
+        }) {
             self.backlog.done();
             match error {
-                mpsc::error::TrySendError::Full((event, reference)) => {
+                mpsc::error::TrySendError::Full(Queued { event, reference, .. }) => {
                     self.metrics.skipped("events", "event_queue_full");
                     warn!(
                         object = ?reference.name, namespace = ?reference.namespace, uid = ?reference.uid,
                         reason = %event.reason, "event queue full; dropping event"
                     );
                 }
-                mpsc::error::TrySendError::Closed((event, reference)) => {
+                mpsc::error::TrySendError::Closed(Queued { event, reference, .. }) => {
                     self.metrics.skipped("events", "event_publisher_closed");
                     error!(
                         object = ?reference.name, namespace = ?reference.namespace, uid = ?reference.uid,
@@ -528,9 +626,8 @@ impl Actuator {
         let reasons: Vec<String> = eviction.reasons.iter().map(ToString::to_string).collect();
         if self.dry_run {
             info!(pod = %pod, reasons = ?reasons, "dry run: would evict pod");
-            self.publish(
+            self.publish_once(
                 pod_reference(pod),
-                EventType::Normal,
                 EVICTION_REASON,
                 "Evict",
                 "Would mark for deletion (dry run: the pod is not touched)".into(),
@@ -547,9 +644,8 @@ impl Actuator {
                 }
             }
         }
-        self.publish(
+        self.publish_once(
             pod_reference(pod),
-            EventType::Normal,
             EVICTION_REASON,
             "Evict",
             "Marking for deletion".into(),

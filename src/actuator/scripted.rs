@@ -477,6 +477,39 @@ async fn an_existing_disruption_condition_is_not_patched_again() {
     assert_one_pod_event(&actuator, &script, "Evict", "Marking for deletion").await;
 }
 
+/// The eviction Event is written, not remembered: a second attempt for the same pod (its DELETE
+/// failed) writes a second Event rather than a series of the first, which the recorder would do
+/// by keeping every Event it sent for minutes (thousands after a bulk eviction). Shaped as the
+/// recorder shapes a new Event.
+#[tokio::test]
+async fn eviction_events_are_written_not_remembered() {
+    let script = Script::new([
+        Reply::ok(&live_pod(UID)),
+        Reply::error(500, "InternalError"),
+        Reply::ok(&live_pod(UID)),
+    ]);
+    let actuator = actuator(&script, EvictionMode::Delete, false);
+    actuator.evict(&pod_ref(), &eviction(), false).await.expect_err("DELETE failed");
+    assert!(actuator.flush_events(Duration::from_secs(10)).await);
+    let outcome = actuator.evict(&pod_ref(), &eviction(), true).await.expect("evicted");
+    assert_eq!(outcome, Outcome::Evicted);
+    assert!(actuator.flush_events(Duration::from_secs(10)).await);
+    let events = script.events();
+    let methods: Vec<&str> = events.iter().map(|e| e.method.as_str()).collect();
+    assert_eq!(methods, ["POST", "POST"], "{events:#?}");
+    for event in &events {
+        let name = event.body["metadata"]["name"].as_str().expect("name");
+        assert!(
+            name.strip_prefix(&format!("{POD}."))
+                .is_some_and(|hex| !hex.is_empty() && hex.chars().all(|c| c.is_ascii_hexdigit())),
+            "{name}"
+        );
+        assert_eq!(event.body["metadata"]["namespace"], NS);
+        assert!(event.body["eventTime"].is_string(), "{}", event.body);
+        assert_eq!(event.body["note"], "Marking for deletion");
+    }
+}
+
 /// Dry run sends nothing but the Event saying what it would do.
 #[tokio::test]
 async fn dry_run_only_publishes_a_would_evict_event() {
