@@ -215,11 +215,19 @@ const EVENT_QUEUE: usize = 1000;
 struct Queued {
     event: Event,
     reference: ObjectReference,
-    /// An Event that is never repeated for its object (the eviction of one pod): written as it is,
-    /// not remembered. Any other goes through the recorder, which keeps each Event it sent for
-    /// some minutes so that a repeat becomes a series; remembering one Event per evicted pod
-    /// would hold thousands of Events in memory after a bulk eviction.
-    once: bool,
+    remember: Remember,
+}
+
+/// Whether a published Event is remembered.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Remember {
+    /// Through the recorder, which keeps each Event it sent for some minutes so that a repeat
+    /// becomes a series (a PATCH of its count).
+    Series,
+    /// Never repeated for its object (the eviction of one pod): written as it is, not
+    /// remembered. Remembering one Event per evicted pod would hold thousands of Events in memory
+    /// after a bulk eviction.
+    Once,
 }
 
 async fn publish_events(
@@ -233,13 +241,12 @@ async fn publish_events(
     while let Some(Queued {
         event,
         reference,
-        once,
+        remember,
     }) = queue.recv().await
     {
-        let written = if once {
-            write_event(&client, &reporter, &event, &reference).await
-        } else {
-            recorder.publish(&event, &reference).await
+        let written = match remember {
+            Remember::Once => write_event(&client, &reporter, &event, &reference).await,
+            Remember::Series => recorder.publish(&event, &reference).await,
         };
         if let Err(error) = written
             && !crate::client::is_not_leader(&error)
@@ -263,7 +270,10 @@ async fn write_event(
 ) -> Result<(), kube::Error> {
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta};
     let now = Timestamp::now();
-    let namespace = reference.namespace.clone().unwrap_or_else(|| "default".to_owned());
+    let namespace = reference
+        .namespace
+        .clone()
+        .unwrap_or_else(|| "default".to_owned());
     let body = k8s_openapi::api::events::v1::Event {
         action: Some(event.action.clone()),
         reason: Some(event.reason.clone()),
@@ -452,24 +462,7 @@ impl Actuator {
         reason: &str,
         action: &str,
         note: String,
-    ) {
-        self.enqueue(reference, type_, reason, action, note, false);
-    }
-
-    /// [`Self::publish`] for an Event that is never repeated for its object: written without
-    /// being remembered (see [`Queued::once`]).
-    fn publish_once(&self, reference: ObjectReference, reason: &str, action: &str, note: String) {
-        self.enqueue(reference, EventType::Normal, reason, action, note, true);
-    }
-
-    fn enqueue(
-        &self,
-        reference: ObjectReference,
-        type_: EventType,
-        reason: &str,
-        action: &str,
-        note: String,
-        once: bool,
+        remember: Remember,
     ) {
         let event = Event {
             type_,
@@ -483,7 +476,7 @@ impl Actuator {
         if let Err(error) = publisher.try_send(Queued {
             event,
             reference,
-            once,
+            remember,
         }) {
             self.backlog.done();
             match error {
@@ -529,6 +522,7 @@ impl Actuator {
             EVICTION_REASON,
             "CancelEviction",
             "Cancelling deletion".into(),
+            Remember::Series,
         );
     }
 
@@ -549,6 +543,7 @@ impl Actuator {
             PROTECTED_REASON,
             "Evict",
             note,
+            Remember::Series,
         );
     }
 
@@ -579,6 +574,7 @@ impl Actuator {
             "EmptyDeviceSelector",
             "Select",
             note,
+            Remember::Series,
         );
     }
 
@@ -588,7 +584,14 @@ impl Actuator {
         let Some(reference) = self.rule_reference(rule) else {
             return;
         };
-        self.publish(reference, EventType::Warning, "EvictionPaused", "Evict", note);
+        self.publish(
+            reference,
+            EventType::Warning,
+            "EvictionPaused",
+            "Evict",
+            note,
+            Remember::Series,
+        );
     }
 
     /// Warns that a rule's selector has fields this controller does not understand, so that the
@@ -608,6 +611,7 @@ impl Actuator {
             "UnknownDeviceSelectorFields",
             "Select",
             note,
+            Remember::Series,
         );
     }
 
@@ -626,11 +630,13 @@ impl Actuator {
         let reasons: Vec<String> = eviction.reasons.iter().map(ToString::to_string).collect();
         if self.dry_run {
             info!(pod = %pod, reasons = ?reasons, "dry run: would evict pod");
-            self.publish_once(
+            self.publish(
                 pod_reference(pod),
+                EventType::Normal,
                 EVICTION_REASON,
                 "Evict",
                 "Would mark for deletion (dry run: the pod is not touched)".into(),
+                Remember::Once,
             );
             return Ok(Outcome::DryRun);
         }
@@ -644,11 +650,13 @@ impl Actuator {
                 }
             }
         }
-        self.publish_once(
+        self.publish(
             pod_reference(pod),
+            EventType::Normal,
             EVICTION_REASON,
             "Evict",
             "Marking for deletion".into(),
+            Remember::Once,
         );
         match self.delete_or_evict(pod).await {
             Ok(()) => {

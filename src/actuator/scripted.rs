@@ -489,9 +489,15 @@ async fn eviction_events_are_written_not_remembered() {
         Reply::ok(&live_pod(UID)),
     ]);
     let actuator = actuator(&script, EvictionMode::Delete, false);
-    actuator.evict(&pod_ref(), &eviction(), false).await.expect_err("DELETE failed");
+    actuator
+        .evict(&pod_ref(), &eviction(), false)
+        .await
+        .expect_err("DELETE failed");
     assert!(actuator.flush_events(Duration::from_secs(10)).await);
-    let outcome = actuator.evict(&pod_ref(), &eviction(), true).await.expect("evicted");
+    let outcome = actuator
+        .evict(&pod_ref(), &eviction(), true)
+        .await
+        .expect("evicted");
     assert_eq!(outcome, Outcome::Evicted);
     assert!(actuator.flush_events(Duration::from_secs(10)).await);
     let events = script.events();
