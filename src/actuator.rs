@@ -224,9 +224,9 @@ enum Remember {
     /// Through the recorder, which keeps each Event it sent for some minutes so that a repeat
     /// becomes a series (a PATCH of its count).
     Series,
-    /// Never repeated for its object (the eviction of one pod): written as it is, not
-    /// remembered. Remembering one Event per evicted pod would hold thousands of Events in memory
-    /// after a bulk eviction.
+    /// Written as it is, not remembered: a pod's eviction Event, one per evicted pod (a second
+    /// attempt after a failed DELETE writes a second Event rather than a series). Remembering one
+    /// Event per evicted pod would hold thousands of Events in memory after a bulk eviction.
     Once,
 }
 
