@@ -18,7 +18,10 @@ use kube::{
     runtime::events::{Event, EventType, Recorder, Reporter},
 };
 use serde_json::json;
-use tokio::sync::{Notify, mpsc};
+use tokio::{
+    sync::{Notify, mpsc},
+    time::Instant,
+};
 use tracing::{debug, error, info, warn};
 
 pub use crate::k8s::{DISRUPTION_MESSAGE, DISRUPTION_REASON};
@@ -617,16 +620,17 @@ impl Actuator {
 
     /// Evicts one pod (upstream `addConditionAndDeletePod`), deciding from the watched pod
     /// rather than a live GET (SPEC section 3): the `DisruptionTarget` condition, patched with
-    /// the pod's UID (skipped when `marked`: the watched pod has it already), then the Event and
-    /// a DELETE with UID precondition (or the Eviction API). A pod that is gone or was replaced
-    /// (NotFound, or the UID check failed) needs nothing more; one that the patch's answer shows
-    /// terminating is being deleted by someone else and is not counted. Response bodies are not
+    /// the pod's UID (skipped when the attempt is `marked`: the watched pod has it already), then
+    /// the Event and a DELETE with UID precondition (or the Eviction API); the time from the
+    /// attempt's `due` to the DELETE being sent goes to `decision_seconds`. A pod that is gone or
+    /// was replaced (NotFound, or the UID check failed) needs nothing more; one that the patch's
+    /// answer shows terminating is being deleted by someone else and is not counted. Response bodies are not
     /// decoded into pods: the patch's answer is read for `metadata.deletionTimestamp` only, the
     /// DELETE's not at all.
     ///
     /// # Errors
     /// Any API failure other than "gone"; the caller retries with backoff.
-    pub async fn evict(&self, pod: &PodRef, eviction: &Eviction, marked: bool) -> Result<Outcome, Error> {
+    pub async fn evict(&self, pod: &PodRef, eviction: &Eviction, attempt: Attempt) -> Result<Outcome, Error> {
         let reasons: Vec<String> = eviction.reasons.iter().map(ToString::to_string).collect();
         if self.dry_run {
             info!(pod = %pod, reasons = ?reasons, "dry run: would evict pod");
@@ -640,7 +644,7 @@ impl Actuator {
             );
             return Ok(Outcome::DryRun);
         }
-        if !marked {
+        if !attempt.marked {
             match add_disruption_condition(&self.client, pod).await? {
                 Patched::Live => {}
                 Patched::Gone => return Ok(Outcome::NotNeeded),
@@ -658,6 +662,7 @@ impl Actuator {
             "Marking for deletion".into(),
             Remember::Once,
         );
+        self.metrics.decision(attempt.due.elapsed());
         match self.delete_or_evict(pod).await {
             Ok(()) => {
                 debug!(pod = %pod, reasons = ?reasons, "evicted pod");
@@ -751,6 +756,16 @@ pub async fn evict_pod(api: &Api<Pod>, pod: &PodRef) -> Result<(), kube::Error> 
     api.create_subresource::<_, kube::core::Status>("eviction", &pod.name, &PostParams::default(), &eviction)
         .await
         .map(|_| ())
+}
+
+/// What the worker knows of one eviction attempt besides the pod and its eviction.
+#[derive(Clone, Copy, Debug)]
+pub struct Attempt {
+    /// The watched pod already has our `DisruptionTarget` condition: no status PATCH.
+    pub marked: bool,
+    /// When the eviction became due for this controller: its watch event applied, or its
+    /// deadline passed (the work queue's [`Ticket::due`](crate::queue::Ticket::due)).
+    pub due: Instant,
 }
 
 /// What the `DisruptionTarget` status patch found.

@@ -25,7 +25,7 @@ use tokio::{sync::watch as channel, task::JoinSet, time::Instant};
 use tracing::{debug, error, info, warn};
 
 use crate::{
-    actuator::{Actuator, EvictionMode, Outcome, Refusal},
+    actuator::{Actuator, Attempt, EvictionMode, Outcome, Refusal},
     admin::{self, AdminState, Liveness, Readiness},
     client::{self, ClientSettings},
     guard::{self, GuardConfig},
@@ -386,8 +386,11 @@ impl Shared {
             return Completion::PutBack;
         }
         self.queue.paced_decided(ticket);
-        let marked = self.lock().disruption_target(pod);
-        match self.actuator.evict(pod, &eviction, marked).await {
+        let attempt = Attempt {
+            marked: self.lock().disruption_target(pod),
+            due: ticket.due(),
+        };
+        match self.actuator.evict(pod, &eviction, attempt).await {
             Ok(Outcome::Blocked { retry_after }) => {
                 self.metrics.eviction_blocked();
                 self.update(|state| state.eviction_blocked(pod));

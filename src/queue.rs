@@ -250,6 +250,16 @@ pub enum Finished {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct Ticket {
     generation: u64,
+    due: Instant,
+}
+
+impl Ticket {
+    /// The deadline the key was taken at: when its work became due (the instant it was scheduled,
+    /// or its later deadline; for a retry, the end of its backoff). A key put back keeps it.
+    #[must_use]
+    pub fn due(&self) -> Instant {
+        self.due
+    }
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -498,7 +508,7 @@ impl<K: Clone + Eq + Hash> Inner<K> {
             if self.serial && matches!(rank, Rank::Paced(_)) {
                 self.deciding = Some(generation);
             }
-            return Some((key, Ticket { generation }));
+            return Some((key, Ticket { generation, due: at }));
         }
     }
 

@@ -219,6 +219,14 @@ fn actuator(script: &Arc<Script>, mode: EvictionMode, dry_run: bool) -> Actuator
     )
 }
 
+/// An attempt that became due just now.
+fn attempt(marked: bool) -> Attempt {
+    Attempt {
+        marked,
+        due: Instant::now(),
+    }
+}
+
 fn pod_ref() -> PodRef {
     PodRef::new(NS, POD, UID)
 }
@@ -319,7 +327,7 @@ async fn delete_mode_success_sends_condition_delete_and_one_event() {
     let script = Script::new([Reply::ok(&live_pod(UID)), Reply::ok(&live_pod(UID))]);
     let actuator = actuator(&script, EvictionMode::Delete, false);
     let outcome = actuator
-        .evict(&pod_ref(), &eviction(), false)
+        .evict(&pod_ref(), &eviction(), attempt(false))
         .await
         .expect("evicted");
     assert_eq!(outcome, Outcome::Evicted);
@@ -335,7 +343,7 @@ async fn evict_mode_success_posts_an_eviction_with_the_uid_precondition() {
     let script = Script::new([Reply::ok(&live_pod(UID)), Reply::success_status()]);
     let actuator = actuator(&script, EvictionMode::Evict, false);
     let outcome = actuator
-        .evict(&pod_ref(), &eviction(), false)
+        .evict(&pod_ref(), &eviction(), attempt(false))
         .await
         .expect("evicted");
     assert_eq!(outcome, Outcome::Evicted);
@@ -352,7 +360,7 @@ async fn pod_not_found_needs_nothing_more_and_gets_no_event() {
     let script = Script::new([Reply::error(404, "NotFound")]);
     let actuator = actuator(&script, EvictionMode::Delete, false);
     let outcome = actuator
-        .evict(&pod_ref(), &eviction(), false)
+        .evict(&pod_ref(), &eviction(), attempt(false))
         .await
         .expect("not needed");
     assert_eq!(outcome, Outcome::NotNeeded);
@@ -369,7 +377,7 @@ async fn a_pod_of_the_same_name_with_another_uid_is_left_alone() {
     let script = Script::new([Reply::other_uid()]);
     let actuator = actuator(&script, EvictionMode::Delete, false);
     let outcome = actuator
-        .evict(&pod_ref(), &eviction(), false)
+        .evict(&pod_ref(), &eviction(), attempt(false))
         .await
         .expect("not needed");
     assert_eq!(outcome, Outcome::NotNeeded);
@@ -386,7 +394,7 @@ async fn a_terminating_pod_is_left_alone() {
     let script = Script::new([Reply::ok(&pod)]);
     let actuator = actuator(&script, EvictionMode::Delete, false);
     let outcome = actuator
-        .evict(&pod_ref(), &eviction(), false)
+        .evict(&pod_ref(), &eviction(), attempt(false))
         .await
         .expect("not needed");
     assert_eq!(outcome, Outcome::NotNeeded);
@@ -400,7 +408,7 @@ async fn uid_conflict_on_delete_means_the_pod_was_replaced() {
     let script = Script::new([Reply::ok(&live_pod(UID)), Reply::uid_precondition_failed()]);
     let actuator = actuator(&script, EvictionMode::Delete, false);
     let outcome = actuator
-        .evict(&pod_ref(), &eviction(), false)
+        .evict(&pod_ref(), &eviction(), attempt(false))
         .await
         .expect("not needed");
     assert_eq!(outcome, Outcome::NotNeeded);
@@ -415,7 +423,7 @@ async fn pod_gone_before_the_delete_is_done() {
     let script = Script::new([Reply::ok(&live_pod(UID)), Reply::error(404, "NotFound")]);
     let actuator = actuator(&script, EvictionMode::Delete, false);
     let outcome = actuator
-        .evict(&pod_ref(), &eviction(), false)
+        .evict(&pod_ref(), &eviction(), attempt(false))
         .await
         .expect("not needed");
     assert_eq!(outcome, Outcome::NotNeeded);
@@ -428,7 +436,7 @@ async fn delete_refused_with_429_is_an_error() {
     let script = Script::new([Reply::ok(&live_pod(UID)), Reply::error(429, "TooManyRequests")]);
     let actuator = actuator(&script, EvictionMode::Delete, false);
     let error = actuator
-        .evict(&pod_ref(), &eviction(), false)
+        .evict(&pod_ref(), &eviction(), attempt(false))
         .await
         .expect_err("error");
     assert!(matches!(error, Error::DeletePod { .. }), "{error:?}");
@@ -442,7 +450,7 @@ async fn server_errors_are_returned_for_the_step_that_failed() {
     let script = Script::new([Reply::error(503, "ServiceUnavailable")]);
     let actuator1 = actuator(&script, EvictionMode::Delete, false);
     let error = actuator1
-        .evict(&pod_ref(), &eviction(), false)
+        .evict(&pod_ref(), &eviction(), attempt(false))
         .await
         .expect_err("error");
     assert!(matches!(error, Error::PatchPodCondition { .. }), "{error:?}");
@@ -454,7 +462,7 @@ async fn server_errors_are_returned_for_the_step_that_failed() {
     let script = Script::new([Reply::ok(&live_pod(UID)), Reply::error(500, "InternalError")]);
     let actuator2 = actuator(&script, EvictionMode::Evict, false);
     let error = actuator2
-        .evict(&pod_ref(), &eviction(), false)
+        .evict(&pod_ref(), &eviction(), attempt(false))
         .await
         .expect_err("error");
     assert!(matches!(error, Error::EvictPod { .. }), "{error:?}");
@@ -469,7 +477,7 @@ async fn an_existing_disruption_condition_is_not_patched_again() {
     let script = Script::new([Reply::ok(&live_pod(UID))]);
     let actuator = actuator(&script, EvictionMode::Delete, false);
     let outcome = actuator
-        .evict(&pod_ref(), &eviction(), true)
+        .evict(&pod_ref(), &eviction(), attempt(true))
         .await
         .expect("evicted");
     assert_eq!(outcome, Outcome::Evicted);
@@ -490,12 +498,12 @@ async fn eviction_events_are_written_not_remembered() {
     ]);
     let actuator = actuator(&script, EvictionMode::Delete, false);
     actuator
-        .evict(&pod_ref(), &eviction(), false)
+        .evict(&pod_ref(), &eviction(), attempt(false))
         .await
         .expect_err("DELETE failed");
     assert!(actuator.flush_events(Duration::from_secs(10)).await);
     let outcome = actuator
-        .evict(&pod_ref(), &eviction(), true)
+        .evict(&pod_ref(), &eviction(), attempt(true))
         .await
         .expect("evicted");
     assert_eq!(outcome, Outcome::Evicted);
@@ -516,13 +524,81 @@ async fn eviction_events_are_written_not_remembered() {
     }
 }
 
+/// `decision_seconds` runs from when the eviction became due to the DELETE being sent: observed
+/// once per DELETE (or Eviction) sent, after the status PATCH, and never for an attempt that
+/// sends none (the pod is gone, the PATCH failed, dry run).
+#[tokio::test]
+async fn decision_time_runs_from_due_to_the_delete_sent() {
+    let count = |text: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix("device_taint_eviction_controller_decision_seconds_count "))
+            .map(|n| n.parse::<u64>().expect("count"))
+    };
+    let three_seconds_ago = Attempt {
+        marked: false,
+        due: Instant::now()
+            .checked_sub(Duration::from_secs(3))
+            .expect("uptime"),
+    };
+    for (replies, mode, dry_run, sent) in [
+        (
+            vec![Reply::ok(&live_pod(UID)), Reply::ok(&live_pod(UID))],
+            EvictionMode::Delete,
+            false,
+            1,
+        ),
+        (
+            vec![Reply::ok(&live_pod(UID)), Reply::success_status()],
+            EvictionMode::Evict,
+            false,
+            1,
+        ),
+        (
+            vec![Reply::ok(&live_pod(UID)), Reply::error(500, "InternalError")],
+            EvictionMode::Delete,
+            false,
+            1,
+        ),
+        (
+            vec![Reply::error(404, "NotFound")],
+            EvictionMode::Delete,
+            false,
+            0,
+        ),
+        (
+            vec![Reply::error(503, "ServiceUnavailable")],
+            EvictionMode::Delete,
+            false,
+            0,
+        ),
+        (vec![], EvictionMode::Delete, true, 0),
+    ] {
+        let script = Script::new(replies);
+        let mut registry = Registry::default();
+        let metrics = Metrics::register(&mut registry);
+        let actuator = Actuator::new(script.client(), "test", mode, dry_run, None, metrics);
+        let _ = actuator.evict(&pod_ref(), &eviction(), three_seconds_ago).await;
+        let text = metrics::encode(&registry);
+        assert_eq!(count(&text), Some(sent), "{mode:?} dry run {dry_run}: {text}");
+        if sent == 1 {
+            // From the due instant, not from the call: in the 5 s bucket, not in the 2.5 s one.
+            let bucket = |le: &str| {
+                text.contains(&format!(
+                    "device_taint_eviction_controller_decision_seconds_bucket{{le=\"{le}\"}} 1\n"
+                ))
+            };
+            assert!(bucket("5.0") && !bucket("2.5"), "{text}");
+        }
+    }
+}
+
 /// Dry run sends nothing but the Event saying what it would do.
 #[tokio::test]
 async fn dry_run_only_publishes_a_would_evict_event() {
     let script = Script::new([]);
     let actuator = actuator(&script, EvictionMode::Delete, true);
     let outcome = actuator
-        .evict(&pod_ref(), &eviction(), false)
+        .evict(&pod_ref(), &eviction(), attempt(false))
         .await
         .expect("dry run");
     assert_eq!(outcome, Outcome::DryRun);
@@ -639,7 +715,7 @@ async fn evict_with(replies: Vec<Reply>, mode: EvictionMode) -> (Result<Outcome,
     let scripted = replies.len();
     let script = Script::new(replies);
     let actuator = actuator(&script, mode, false);
-    let result = actuator.evict(&pod_ref(), &eviction(), false).await;
+    let result = actuator.evict(&pod_ref(), &eviction(), attempt(false)).await;
     let sent = script.sent();
     assert!(
         sent.len() <= scripted,

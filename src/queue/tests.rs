@@ -1166,3 +1166,34 @@ proptest! {
         run_model(&ops, shutdown_at)?;
     }
 }
+
+/// A ticket tells when its key became due: the instant it was scheduled when that is later than
+/// its deadline, else the deadline; a key put back keeps it; a retry's is the end of its backoff.
+#[tokio::test(start_paused = true)]
+async fn a_ticket_tells_when_its_key_became_due() {
+    let q = queue();
+    let start = Instant::now();
+    q.schedule(1, start);
+    q.schedule(2, start + secs(5));
+    tokio::time::advance(secs(2)).await;
+    let (key, ticket) = q.try_next().expect("1 is due");
+    assert_eq!((key, ticket.due()), (1, start), "waited 2 s for a worker");
+    q.done(&1, ticket, Completion::PutBack);
+    let (key, ticket) = q.try_next().expect("1 again");
+    assert_eq!(
+        (key, ticket.due()),
+        (1, start),
+        "put back: still due since the start"
+    );
+    assert_eq!(
+        q.done(&1, ticket, Completion::Retry),
+        Finished::Requeued {
+            at: Instant::now() + ms(5)
+        }
+    );
+    tokio::time::advance(secs(4)).await;
+    let (key, ticket) = q.try_next().expect("1 after its backoff");
+    assert_eq!((key, ticket.due()), (1, start + secs(2) + ms(5)));
+    let (key, ticket) = q.try_next().expect("2 is due");
+    assert_eq!((key, ticket.due()), (2, start + secs(5)));
+}
