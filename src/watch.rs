@@ -60,6 +60,12 @@ pub trait Kind: kube::Resource + Clone + DeserializeOwned + Debug + Send + 'stat
 
     /// A complete list of the kind: what it does not contain is gone (SPEC D3).
     fn reset(state: &mut State, views: Vec<Self::View>, now: Time);
+
+    /// Whether a listed object's view is kept until the list is complete: the views the index
+    /// does not store are dropped as they arrive, not held for the whole list.
+    fn kept(_view: &Self::View) -> bool {
+        true
+    }
 }
 
 fn object_name(meta: &k8s::ObjectMeta) -> ObjectName {
@@ -95,8 +101,13 @@ impl Kind for WatchedPod {
     }
 
     fn reset(state: &mut State, pods: Vec<PodEntry>, _: Time) {
-        // Pods without claims are not stored, so a re-list only needs the ones with claims.
-        state.reset_pods(pods.into_iter().filter(|(_, _, v)| v.is_some()).collect());
+        state.reset_pods(pods.into_iter().filter(Self::kept).collect());
+    }
+
+    /// Pods without claims are not stored, so a list only needs the ones with claims (at 50 000
+    /// pods, a tenth with claims, the others would hold ~10 MiB until the list is complete).
+    fn kept((_, _, view): &PodEntry) -> bool {
+        view.is_some()
     }
 }
 
@@ -412,7 +423,8 @@ fn handle<K: Kind, S: Sink>(
     match event {
         watcher::Event::Init => *listing = Some(Vec::new()),
         watcher::Event::InitApply(Decoded::Ok(obj)) => match obj.project() {
-            Ok(view) => listing.get_or_insert_with(Vec::new).push(view),
+            Ok(view) if K::kept(&view) => listing.get_or_insert_with(Vec::new).push(view),
+            Ok(_) => {}
             Err(invalid) => skip(sink.metrics(), kind, &invalid),
         },
         watcher::Event::InitApply(Decoded::Bad { meta, error }) => {
@@ -492,6 +504,42 @@ mod tests {
                 .device_taints(&device)
                 .is_empty()
         );
+    }
+
+    /// A listed pod without claims is dropped as it arrives, not held until the list is complete
+    /// (at 50 000 pods, a tenth with claims, the others held ~10 MiB at the peak of start-up); the
+    /// pods with claims are indexed once the list is.
+    #[test]
+    fn listed_pods_without_claims_are_not_held_until_the_list_is_complete() {
+        let sink = sink();
+        let readiness = Readiness::new(&[WatchedPod::PLURAL]);
+        let pod = |name: &str, claims: bool| -> WatchedPod {
+            let mut pod = serde_json::json!({
+                "metadata": {"name": name, "namespace": "ns", "uid": format!("uid-{name}")},
+                "spec": {"containers": []},
+            });
+            if claims {
+                pod["spec"]["resourceClaims"] =
+                    serde_json::json!([{"name": "gpu", "resourceClaimName": "c"}]);
+            }
+            serde_json::from_value(pod).expect("pod")
+        };
+        let mut listing = None;
+        let event = |e| Ok::<_, watcher::Error>(e);
+        handle(&*sink, &readiness, &mut listing, event(watcher::Event::Init));
+        for i in 0..10 {
+            let listed = watcher::Event::InitApply(Decoded::Ok(pod(&format!("p{i}"), i == 3)));
+            handle(&*sink, &readiness, &mut listing, event(listed));
+        }
+        assert_eq!(
+            listing.as_ref().map(Vec::len),
+            Some(1),
+            "only the pod with a claim is held"
+        );
+        handle(&*sink, &readiness, &mut listing, event(watcher::Event::InitDone));
+        assert!(readiness.is_ready());
+        let state = sink.state.lock().expect("state");
+        assert_eq!(state.sizes().pods, 1);
     }
 
     /// How the scripted API server answers a watch after the (empty) list.
