@@ -1,7 +1,7 @@
 # Every target is what CI runs (see .ci/run); nothing here needs a manual install step.
 CARGO ?= cargo
 
-.PHONY: unit test test-compat lint fmt chart-check image image-check ci demo demo-guard soak fuzz bench bench-smoke
+.PHONY: unit test test-compat lint fmt chart-check image image-check ci demo demo-guard soak fuzz bench bench-smoke bench-scale
 
 ## unit: the tests that need nothing but cargo (no control plane, no cluster): the library's unit
 ## and property tests, the actuator against a scripted API, doc tests, and one pass of each
@@ -82,6 +82,14 @@ fuzz:
 bench:
 	tests/controlplane/build.sh >/dev/null
 	$(CARGO) bench --locked --bench bulk
+
+## bench-scale: a large cluster with few devices (benches/bulk/scale.rs): BENCH_PODS pods (default
+## 50000), a tenth with a device; per round (BENCH_ROUNDS, default 3) this controller and
+## kube-controller-manager each start on a copy of it: start-up to the first eviction, 20 single
+## taints (rule created to pod deleted), RSS. Writes target/bench/scale.json and scale.md.
+bench-scale:
+	tests/controlplane/build.sh >/dev/null
+	BENCH_SCALE=1 $(CARGO) bench --locked --bench bulk
 
 ## bench-smoke: one 300-pod round of `make bench` without warm-up, so the benchmark cannot rot
 ## (CI runs it; its figures are printed, not asserted).

@@ -67,6 +67,13 @@ const RUN_TIMEOUT: Duration = Duration::from_secs(900);
 /// Once every pod is gone, how long the observer waits for a missing Event before it gives up.
 const EVENT_GRACE: Duration = Duration::from_secs(30);
 const CONTENDERS: [&str; 4] = ["raw", "minimal", "ours", "upstream"];
+/// Pods `pod-0` ... `pod-TARGETS` carry this label: the single-taint targets of `make bench-scale`.
+const TARGET_LABEL: &str = "bench-target";
+/// Single-taint repetitions of `make bench-scale` (`pod-0` is the start-up target).
+const TARGETS: usize = 20;
+
+#[path = "bulk/scale.rs"]
+mod scale;
 
 type Result<T, E = Box<dyn std::error::Error + Send + Sync>> = std::result::Result<T, E>;
 
@@ -97,6 +104,13 @@ async fn main() -> Result<()> {
         eprintln!("bulk: run with `cargo bench --bench bulk` (or `make bench`)");
         return Ok(());
     }
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let out = target_dir(root).join("bench");
+    if std::env::var_os("BENCH_SCALE").is_some_and(|v| v == "1") {
+        build_release(root)?;
+        std::fs::create_dir_all(&out)?;
+        return scale::run(root, &out).await;
+    }
     let pods = env_or("BENCH_PODS", 10_000);
     let rounds = env_or("BENCH_ROUNDS", 5).max(1);
     let warmup = env_or("BENCH_WARMUP", 1);
@@ -111,16 +125,12 @@ async fn main() -> Result<()> {
                 .ok_or_else(|| format!("unknown BENCH_ONLY entry {name:?} (known: {CONTENDERS:?})"))
         })
         .collect::<Result<_, String>>()?;
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     build_release(root)?;
-    let out = target_dir(root).join("bench");
     std::fs::create_dir_all(&out)?;
     let template = out.join(format!("populated-{pods}"));
-    populate_template(root, &template, pods).await?;
+    populate_template(root, &template, pods, pods).await?;
 
-    let mut seed = SystemTime::now().duration_since(UNIX_EPOCH).map_or(1, |d| {
-        u64::try_from(d.as_nanos() % u128::from(u64::MAX)).unwrap_or(1)
-    }) | 1;
+    let mut seed = order_seed();
     eprintln!(
         "bulk: {pods} pods, {warmup} warm-up + {rounds} rounds of {contenders:?}, qps {qps}, order seed {seed}"
     );
@@ -198,6 +208,13 @@ fn build_release(root: &Path) -> Result<()> {
 /// Where cargo puts build outputs (`CARGO_TARGET_DIR` or `target/`).
 fn target_dir(root: &Path) -> PathBuf {
     std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| root.join("target"), PathBuf::from)
+}
+
+/// A seed for the contenders' order, from the clock (never 0).
+fn order_seed() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(1, |d| {
+        u64::try_from(d.as_nanos() % u128::from(u64::MAX)).unwrap_or(1)
+    }) | 1
 }
 
 /// Fisher-Yates with xorshift64: a new order every round, reproducible from the printed seed.
@@ -304,9 +321,10 @@ fn rss_mib(pid: u32) -> (f64, f64) {
     (field("VmHWM:"), field("VmRSS:"))
 }
 
-/// The cluster of `pods` pods in `template`, populated once and stopped; reused while it holds a
-/// complete population (stamp file) for this size.
-async fn populate_template(root: &Path, template: &Path, pods: usize) -> Result<()> {
+/// The cluster of `pods` pods (the first `claimed` of them with a device) in `template`,
+/// populated once and stopped; reused while it holds a complete population (stamp file) for this
+/// size.
+async fn populate_template(root: &Path, template: &Path, pods: usize, claimed: usize) -> Result<()> {
     let stamp = template.join(".populated");
     if stamp.exists() {
         eprintln!("bulk: reusing the populated cluster in {}", template.display());
@@ -316,14 +334,25 @@ async fn populate_template(root: &Path, template: &Path, pods: usize) -> Result<
     std::fs::create_dir_all(template)?;
     {
         let cp = ControlPlane::up(root, template, true)?;
-        populate(&cp.client().await?, pods).await?;
+        populate(&cp.client().await?, pods, claimed).await?;
     }
     std::fs::write(stamp, format!("{pods}\n"))?;
     Ok(())
 }
 
-/// N pods, each with its own claim allocated one device; N/50 slices of 50 devices.
-async fn populate(client: &Client, pods: usize) -> Result<()> {
+/// A fresh copy of the populated cluster in `template`, started in `dir`.
+fn start_copy(root: &Path, template: &Path, dir: &Path) -> Result<ControlPlane> {
+    let _ = std::fs::remove_dir_all(dir);
+    let copied = Command::new("cp").arg("-a").arg(template).arg(dir).status()?;
+    if !copied.success() {
+        return Err("copying the populated cluster failed".into());
+    }
+    ControlPlane::up(root, dir, false)
+}
+
+/// N pods, the first `claimed` each with its own claim allocated one device (`claimed`/50 slices
+/// of 50 devices), the others with none; the first [`TARGETS`] + 1 labelled [`TARGET_LABEL`].
+async fn populate(client: &Client, pods: usize, claimed: usize) -> Result<()> {
     let ns: Namespace = serde_json::from_value(json!({"metadata": {"name": NS}}))?;
     Api::<Namespace>::all(client.clone())
         .create(&PostParams::default(), &ns)
@@ -332,7 +361,7 @@ async fn populate(client: &Client, pods: usize) -> Result<()> {
     Api::<ServiceAccount>::namespaced(client.clone(), NS)
         .create(&PostParams::default(), &sa)
         .await?;
-    let slices = pods.div_ceil(DEVICES_PER_SLICE);
+    let slices = claimed.div_ceil(DEVICES_PER_SLICE);
     let started = Instant::now();
     stream::iter(0..slices)
         .map(|s| {
@@ -360,26 +389,36 @@ async fn populate(client: &Client, pods: usize) -> Result<()> {
             let claims = Api::<ResourceClaim>::namespaced(client.clone(), NS);
             let done = &done;
             async move {
-                let pod: Pod = serde_json::from_value(json!({
+                let mut pod = json!({
                     "metadata": {"name": format!("pod-{i}")},
                     "spec": {"nodeName": "node-1", "terminationGracePeriodSeconds": 0,
-                             "containers": [{"name": "c", "image": "registry.k8s.io/pause:3.10"}],
-                             "resourceClaims": [{"name": "gpu", "resourceClaimName": format!("claim-{i}")}]}
-                }))?;
-                let pod = pods_api.create(&PostParams::default(), &pod).await?;
-                let claim: ResourceClaim = serde_json::from_value(json!({
-                    "metadata": {"name": format!("claim-{i}")},
-                    "spec": {"devices": {"requests": [{"name": "gpu", "exactly": {"deviceClassName": DRIVER}}]}}
-                }))?;
-                claims.create(&PostParams::default(), &claim).await?;
-                let status = json!({"status": {
-                    "allocation": {"devices": {"results": [{"request": "gpu", "driver": DRIVER,
-                        "pool": format!("pool-{}", i / DEVICES_PER_SLICE), "device": format!("gpu-{}", i % DEVICES_PER_SLICE)}]}},
-                    "reservedFor": [{"resource": "pods", "name": pod.metadata.name, "uid": pod.metadata.uid}]
-                }});
-                claims
-                    .patch_status(&format!("claim-{i}"), &PatchParams::default(), &Patch::Merge(&status))
+                             "containers": [{"name": "c", "image": "registry.k8s.io/pause:3.10"}]}
+                });
+                if i <= TARGETS {
+                    pod["metadata"]["labels"] = json!({TARGET_LABEL: "true"});
+                }
+                if i < claimed {
+                    pod["spec"]["resourceClaims"] =
+                        json!([{"name": "gpu", "resourceClaimName": format!("claim-{i}")}]);
+                }
+                let pod = pods_api
+                    .create(&PostParams::default(), &serde_json::from_value(pod)?)
                     .await?;
+                if i < claimed {
+                    let claim: ResourceClaim = serde_json::from_value(json!({
+                        "metadata": {"name": format!("claim-{i}")},
+                        "spec": {"devices": {"requests": [{"name": "gpu", "exactly": {"deviceClassName": DRIVER}}]}}
+                    }))?;
+                    claims.create(&PostParams::default(), &claim).await?;
+                    let status = json!({"status": {
+                        "allocation": {"devices": {"results": [{"request": "gpu", "driver": DRIVER,
+                            "pool": format!("pool-{}", i / DEVICES_PER_SLICE), "device": format!("gpu-{}", i % DEVICES_PER_SLICE)}]}},
+                        "reservedFor": [{"resource": "pods", "name": pod.metadata.name, "uid": pod.metadata.uid}]
+                    }});
+                    claims
+                        .patch_status(&format!("claim-{i}"), &PatchParams::default(), &Patch::Merge(&status))
+                        .await?;
+                }
                 let n = done.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
                 if n.is_multiple_of(1000) {
                     eprintln!("   populated {n}/{pods} pods");
@@ -429,41 +468,14 @@ async fn measure(
     qps: usize,
 ) -> Result<Run> {
     let dir = out.join(format!("run-{contender}"));
-    let _ = std::fs::remove_dir_all(&dir);
-    let copied = Command::new("cp").arg("-a").arg(template).arg(&dir).status()?;
-    if !copied.success() {
-        return Err("copying the populated cluster failed".into());
-    }
-    let cp = ControlPlane::up(root, &dir, false)?;
+    let cp = start_copy(root, template, &dir)?;
     let client = cp.client().await?;
     let kubeconfig = cp.kubeconfig();
-    let (qps_s, burst) = (qps.to_string(), (qps * 2).to_string());
+    let qps_s = qps.to_string();
     let log_path = dir.join("contender.log");
     let log = std::fs::File::create(&log_path)?;
     let mut command = match contender {
-        "ours" => {
-            let mut c = Command::new(target_dir(root).join("release/device-taint-eviction"));
-            c.args(["controller", "--leader-elect=false", "--http-addr=127.0.0.1:0"])
-                .args(["--kube-api-qps", &qps_s, "--kube-api-burst", &burst])
-                // One rule over every pod is what the blast-radius guard pauses by default; the
-                // in-tree controller has none, so the comparison runs without it.
-                .args(["--guard-max-percent=100", "--guard-max-pods=0"])
-                .env("KUBECONFIG", &kubeconfig);
-            c
-        }
-        "upstream" => {
-            let mut c = Command::new(cp.bin_dir()?.join("kube-controller-manager"));
-            c.arg(format!("--kubeconfig={}", kubeconfig.display()))
-                .args([
-                    "--controllers=device-taint-eviction-controller",
-                    "--leader-elect=false",
-                    "--secure-port=0",
-                    "--v=2",
-                    "--concurrent-device-taint-eviction-syncs=10",
-                ])
-                .args(["--kube-api-qps", &qps_s, "--kube-api-burst", &burst]);
-            c
-        }
+        "ours" | "upstream" => controller_command(root, &cp, contender, qps, "127.0.0.1:0")?,
         role => {
             let mut c = Command::new(std::env::current_exe()?);
             c.env("BENCH_ROLE", role)
@@ -475,8 +487,8 @@ async fn measure(
     };
     let mut proc = Proc(command.stdout(log.try_clone()?).stderr(log).spawn()?);
     let marker = match contender {
-        "ours" => "starting workers",
-        "upstream" => "Underlying informers have synced",
+        "ours" => OURS_READY,
+        "upstream" => UPSTREAM_READY,
         _ => "ready",
     };
     wait_log(&log_path, marker, Duration::from_secs(180)).await?;
@@ -562,6 +574,47 @@ async fn measure(
         peak_rss_mib,
         rss_mib,
         requests,
+    })
+}
+
+/// The line each controller logs once its caches are synced.
+const OURS_READY: &str = "starting workers";
+const UPSTREAM_READY: &str = "Underlying informers have synced";
+
+/// The command line of a controller contender: ours (the blast-radius guard off, its HTTP
+/// server on `http_addr`) or kube-controller-manager running only
+/// `device-taint-eviction-controller`, both with the client QPS `qps` and burst twice that.
+fn controller_command(
+    root: &Path,
+    cp: &ControlPlane,
+    contender: &str,
+    qps: usize,
+    http_addr: &str,
+) -> Result<Command> {
+    let (qps, burst) = (qps.to_string(), (qps * 2).to_string());
+    let kubeconfig = cp.kubeconfig();
+    Ok(if contender == "ours" {
+        let mut c = Command::new(target_dir(root).join("release/device-taint-eviction"));
+        c.args(["controller", "--leader-elect=false"])
+            .arg(format!("--http-addr={http_addr}"))
+            .args(["--kube-api-qps", &qps, "--kube-api-burst", &burst])
+            // One rule over every pod is what the blast-radius guard pauses by default; the
+            // in-tree controller has none, so the comparison runs without it.
+            .args(["--guard-max-percent=100", "--guard-max-pods=0"])
+            .env("KUBECONFIG", &kubeconfig);
+        c
+    } else {
+        let mut c = Command::new(cp.bin_dir()?.join("kube-controller-manager"));
+        c.arg(format!("--kubeconfig={}", kubeconfig.display()))
+            .args([
+                "--controllers=device-taint-eviction-controller",
+                "--leader-elect=false",
+                "--secure-port=0",
+                "--v=2",
+                "--concurrent-device-taint-eviction-syncs=10",
+            ])
+            .args(["--kube-api-qps", &qps, "--kube-api-burst", &burst]);
+        c
     })
 }
 
