@@ -368,13 +368,13 @@ impl ScaleReport {
                 )
             })
             .collect();
-        let spread = |s: Option<Spread>| s.map_or(serde_json::Value::Null, Spread::json);
+        let median = |s: Option<Spread>| s.map(|s| s.median);
         json!({
             "pods": self.pods, "pods_with_devices": self.claimed, "rounds": self.rounds,
             "qps": self.qps, "burst": self.qps * 2, "order_seed": self.seed,
             "single_taint_repetitions": TARGETS, "runs": runs, "ratios": ratios,
-            "peak_rss_mib": spread(self.ours(|r| Some(r.peak_rss_mib))),
-            "single_taint_inside_ms": spread(self.ours(|r| r.inside_ms.map(|(mean, _)| mean))),
+            "peak_rss_mib": median(self.ours(|r| Some(r.peak_rss_mib))),
+            "single_taint_inside_ms": median(self.ours(|r| r.inside_ms.map(|(mean, _)| mean))),
         })
     }
 
