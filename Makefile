@@ -91,8 +91,9 @@ bench-scale:
 	tests/controlplane/build.sh >/dev/null
 	BENCH_SCALE=1 $(CARGO) bench --locked --bench bulk
 
-## bench-smoke: one 300-pod round of `make bench` without warm-up, so the benchmark cannot rot
-## (CI runs it; its figures are printed, not asserted).
+## bench-smoke: one 300-pod round of `make bench` without warm-up and one of `make bench-scale`,
+## so the benchmarks cannot rot (CI runs it; their figures are printed, not asserted).
 bench-smoke:
 	tests/controlplane/build.sh >/dev/null
 	BENCH_PODS=300 BENCH_ROUNDS=1 BENCH_WARMUP=0 $(CARGO) bench --locked --bench bulk
+	BENCH_SCALE=1 BENCH_PODS=300 BENCH_ROUNDS=1 $(CARGO) bench --locked --bench bulk

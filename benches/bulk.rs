@@ -165,15 +165,16 @@ async fn main() -> Result<()> {
         }
     }
     let report = Report::new(pods, rounds, qps, seed, runs);
-    let markdown = report.markdown();
+    write_report(&out, "bulk", &report.markdown(), &report.json())
+}
+
+/// Prints the markdown report and writes it and the JSON to `out/NAME.md` and `out/NAME.json`.
+fn write_report(out: &Path, name: &str, markdown: &str, json: &serde_json::Value) -> Result<()> {
     println!("\n{markdown}");
-    std::fs::write(out.join("bulk.json"), serde_json::to_vec_pretty(&report.json())?)?;
-    std::fs::write(out.join("bulk.md"), markdown)?;
-    eprintln!(
-        "bulk: wrote {} and {}",
-        out.join("bulk.json").display(),
-        out.join("bulk.md").display()
-    );
+    let (json_path, md_path) = (out.join(format!("{name}.json")), out.join(format!("{name}.md")));
+    std::fs::write(&json_path, serde_json::to_vec_pretty(json)?)?;
+    std::fs::write(&md_path, markdown)?;
+    eprintln!("{name}: wrote {} and {}", json_path.display(), md_path.display());
     Ok(())
 }
 
@@ -871,6 +872,69 @@ fn cv(values: &[f64]) -> f64 {
     if mean > 0.0 { var.sqrt() / mean } else { 0.0 }
 }
 
+/// A run of one contender in one counted round.
+trait Measured {
+    fn round(&self) -> usize;
+    fn contender(&self) -> &str;
+}
+
+impl Measured for Run {
+    fn round(&self) -> usize {
+        self.round
+    }
+
+    fn contender(&self) -> &str {
+        self.contender
+    }
+}
+
+/// Per round, `ours`'s figure over `base`'s; the spread over the rounds.
+fn per_round_ratio<R: Measured>(
+    runs: &[R],
+    rounds: usize,
+    base: &str,
+    figure: impl Fn(&R) -> f64,
+) -> Option<Spread> {
+    let ratios = (0..rounds)
+        .filter_map(|round| {
+            let find = |c: &str| runs.iter().find(|r| r.round() == round && r.contender() == c);
+            let (ours, base) = (find("ours")?, find(base)?);
+            let b = figure(base);
+            (b > 0.0).then(|| figure(ours) / b)
+        })
+        .collect();
+    Spread::of(ratios)
+}
+
+/// The ratios as a JSON object of `{median, min, max}` (null where a contender did not run).
+fn ratios_json(ratios: impl IntoIterator<Item = (&'static str, Option<Spread>)>) -> serde_json::Value {
+    ratios
+        .into_iter()
+        .map(|(name, spread)| {
+            (
+                name.to_owned(),
+                spread.map_or(serde_json::Value::Null, Spread::json),
+            )
+        })
+        .collect::<serde_json::Map<_, _>>()
+        .into()
+}
+
+/// The ratios as a markdown table, ours over `other`.
+fn ratios_markdown(
+    md: &mut String,
+    other: &str,
+    ratios: impl IntoIterator<Item = (&'static str, Option<Spread>)>,
+) {
+    let _ = write!(
+        md,
+        "\n| ratio (per round, ours / {other}) | median (min-max) |\n|---|---|\n"
+    );
+    for (name, spread) in ratios {
+        let _ = writeln!(md, "| {name} | {} |", spread.map_or("-".into(), |s| s.text(3)));
+    }
+}
+
 struct Report {
     pods: usize,
     rounds: usize,
@@ -894,17 +958,8 @@ impl Report {
         self.runs.iter().filter(|r| r.contender == contender).collect()
     }
 
-    /// Per round, `ours`'s figure over `base`'s; the spread over the rounds.
     fn ratio(&self, base: &str, figure: impl Fn(&Run) -> f64) -> Option<Spread> {
-        let ratios = (0..self.rounds)
-            .filter_map(|round| {
-                let find = |c: &str| self.runs.iter().find(|r| r.round == round && r.contender == c);
-                let (ours, base) = (find("ours")?, find(base)?);
-                let b = figure(base);
-                (b > 0.0).then(|| figure(ours) / b)
-            })
-            .collect();
-        Spread::of(ratios)
+        per_round_ratio(&self.runs, self.rounds, base, figure)
     }
 
     fn ratios(&self) -> [(&'static str, Option<Spread>); 4] {
@@ -941,16 +996,7 @@ impl Report {
                 })
             })
             .collect();
-        let ratios: serde_json::Map<_, _> = self
-            .ratios()
-            .into_iter()
-            .map(|(name, spread)| {
-                (
-                    name.to_owned(),
-                    spread.map_or(serde_json::Value::Null, Spread::json),
-                )
-            })
-            .collect();
+        let ratios = ratios_json(self.ratios());
         json!({
             "pods": self.pods, "rounds": self.rounds, "qps": self.qps, "burst": self.qps * 2,
             "concurrency": CONCURRENCY, "order_seed": self.seed, "runs": runs, "ratios": ratios,
@@ -1006,10 +1052,7 @@ impl Report {
                 fmt(spread(&|r| r.peak_rss_mib), 1),
             );
         }
-        md.push_str("\n| ratio (per round, ours / other) | median (min-max) |\n|---|---|\n");
-        for (name, spread) in self.ratios() {
-            let _ = writeln!(md, "| {name} | {} |", spread.map_or("-".into(), |s| s.text(3)));
-        }
+        ratios_markdown(&mut md, "other", self.ratios());
         md
     }
 }

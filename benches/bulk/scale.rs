@@ -100,16 +100,7 @@ pub(super) async fn run(root: &Path, out: &Path) -> Result<()> {
         seed,
         runs,
     };
-    let markdown = report.markdown();
-    println!("\n{markdown}");
-    std::fs::write(out.join("scale.json"), serde_json::to_vec_pretty(&report.json())?)?;
-    std::fs::write(out.join("scale.md"), markdown)?;
-    eprintln!(
-        "scale: wrote {} and {}",
-        out.join("scale.json").display(),
-        out.join("scale.md").display()
-    );
-    Ok(())
+    write_report(out, "scale", &report.markdown(), &report.json())
 }
 
 async fn measure_scale(
@@ -318,17 +309,8 @@ impl ScaleReport {
         self.runs.iter().filter(|r| r.contender == contender).collect()
     }
 
-    /// Per round, ours over upstream; the spread over the rounds.
     fn ratio(&self, figure: impl Fn(&ScaleRun) -> f64) -> Option<Spread> {
-        let ratios = (0..self.rounds)
-            .filter_map(|round| {
-                let find = |c: &str| self.runs.iter().find(|r| r.round == round && r.contender == c);
-                let (ours, upstream) = (find("ours")?, find("upstream")?);
-                let base = figure(upstream);
-                (base > 0.0).then(|| figure(ours) / base)
-            })
-            .collect();
-        Spread::of(ratios)
+        per_round_ratio(&self.runs, self.rounds, "upstream", figure)
     }
 
     fn ratios(&self) -> [(&'static str, Option<Spread>); 3] {
@@ -358,16 +340,7 @@ impl ScaleReport {
                 })
             })
             .collect();
-        let ratios: serde_json::Map<_, _> = self
-            .ratios()
-            .into_iter()
-            .map(|(name, spread)| {
-                (
-                    name.to_owned(),
-                    spread.map_or(serde_json::Value::Null, Spread::json),
-                )
-            })
-            .collect();
+        let ratios = ratios_json(self.ratios());
         let median = |s: Option<Spread>| s.map(|s| s.median);
         json!({
             "pods": self.pods, "pods_with_devices": self.claimed, "rounds": self.rounds,
@@ -419,11 +392,18 @@ impl ScaleReport {
                 spread(&|r| r.peak_rss_mib, 1),
             );
         }
-        md.push_str("\n| ratio (per round, ours / upstream) | median (min-max) |\n|---|---|\n");
-        for (name, spread) in self.ratios() {
-            let _ = writeln!(md, "| {name} | {} |", spread.map_or("-".into(), |s| s.text(3)));
-        }
+        ratios_markdown(&mut md, "upstream", self.ratios());
         md
+    }
+}
+
+impl Measured for ScaleRun {
+    fn round(&self) -> usize {
+        self.round
+    }
+
+    fn contender(&self) -> &str {
+        self.contender
     }
 }
 
