@@ -241,24 +241,43 @@ async fn etcd_compaction_makes_every_watch_list_again() {
     cp.kill("kube-apiserver").await;
     cp.restart("kube-apiserver").await;
     let restored = SystemTime::now();
-    wait_for(
-        "every kind's watch to get 410 and list again",
-        TIMEOUT,
-        || async {
-            let expired = run.proxy.expired_watches();
-            let after = &run.proxy.records()[seen..];
-            KINDS
-                .iter()
-                .all(|kind| {
-                    let is_kind = |p: &str| p.split('?').next() == Some(*kind);
-                    expired.iter().any(|p| is_kind(p))
-                        && after
-                            .iter()
-                            .any(|r| is_kind(&r.path) && !r.path.contains("watch=") && r.status == Some(200))
+    // What is still missing is told on stderr each time it changes, so a timeout says which kind
+    // got no 410 or did not list again, and what its requests were answered.
+    let mut told = String::new();
+    wait_for("every kind's watch to get 410 and list again", TIMEOUT, || {
+        let expired = run.proxy.expired_watches();
+        let records = run.proxy.records();
+        let after = &records[seen..];
+        let missing: Vec<String> = KINDS
+            .iter()
+            .filter_map(|kind| {
+                let is_kind = |p: &str| p.split('?').next() == Some(*kind);
+                let got_410 = expired.iter().any(|p| is_kind(p));
+                let listed = after
+                    .iter()
+                    .any(|r| is_kind(&r.path) && !r.path.contains("watch=") && r.status == Some(200));
+                let answers: Vec<_> = after
+                    .iter()
+                    .filter(|r| is_kind(&r.path))
+                    .map(|r| r.status)
+                    .collect();
+                (!(got_410 && listed)).then(|| {
+                    format!(
+                        "{kind} (410: {got_410}, listed: {listed}, answers since the restart: {answers:?})"
+                    )
                 })
-                .then_some(())
-        },
-    )
+            })
+            .collect();
+        let now = missing.join("; ");
+        if !missing.is_empty() && now != told {
+            eprintln!(
+                "{:.1?} after the restart, still waiting for: {now}",
+                restored.elapsed().unwrap_or_default()
+            );
+            told = now;
+        }
+        std::future::ready(missing.is_empty().then_some(()))
+    })
     .await;
     eprintln!(
         "compacted etcd at revision {compacted}; watches ended with 410: {:#?}",
