@@ -106,11 +106,38 @@ async fn main() -> Result<()> {
     }
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let out = target_dir(root).join("bench");
-    if std::env::var_os("BENCH_SCALE").is_some_and(|v| v == "1") {
-        build_release(root)?;
-        std::fs::create_dir_all(&out)?;
-        return scale::run(root, &out).await;
+    std::fs::create_dir_all(&out)?;
+    build_release(root)?;
+    let bench = async {
+        if std::env::var_os("BENCH_SCALE").is_some_and(|v| v == "1") {
+            scale::run(root, &out).await
+        } else {
+            bulk(root, &out).await
+        }
+    };
+    // Interrupted, the bench drops the run in progress, whose control plane and contender stop
+    // with it (their `Drop`), rather than leaving them running.
+    tokio::select! {
+        result = bench => result,
+        signal = interrupted() => Err(format!("interrupted by {signal}: stopped the run in progress").into()),
     }
+}
+
+/// The first SIGINT or SIGTERM.
+async fn interrupted() -> &'static str {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut int), Ok(mut term)) = (signal(SignalKind::interrupt()), signal(SignalKind::terminate()))
+    else {
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = int.recv() => "SIGINT",
+        _ = term.recv() => "SIGTERM",
+    }
+}
+
+/// `make bench`: the bulk eviction, every contender, every round.
+async fn bulk(root: &Path, out: &Path) -> Result<()> {
     let pods = env_or("BENCH_PODS", 10_000);
     let rounds = env_or("BENCH_ROUNDS", 5).max(1);
     let warmup = env_or("BENCH_WARMUP", 1);
@@ -125,8 +152,6 @@ async fn main() -> Result<()> {
                 .ok_or_else(|| format!("unknown BENCH_ONLY entry {name:?} (known: {CONTENDERS:?})"))
         })
         .collect::<Result<_, String>>()?;
-    build_release(root)?;
-    std::fs::create_dir_all(&out)?;
     let template = out.join(format!("populated-{pods}"));
     populate_template(root, &template, pods, pods).await?;
 
@@ -146,7 +171,7 @@ async fn main() -> Result<()> {
         };
         for contender in order {
             eprintln!("== {label}: {contender}");
-            let run = measure(root, &template, &out, contender, pods, qps).await?;
+            let run = measure(root, &template, out, contender, pods, qps).await?;
             eprintln!(
                 "   last DELETE {:.2} s, last Event {}, {}/{pods} Events, contender CPU {:.2} s, apiserver {:.2} s, etcd {:.2} s",
                 run.last_delete,
@@ -165,7 +190,7 @@ async fn main() -> Result<()> {
         }
     }
     let report = Report::new(pods, rounds, qps, seed, runs);
-    write_report(&out, "bulk", &report.markdown(), &report.json())
+    write_report(out, "bulk", &report.markdown(), &report.json())
 }
 
 /// Prints the markdown report and writes it and the JSON to `out/NAME.md` and `out/NAME.json`.
