@@ -126,7 +126,7 @@ elapsed() { printf '%dm%02ds' $(((SECONDS - total_start) / 60)) $(((SECONDS - to
 total_start=$SECONDS
 log "one-time build of the test control plane: $names"
 log "  Kubernetes $k8s_version and etcd $etcd_version, compiled from their Go modules into $dest"
-log "  on an empty Go cache this downloads about 600 MB of modules and takes 12-15 minutes on 2 idle"
+log "  on an empty Go cache this downloads about 850 MB of modules and takes 7-15 minutes on 2"
 log "  cores (2-3 minutes with a warm Go build cache); later runs reuse the binaries at once"
 
 # 1. Module download and package list, shared by every binary.
