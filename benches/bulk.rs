@@ -26,7 +26,8 @@
 //!
 //! `make bench` (`cargo bench --bench bulk`): `BENCH_PODS` (default 10000), `BENCH_ROUNDS`
 //! (default 5), `BENCH_WARMUP` (warm-up rounds, default 1), `BENCH_QPS` (client QPS of every
-//! contender, burst twice that; default 1000), `BENCH_ONLY` (default `raw,minimal,ours,upstream`).
+//! contender, burst twice that; default 1000), `BENCH_ONLY` (default `raw,minimal,ours,upstream`),
+//! `BENCH_OURS_BIN` (our binary; default the release build, e.g. the image's static musl build).
 //! Prints a table and writes `target/bench/bulk.json` and `target/bench/bulk.md`. Not part of
 //! `cargo test` (which only builds it).
 
@@ -620,7 +621,11 @@ fn controller_command(
     let (qps, burst) = (qps.to_string(), (qps * 2).to_string());
     let kubeconfig = cp.kubeconfig();
     Ok(if contender == "ours" {
-        let mut c = Command::new(target_dir(root).join("release/device-taint-eviction"));
+        let binary = std::env::var_os("BENCH_OURS_BIN").map_or_else(
+            || target_dir(root).join("release/device-taint-eviction"),
+            PathBuf::from,
+        );
+        let mut c = Command::new(binary);
         c.args(["controller", "--leader-elect=false"])
             .arg(format!("--http-addr={http_addr}"))
             .args(["--kube-api-qps", &qps, "--kube-api-burst", &burst])
