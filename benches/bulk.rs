@@ -27,7 +27,7 @@
 //! `make bench` (`cargo bench --bench bulk`): `BENCH_PODS` (default 10000), `BENCH_ROUNDS`
 //! (default 5), `BENCH_WARMUP` (warm-up rounds, default 1), `BENCH_QPS` (client QPS of every
 //! contender, burst twice that; default 1000), `BENCH_ONLY` (default `raw,minimal,ours,upstream`),
-//! `BENCH_OURS_BIN` (our binary; default the release build, e.g. the image's static musl build).
+//! `BENCH_OURS_BIN` (our binary to run; default the host release build, e.g. set it to the image's musl one).
 //! Prints a table and writes `target/bench/bulk.json` and `target/bench/bulk.md`. Not part of
 //! `cargo test` (which only builds it).
 
