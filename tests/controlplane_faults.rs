@@ -206,13 +206,20 @@ async fn etcd_killed_mid_countdown() {
     assert_eq!(run.controller.stop().await, Some(0));
 }
 
-/// The kinds the controller watches, by the path of their list and watch requests.
-const KINDS: [&str; 4] = [
-    "/api/v1/pods",
-    "/apis/resource.k8s.io/v1/resourceclaims",
-    "/apis/resource.k8s.io/v1/resourceslices",
-    "/apis/resource.k8s.io/v1/devicetaintrules",
-];
+/// The kinds the controller watches, by the path of their list and watch requests: DeviceTaintRules
+/// at the version the cluster serves (v1alpha3 on 1.35, v1beta2 on 1.36, v1 from 1.37).
+async fn watched_paths(client: &kube::Client) -> Vec<String> {
+    let rules = device_taint_eviction::k8s::discover_device_taint_rule(client)
+        .await
+        .expect("discovery")
+        .expect("the cluster serves DeviceTaintRules");
+    vec![
+        "/api/v1/pods".to_owned(),
+        "/apis/resource.k8s.io/v1/resourceclaims".to_owned(),
+        "/apis/resource.k8s.io/v1/resourceslices".to_owned(),
+        format!("/apis/{}/devicetaintrules", rules.api_version),
+    ]
+}
 
 /// etcd's history is compacted mid-countdown, then kube-apiserver restarts (as in a rollout),
 /// so its watch cache starts afresh after the compaction: every kind's watch resumes from a
@@ -226,6 +233,7 @@ async fn etcd_compaction_makes_every_watch_list_again() {
         return;
     };
     let run = counting_down(&cp, toleration_for(&cp)).await;
+    let kinds = watched_paths(&run.env.client).await;
     // A write the controller does not watch moves etcd's revision past every watch's.
     let namespaces: kube::Api<k8s_openapi::api::core::v1::Namespace> = kube::Api::all(run.env.client.clone());
     namespaces
@@ -248,10 +256,10 @@ async fn etcd_compaction_makes_every_watch_list_again() {
         let expired = run.proxy.expired_watches();
         let records = run.proxy.records();
         let after = &records[seen..];
-        let missing: Vec<String> = KINDS
+        let missing: Vec<String> = kinds
             .iter()
             .filter_map(|kind| {
-                let is_kind = |p: &str| p.split('?').next() == Some(*kind);
+                let is_kind = |p: &str| p.split('?').next() == Some(kind.as_str());
                 let got_410 = expired.iter().any(|p| is_kind(p));
                 let listed = after
                     .iter()
