@@ -13,6 +13,12 @@ use device_taint_eviction::{
     client, controller, ops, telemetry,
 };
 
+/// The static (musl) build allocates with mimalloc: musl's allocator is slow for the many small
+/// allocations of decoding large lists (see Cargo.toml).
+#[cfg(target_env = "musl")]
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
