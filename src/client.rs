@@ -15,13 +15,18 @@
 //! - API connections use TCP keepalive ([`http_connector`]): kube's own connector sets none, so a
 //!   peer that vanished without closing (a dead node, a dropped NAT or load-balancer entry) would
 //!   leave a watch or a pooled connection hanging until the kernel gives up hours later.
+//! - Pod lists are asked for in protobuf and handed up as compact JSON ([`PodListProtobufLayer`]):
+//!   the API server encodes them several times faster, and start-up in a large cluster waits on it.
 //! - Watches report every frame they receive, bookmarks included, to a [`WatchProgress`], so that
 //!   a watch that receives nothing at all can be told from a quiet one (`--watch-idle-timeout`).
 
 use std::{
     collections::HashMap,
     path::PathBuf,
-    sync::{Arc, Mutex, PoisonError},
+    sync::{
+        Arc, Mutex, PoisonError,
+        atomic::{AtomicBool, Ordering},
+    },
     task::{Context, Poll},
     time::Duration,
 };
@@ -41,8 +46,12 @@ use kube::{
 use tokio::{sync::watch, time::Instant};
 use tokio_util::bytes::Bytes;
 use tower::{ServiceBuilder, ServiceExt as _, util::BoxService};
+use tracing::warn;
 
-use crate::throttle::{ThrottleLayer, TokenBucket};
+use crate::{
+    protobuf,
+    throttle::{ThrottleLayer, TokenBucket},
+};
 
 /// How to reach the API server and how fast to talk to it, as the command line chose it.
 #[derive(Debug, Clone, PartialEq)]
@@ -210,6 +219,7 @@ pub fn client_from_config(
     progress: &WatchProgress,
 ) -> Result<Client, Error> {
     Ok(base_builder(config)?
+        .with_layer(&PodListProtobufLayer::new())
         .with_layer(&WatchProgressLayer::new(progress.clone()))
         .with_layer(&DeadlineLayer::new(timeout))
         .with_layer(&RetryAfterLayer::new())
@@ -264,7 +274,7 @@ pub type ResponseBody = UnsyncBoxBody<Bytes, tower::BoxError>;
 pub type ResponseFuture = BoxFuture<'static, Result<Response<ResponseBody>, tower::BoxError>>;
 
 /// What one layer of the client stack does: looks at each request as it is handed down (and may
-/// refuse it, unsent), then wraps the answer. [`StepLayer`] makes a tower layer of it, so the
+/// amend it, or refuse it unsent), then wraps the answer. [`StepLayer`] makes a tower layer of it, so the
 /// layers below differ only in these two functions.
 pub trait Step: Clone + Send + Sync + 'static {
     /// What [`Step::before`] learns of the request for [`Step::after`].
@@ -274,7 +284,7 @@ pub trait Step: Clone + Send + Sync + 'static {
     ///
     /// # Errors
     /// The reason the request is not sent.
-    fn before(&self, request: &Request<Body>) -> Result<Self::Seen, tower::BoxError>;
+    fn before(&self, request: &mut Request<Body>) -> Result<Self::Seen, tower::BoxError>;
 
     /// Wraps `response`, the call of the layer below (not polled yet).
     fn after(&self, seen: Self::Seen, response: ResponseFuture) -> ResponseFuture;
@@ -319,8 +329,8 @@ where
         self.inner.poll_ready(cx).map_err(Into::into)
     }
 
-    fn call(&mut self, request: Request<Body>) -> Self::Future {
-        let seen = match self.step.before(&request) {
+    fn call(&mut self, mut request: Request<Body>) -> Self::Future {
+        let seen = match self.step.before(&mut request) {
             Ok(seen) => seen,
             Err(refused) => return Box::pin(async move { Err(refused) }),
         };
@@ -361,7 +371,7 @@ impl FenceLayer {
 impl Step for Fence {
     type Seen = ();
 
-    fn before(&self, request: &Request<Body>) -> Result<(), tower::BoxError> {
+    fn before(&self, request: &mut Request<Body>) -> Result<(), tower::BoxError> {
         if request.method() != http::Method::GET && !*self.leader.borrow() {
             return Err(NotLeader {
                 method: request.method().clone(),
@@ -412,7 +422,7 @@ impl Step for Deadline {
     /// Whether the request is a watch.
     type Seen = bool;
 
-    fn before(&self, request: &Request<Body>) -> Result<bool, tower::BoxError> {
+    fn before(&self, request: &mut Request<Body>) -> Result<bool, tower::BoxError> {
         Ok(is_watch(request))
     }
 
@@ -491,7 +501,7 @@ impl Step for WatchProgress {
     /// The watched resource, for a watch.
     type Seen = Option<String>;
 
-    fn before(&self, request: &Request<Body>) -> Result<Option<String>, tower::BoxError> {
+    fn before(&self, request: &mut Request<Body>) -> Result<Option<String>, tower::BoxError> {
         Ok(watched_resource(request))
     }
 
@@ -510,6 +520,84 @@ impl Step for WatchProgress {
                 })
                 .boxed_unsync()
             }))
+        })
+    }
+}
+
+/// Asks for pod lists in protobuf and hands them up as compact JSON ([`protobuf::to_json`]): at
+/// start-up in a large cluster the API server's encoding of the pod list is most of the wait, and
+/// protobuf is about three times cheaper to encode and a quarter of the bytes. Every other request,
+/// and an answer in JSON, passes unchanged. Should a protobuf answer ever not decode, it is
+/// logged, the request fails (the watch lists again with backoff) and pods are listed in JSON from
+/// then on.
+#[derive(Clone, Debug, Default)]
+pub struct PodListProtobuf {
+    /// Set once a protobuf answer did not decode.
+    json_only: Arc<AtomicBool>,
+}
+
+/// The layer of [`PodListProtobuf`].
+pub type PodListProtobufLayer = StepLayer<PodListProtobuf>;
+
+impl PodListProtobufLayer {
+    #[must_use]
+    pub fn new() -> Self {
+        StepLayer(PodListProtobuf::default())
+    }
+}
+
+/// A protobuf answer that did not decode.
+#[derive(Debug, thiserror::Error)]
+#[error("pod list answered in protobuf: {0}; listing pods in JSON from now on")]
+pub struct UndecodableProtobuf(#[source] protobuf::Error);
+
+impl Step for PodListProtobuf {
+    /// Whether protobuf was asked for.
+    type Seen = bool;
+
+    fn before(&self, request: &mut Request<Body>) -> Result<bool, tower::BoxError> {
+        let asked =
+            !self.json_only.load(Ordering::Relaxed) && protobuf::is_pod_list(request.method(), request.uri());
+        if asked {
+            request
+                .headers_mut()
+                .insert(header::ACCEPT, header::HeaderValue::from_static(protobuf::ACCEPT));
+        }
+        Ok(asked)
+    }
+
+    fn after(&self, asked: bool, response: ResponseFuture) -> ResponseFuture {
+        if !asked {
+            return response;
+        }
+        let json_only = Arc::clone(&self.json_only);
+        Box::pin(async move {
+            let response = response.await?;
+            let is_protobuf = response
+                .headers()
+                .get(header::CONTENT_TYPE)
+                .and_then(|v| v.to_str().ok())
+                .is_some_and(|v| v.starts_with(protobuf::MEDIA_TYPE));
+            if !is_protobuf {
+                return Ok(response);
+            }
+            let (mut parts, body) = response.into_parts();
+            let bytes = body.collect().await?.to_bytes();
+            let json = protobuf::to_json(&bytes).map_err(|e| {
+                json_only.store(true, Ordering::Relaxed);
+                let error = UndecodableProtobuf(e);
+                warn!(%error, "pod list not decoded");
+                error
+            })?;
+            parts.headers.insert(
+                header::CONTENT_TYPE,
+                header::HeaderValue::from_static("application/json"),
+            );
+            parts.headers.insert(header::CONTENT_LENGTH, json.len().into());
+            Ok(Response::from_parts(
+                parts,
+                boxed_body(Full::new(Bytes::from(json))),
+            ))
         })
     }
 }
@@ -534,7 +622,7 @@ impl RetryAfterLayer {
 impl Step for RetryAfter {
     type Seen = ();
 
-    fn before(&self, _: &Request<Body>) -> Result<(), tower::BoxError> {
+    fn before(&self, _: &mut Request<Body>) -> Result<(), tower::BoxError> {
         Ok(())
     }
 
@@ -886,6 +974,99 @@ users: []
             .expect("a watch is answered");
         let body = tokio::time::timeout(Duration::from_secs(600), response.into_body().collect()).await;
         assert!(body.is_err(), "the watch body is not cut by the deadline");
+    }
+
+    /// Pod lists are asked for in protobuf and read as JSON; other requests are left alone; a
+    /// JSON answer passes; a protobuf answer that does not decode fails the list, and pods are
+    /// listed in JSON from then on.
+    #[tokio::test]
+    async fn pod_lists_travel_in_protobuf() {
+        use tower::Layer as _;
+
+        use crate::k8s::WatchedPod;
+        /// What the scripted server answers a pod list with.
+        #[derive(Clone, Copy, Debug)]
+        enum Answer {
+            Protobuf,
+            Json,
+            Garbage,
+        }
+        let answer = Arc::new(Mutex::new(Answer::Protobuf));
+        let accepts = Arc::new(Mutex::new(Vec::<String>::new()));
+        let (answering, seen) = (answer.clone(), accepts.clone());
+        let service = tower::service_fn(move |request: Request<Body>| {
+            let accept = request
+                .headers()
+                .get(header::ACCEPT)
+                .map(|v| v.to_str().expect("ascii").to_owned())
+                .unwrap_or_default();
+            seen.lock().expect("lock").push(accept.clone());
+            let asked_protobuf = accept.starts_with(protobuf::MEDIA_TYPE);
+            let list = request.uri().path().ends_with("/pods");
+            let (content_type, body) = match (*answering.lock().expect("lock"), list) {
+                (Answer::Protobuf, true) if asked_protobuf => (
+                    protobuf::MEDIA_TYPE,
+                    protobuf::testing::pod_list("ns", &["a", "b"]),
+                ),
+                (Answer::Garbage, true) if asked_protobuf => {
+                    (protobuf::MEDIA_TYPE, b"k8s\0\x0a\xff".to_vec())
+                }
+                (_, true) => (
+                    "application/json",
+                    br#"{"apiVersion":"v1","kind":"PodList","metadata":{"resourceVersion":"9"},
+                         "items":[{"metadata":{"name":"c","namespace":"ns","uid":"u-c"}}]}"#
+                        .to_vec(),
+                ),
+                (_, false) => (
+                    "application/json",
+                    br#"{"apiVersion":"v1","kind":"Pod","metadata":{"name":"a","namespace":"ns","uid":"uid-a"}}"#
+                        .to_vec(),
+                ),
+            };
+            async move {
+                Ok::<_, std::convert::Infallible>(
+                    Response::builder()
+                        .status(200)
+                        .header(header::CONTENT_TYPE, content_type)
+                        .body(Body::from(body))
+                        .expect("response"),
+                )
+            }
+        });
+        let client = Client::new(PodListProtobufLayer::new().layer(service), "default");
+        let pods = kube::Api::<WatchedPod>::namespaced(client, "ns");
+        let names = |list: kube::core::ObjectList<WatchedPod>| {
+            list.items
+                .into_iter()
+                .map(|p| p.metadata.name.unwrap_or_default())
+                .collect::<Vec<_>>()
+        };
+        let params = kube::api::ListParams::default();
+
+        let listed = pods.list(&params).await.expect("a protobuf list");
+        assert_eq!(names(listed), ["a", "b"]);
+        let got = pods.get("a").await.expect("a JSON pod");
+        assert_eq!(got.metadata.uid.as_deref(), Some("uid-a"));
+        *answer.lock().expect("lock") = Answer::Json;
+        assert_eq!(names(pods.list(&params).await.expect("a JSON list")), ["c"]);
+        {
+            let accepts = accepts.lock().expect("lock");
+            assert!(accepts[0].starts_with(protobuf::MEDIA_TYPE), "{accepts:?}");
+            assert!(!accepts[1].contains("protobuf"), "a GET of one pod: {accepts:?}");
+            assert!(accepts[2].starts_with(protobuf::MEDIA_TYPE), "{accepts:?}");
+        }
+
+        *answer.lock().expect("lock") = Answer::Garbage;
+        let error = pods.list(&params).await.expect_err("undecodable");
+        assert!(format!("{error:?}").contains("UndecodableProtobuf"), "{error:?}");
+        *answer.lock().expect("lock") = Answer::Protobuf;
+        assert_eq!(
+            names(pods.list(&params).await.expect("a JSON list")),
+            ["c"],
+            "pods are listed in JSON once protobuf failed"
+        );
+        let accepts = accepts.lock().expect("lock");
+        assert!(!accepts[4].contains("protobuf"), "{accepts:?}");
     }
 
     /// The API clients' connections carry TCP keepalive (kube's connector sets none).

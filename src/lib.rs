@@ -38,6 +38,7 @@ pub mod k8s;
 pub mod leader;
 pub mod metrics;
 pub mod ops;
+pub mod protobuf;
 pub mod queue;
 pub mod rule_status;
 pub mod telemetry;

@@ -280,3 +280,129 @@ fn shell_kubeconfig_child() {
     );
     assert_eq!(support::existing_cluster_kubeconfig(), None);
 }
+
+/// Pods `plain` (no claim), `claims` (two claims, with status and our `DisruptionTarget`) and
+/// `leaving` (two claims, terminating: held by a finalizer, which the caller removes).
+async fn pods_of_every_shape(env: &TestEnv) -> Api<Pod> {
+    use kube::api::{DeleteParams, Patch, PatchParams};
+
+    let pods: Api<Pod> = env.api();
+    let container = json!([{ "name": "app", "image": "registry.invalid/app:1" }]);
+    let plain: Pod = object(json!({
+        "metadata": { "name": "plain", "labels": { "app": "web" } },
+        "spec": { "nodeName": "node-a", "containers": container },
+    }));
+    let with_claims = |name: &str, finalizers: serde_json::Value| -> Pod {
+        object(json!({
+            "metadata": { "name": name, "finalizers": finalizers },
+            "spec": {
+                "nodeName": "node-a",
+                "resourceClaims": [
+                    { "name": "direct", "resourceClaimName": "shared" },
+                    { "name": "templated", "resourceClaimTemplateName": "gpu-template" },
+                ],
+                "containers": [{
+                    "name": "app",
+                    "image": "registry.invalid/app:1",
+                    "resources": { "claims": [{ "name": "direct" }, { "name": "templated" }] },
+                }],
+            },
+        }))
+    };
+    for pod in [
+        plain,
+        with_claims("claims", json!([])),
+        with_claims("leaving", json!(["example.com/hold"])),
+    ] {
+        pods.create(&PostParams::default(), &pod)
+            .await
+            .expect("create Pod");
+    }
+    let status = json!({ "status": {
+        "phase": "Running",
+        "conditions": [
+            { "type": "Ready", "status": "True" },
+            { "type": "DisruptionTarget", "status": "True",
+              "reason": device_taint_eviction::k8s::DISRUPTION_REASON,
+              "message": device_taint_eviction::k8s::DISRUPTION_MESSAGE },
+        ],
+        "resourceClaimStatuses": [{ "name": "templated", "resourceClaimName": "claims-templated-x7" }],
+    }});
+    pods.patch_status("claims", &PatchParams::default(), &Patch::Merge(&status))
+        .await
+        .expect("pod status");
+    pods.delete("leaving", &DeleteParams::default())
+        .await
+        .expect("delete Pod");
+
+    pods
+}
+
+/// The API server's protobuf pod list, as the controller converts it, reads the same as its JSON
+/// list: every field the controller looks at of pods with claims (by name, from a template, with
+/// status, terminating), and the identity of pods without.
+#[tokio::test]
+async fn pod_list_in_protobuf_reads_as_the_json_list() {
+    use device_taint_eviction::{k8s::WatchedPod, protobuf, view::PodView};
+    use kube::api::{Patch, PatchParams};
+
+    let env = TestEnv::new().await;
+    let pods = pods_of_every_shape(&env).await;
+    let request = http::Request::get(format!("/api/v1/namespaces/{}/pods", env.namespace))
+        .header(http::header::ACCEPT, protobuf::ACCEPT)
+        .body(kube::client::Body::empty())
+        .expect("request");
+    let response = env.client.send(request).await.expect("protobuf list");
+    assert_eq!(
+        response
+            .headers()
+            .get(http::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok()),
+        Some(protobuf::MEDIA_TYPE),
+        "the API server answers pod lists in protobuf"
+    );
+    let body = http_body_util::BodyExt::collect(response.into_body())
+        .await
+        .expect("body")
+        .to_bytes();
+    let converted: kube::core::ObjectList<WatchedPod> =
+        serde_json::from_slice(&protobuf::to_json(&body).expect("converts")).expect("a pod list");
+    let json = Api::<WatchedPod>::namespaced(env.client.clone(), &env.namespace)
+        .list(&ListParams::default())
+        .await
+        .expect("JSON list");
+
+    assert!(converted.metadata.resource_version.is_some_and(|v| !v.is_empty()));
+    let name = |p: &WatchedPod| p.metadata.name.clone().unwrap_or_default();
+    assert_eq!(
+        converted.items.iter().map(name).collect::<Vec<_>>(),
+        json.items.iter().map(name).collect::<Vec<_>>()
+    );
+    for (converted, json) in converted.items.iter().zip(&json.items) {
+        let view = PodView::from_api(converted).expect("valid");
+        assert_eq!(view, PodView::from_api(json).expect("valid"), "{}", name(json));
+        if view.is_some() {
+            assert_eq!(converted, json, "every field read");
+        } else {
+            assert_eq!(converted.metadata, json.metadata);
+        }
+    }
+    let views: Vec<PodView> = converted
+        .items
+        .iter()
+        .filter_map(|p| PodView::from_api(p).expect("valid"))
+        .collect();
+    let claims = views.iter().find(|v| v.name == "claims").expect("claims");
+    assert_eq!(claims.claims.len(), 2, "{claims:?}");
+    assert!(claims.scheduled && claims.disruption_target && !claims.terminating);
+    let leaving = views.iter().find(|v| v.name == "leaving").expect("leaving");
+    assert!(leaving.terminating, "{leaving:?}");
+
+    pods.patch(
+        "leaving",
+        &PatchParams::default(),
+        &Patch::Merge(json!({ "metadata": { "finalizers": null } })),
+    )
+    .await
+    .expect("release the finalizer");
+}

@@ -583,6 +583,13 @@ async fn forward(
             upstream.headers_mut().append(name, value.clone());
         }
     }
+    if fault == Some(FaultKind::MalformedListItem) {
+        // The list is corrupted as JSON, whatever encoding the client asked for.
+        upstream.headers_mut().insert(
+            header::ACCEPT,
+            header::HeaderValue::from_static("application/json"),
+        );
+    }
     let response = match client.send(upstream).await {
         Ok(response) => response,
         Err(error) => {
