@@ -318,24 +318,14 @@ struct StatusCause {
     field: Option<String>,
 }
 
-/// JSON of a `PodList` with its kind and version.
+/// JSON of an object with its kind and version.
 #[derive(Serialize)]
 #[serde(rename_all = "camelCase")]
-struct JsonList<'a> {
+struct Json<'a, T> {
     api_version: &'static str,
     kind: &'static str,
     #[serde(flatten)]
-    list: &'a PodList,
-}
-
-/// JSON of a `Status` with its kind and version.
-#[derive(Serialize)]
-#[serde(rename_all = "camelCase")]
-struct JsonStatus<'a> {
-    api_version: &'static str,
-    kind: &'static str,
-    #[serde(flatten)]
-    status: &'a Status,
+    object: &'a T,
 }
 
 /// The object inside a protobuf answer, with its kind.
@@ -374,43 +364,31 @@ fn trim(pod: &mut Pod) {
 pub fn to_json(body: &[u8]) -> Result<Vec<u8>, Error> {
     let (kind, raw) = unwrap(body)?;
     match kind.as_str() {
-        "PodList" => {
-            let mut list = PodList::decode(raw.as_slice()).map_err(|source| Error::Decode {
-                what: "PodList",
-                source,
-            })?;
-            drop(raw);
+        "PodList" => convert("PodList", &raw, |list: &mut PodList| {
             list.items.iter_mut().for_each(trim);
-            let json = JsonList {
-                api_version: "v1",
-                kind: "PodList",
-                list: &list,
-            };
-            serde_json::to_vec(&json).map_err(|source| Error::Encode {
-                what: "PodList",
-                source,
-            })
-        }
-        "Status" => {
-            let status = Status::decode(raw.as_slice()).map_err(|source| Error::Decode {
-                what: "Status",
-                source,
-            })?;
-            let json = JsonStatus {
-                api_version: "v1",
-                kind: "Status",
-                status: &status,
-            };
-            serde_json::to_vec(&json).map_err(|source| Error::Encode {
-                what: "Status",
-                source,
-            })
-        }
+        }),
+        "Status" => convert("Status", &raw, |_: &mut Status| {}),
         _ => Err(Error::Kind {
             found: kind,
             expected: "PodList or Status",
         }),
     }
+}
+
+/// Decodes `raw` as a `kind`, lets `prepare` trim it, and writes its JSON.
+fn convert<M: Message + Default + Serialize>(
+    kind: &'static str,
+    raw: &[u8],
+    prepare: impl FnOnce(&mut M),
+) -> Result<Vec<u8>, Error> {
+    let mut object = M::decode(raw).map_err(|source| Error::Decode { what: kind, source })?;
+    prepare(&mut object);
+    let json = Json {
+        api_version: "v1",
+        kind,
+        object: &object,
+    };
+    serde_json::to_vec(&json).map_err(|source| Error::Encode { what: kind, source })
 }
 
 /// Whether a request lists pods (all, or a namespace's): `GET .../pods`, no watch.
