@@ -27,7 +27,8 @@
 //! `make bench` (`cargo bench --bench bulk`): `BENCH_PODS` (default 10000), `BENCH_ROUNDS`
 //! (default 5), `BENCH_WARMUP` (warm-up rounds, default 1), `BENCH_QPS` (client QPS of every
 //! contender, burst twice that; default 1000), `BENCH_ONLY` (default `raw,minimal,ours,upstream`),
-//! `BENCH_OURS_BIN` (our binary to run; default the host release build, e.g. set it to the image's musl one).
+//! `BENCH_OURS_BIN` (our binary to run, taken as it is, e.g. the image's musl one; default the host
+//! release build, which is built first).
 //! Prints a table and writes `target/bench/bulk.json` and `target/bench/bulk.md`. Not part of
 //! `cargo test` (which only builds it).
 
@@ -108,7 +109,10 @@ async fn main() -> Result<()> {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let out = target_dir(root).join("bench");
     std::fs::create_dir_all(&out)?;
-    build_release(root)?;
+    // Another build of ours is taken as it is; otherwise the release build is brought up to date.
+    if std::env::var_os("BENCH_OURS_BIN").is_none() {
+        build_release(root)?;
+    }
     let bench = async {
         if std::env::var_os("BENCH_SCALE").is_some_and(|v| v == "1") {
             scale::run(root, &out).await
