@@ -1,6 +1,7 @@
-//! Pod lists in protobuf: the API server encodes a list of pods in protobuf in about a third of
-//! the time and a quarter of the bytes it takes in JSON, and a large cluster's start-up is bound by
-//! that list. [`to_json`] turns such an answer into the compact JSON that kube's watcher and
+//! Pod lists and watches in protobuf: the API server encodes a pod in protobuf in about a third of
+//! the time and a quarter of the bytes it takes in JSON; a large cluster's start-up is bound by
+//! the pod list, and a bulk eviction sends two pod watch events per evicted pod. [`to_json`] turns
+//! a list answer, and [`WatchDecoder`] a watch stream, into the compact JSON that kube's watcher and
 //! [`WatchedPod`](crate::k8s::WatchedPod) read: only the fields the controller keeps, so the rest
 //! of each pod (containers, volumes, managed fields, ...) is skipped unread.
 //!
@@ -39,6 +40,12 @@ pub enum Error {
     /// The envelope holds another kind than the one asked for.
     #[error("protobuf answer holds {found:?}, expected {expected}")]
     Kind { found: String, expected: &'static str },
+    /// A watch frame longer than any object the API server writes: not a frame boundary.
+    #[error("protobuf watch frame of {0} bytes")]
+    Frame(usize),
+    /// A watch event of a type kube does not know.
+    #[error("protobuf watch event of type {0:?}")]
+    EventType(String),
     /// A decoded value has no JSON form (a time out of range).
     #[error("protobuf {what} has no JSON form: {source}")]
     Encode {
@@ -318,6 +325,40 @@ struct StatusCause {
     field: Option<String>,
 }
 
+/// `metav1.WatchEvent`: one frame of a watch stream.
+#[derive(Clone, PartialEq, Message)]
+struct WatchEvent {
+    #[prost(string, optional, tag = "1")]
+    type_: Option<String>,
+    #[prost(message, optional, tag = "2")]
+    object: Option<RawExtension>,
+}
+
+/// `runtime.RawExtension`: the event's object, itself a protobuf answer (prefix and envelope).
+#[derive(Clone, PartialEq, Message)]
+struct RawExtension {
+    #[prost(bytes = "vec", optional, tag = "1")]
+    raw: Option<Vec<u8>>,
+}
+
+/// The object of a `BOOKMARK` event: a pod of which only these are set.
+#[derive(Clone, PartialEq, Message, Serialize)]
+struct Bookmark {
+    #[prost(message, optional, tag = "1")]
+    metadata: Option<BookmarkMeta>,
+}
+
+#[derive(Clone, PartialEq, Message, Serialize)]
+#[serde(rename_all = "camelCase")]
+struct BookmarkMeta {
+    #[prost(string, optional, tag = "6")]
+    #[serde(serialize_with = "or_empty")]
+    resource_version: Option<String>,
+    #[prost(btree_map = "string, string", tag = "12")]
+    #[serde(skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    annotations: std::collections::BTreeMap<String, String>,
+}
+
 /// JSON of an object with its kind and version.
 #[derive(Serialize)]
 #[serde(rename_all = "camelCase")]
@@ -381,6 +422,18 @@ fn convert<M: Message + Default + Serialize>(
     raw: &[u8],
     prepare: impl FnOnce(&mut M),
 ) -> Result<Vec<u8>, Error> {
+    let mut out = Vec::new();
+    write_object(&mut out, kind, raw, prepare)?;
+    Ok(out)
+}
+
+/// Decodes `raw` as a `kind`, lets `prepare` trim it, and appends its JSON to `out`.
+fn write_object<M: Message + Default + Serialize>(
+    out: &mut Vec<u8>,
+    kind: &'static str,
+    raw: &[u8],
+    prepare: impl FnOnce(&mut M),
+) -> Result<(), Error> {
     let mut object = M::decode(raw).map_err(|source| Error::Decode { what: kind, source })?;
     prepare(&mut object);
     let json = Json {
@@ -388,18 +441,110 @@ fn convert<M: Message + Default + Serialize>(
         kind,
         object: &object,
     };
-    serde_json::to_vec(&json).map_err(|source| Error::Encode { what: kind, source })
+    serde_json::to_writer(out, &json).map_err(|source| Error::Encode { what: kind, source })
+}
+
+/// The longest watch frame taken: far above the API server's own limit on an object (about
+/// 3 MiB in etcd), so only a stream that is not frames at all reaches it.
+const MAX_FRAME: usize = 64 << 20;
+
+/// Turns a protobuf pod watch stream (each event a 4-byte big-endian length, then a
+/// `WatchEvent`) into the lines of JSON that kube's watcher reads, one event a line, each pod cut
+/// down as in a list ([`to_json`]). Bytes arrive in chunks that need not end on a frame: what is
+/// left of a frame waits for the next chunk.
+#[derive(Debug, Default)]
+pub struct WatchDecoder {
+    pending: Vec<u8>,
+}
+
+impl WatchDecoder {
+    /// Takes the next chunk of the stream; returns the JSON lines of the events it completed
+    /// (none, if it completed none).
+    ///
+    /// # Errors
+    /// When a frame is not a pod `WatchEvent` (or a `Status` in an `ERROR` event), or announces a
+    /// length no frame has.
+    pub fn push(&mut self, chunk: &[u8]) -> Result<Vec<u8>, Error> {
+        self.pending.extend_from_slice(chunk);
+        let mut out = Vec::new();
+        let mut at = 0;
+        while let Some(prefix) = self.pending.get(at..at + 4) {
+            let len = u32::from_be_bytes([prefix[0], prefix[1], prefix[2], prefix[3]]) as usize;
+            if len > MAX_FRAME {
+                return Err(Error::Frame(len));
+            }
+            let Some(frame) = self.pending.get(at + 4..at + 4 + len) else {
+                break;
+            };
+            write_event(&mut out, frame)?;
+            out.push(b'\n');
+            at += 4 + len;
+        }
+        self.pending.drain(..at);
+        Ok(out)
+    }
+
+    /// Bytes of an event not yet complete.
+    #[must_use]
+    pub fn pending(&self) -> usize {
+        self.pending.len()
+    }
+}
+
+/// The JSON of one watch event, as the API server would have written it in JSON.
+fn write_event(out: &mut Vec<u8>, frame: &[u8]) -> Result<(), Error> {
+    let event = WatchEvent::decode(frame).map_err(|source| Error::Decode {
+        what: "WatchEvent",
+        source,
+    })?;
+    let type_ = event.type_.unwrap_or_default();
+    if !matches!(
+        type_.as_str(),
+        "ADDED" | "MODIFIED" | "DELETED" | "BOOKMARK" | "ERROR"
+    ) {
+        return Err(Error::EventType(type_));
+    }
+    let raw = event.object.and_then(|o| o.raw).unwrap_or_default();
+    let (kind, raw) = unwrap(&raw)?;
+    out.extend_from_slice(b"{\"type\":\"");
+    out.extend_from_slice(type_.as_bytes());
+    out.extend_from_slice(b"\",\"object\":");
+    match (type_.as_str(), kind.as_str()) {
+        ("ERROR", "Status") => write_object(out, "Status", &raw, |_: &mut Status| {})?,
+        ("BOOKMARK", "Pod") => write_object(out, "Pod", &raw, |_: &mut Bookmark| {})?,
+        (t, "Pod") if t != "ERROR" => write_object(out, "Pod", &raw, trim)?,
+        _ => {
+            return Err(Error::Kind {
+                found: kind,
+                expected: if type_ == "ERROR" { "Status" } else { "Pod" },
+            });
+        }
+    }
+    out.push(b'}');
+    Ok(())
 }
 
 /// Whether a request lists pods (all, or a namespace's): `GET .../pods`, no watch.
 #[must_use]
 pub fn is_pod_list(method: &http::Method, uri: &http::Uri) -> bool {
+    is_pods(method, uri) && !is_watch(uri)
+}
+
+/// Whether a request watches pods (all, or a namespace's): `GET .../pods?watch=true`.
+#[must_use]
+pub fn is_pod_watch(method: &http::Method, uri: &http::Uri) -> bool {
+    is_pods(method, uri) && is_watch(uri)
+}
+
+fn is_watch(uri: &http::Uri) -> bool {
+    uri.query()
+        .is_some_and(|q| q.split('&').any(|p| p == "watch=true" || p == "watch=1"))
+}
+
+/// `GET` of the pod collection, of the cluster or of a namespace.
+fn is_pods(method: &http::Method, uri: &http::Uri) -> bool {
     let path = uri.path().trim_end_matches('/');
-    let watch = uri
-        .query()
-        .is_some_and(|q| q.split('&').any(|p| p == "watch=true" || p == "watch=1"));
     method == http::Method::GET
-        && !watch
         && (path == "/api/v1/pods"
             || path
                 .strip_prefix("/api/v1/namespaces/")
@@ -412,7 +557,10 @@ pub fn is_pod_list(method: &http::Method, uri: &http::Uri) -> bool {
 pub(crate) mod testing {
     use prost::Message as _;
 
-    use super::{MAGIC, ObjectMeta, Pod, PodList, PodResourceClaim, PodSpec, TypeMeta, Unknown};
+    use super::{
+        MAGIC, ObjectMeta, Pod, PodList, PodResourceClaim, PodSpec, RawExtension, TypeMeta, Unknown,
+        WatchEvent,
+    };
 
     /// A protobuf pod list answer: pods `names` in namespace `ns`, each using claim `gpu`.
     pub(crate) fn pod_list(ns: &str, names: &[&str]) -> Vec<u8> {
@@ -451,6 +599,70 @@ pub(crate) mod testing {
             raw: Some(list.encode_to_vec()),
         };
         [MAGIC, &unknown.encode_to_vec()].concat()
+    }
+
+    /// A protobuf error answer: a `Status` with `code` and `reason`.
+    pub(crate) fn status(code: i32, reason: &str) -> Vec<u8> {
+        let status = super::Status {
+            status: Some("Failure".to_owned()),
+            message: Some(reason.to_lowercase()),
+            reason: Some(reason.to_owned()),
+            details: None,
+            code: Some(code),
+        };
+        let unknown = Unknown {
+            type_meta: Some(TypeMeta {
+                api_version: Some("v1".to_owned()),
+                kind: Some("Status".to_owned()),
+            }),
+            raw: Some(status.encode_to_vec()),
+        };
+        [MAGIC, &unknown.encode_to_vec()].concat()
+    }
+
+    /// One frame of a protobuf pod watch: a `type_` event of pod `name` in `ns` using claim `gpu`.
+    pub(crate) fn pod_event(type_: &str, ns: &str, name: &str) -> Vec<u8> {
+        let pod = Pod {
+            metadata: Some(ObjectMeta {
+                name: Some(name.to_owned()),
+                namespace: Some(ns.to_owned()),
+                uid: Some(format!("uid-{name}")),
+                resource_version: Some("6".to_owned()),
+                deletion_timestamp: None,
+            }),
+            spec: Some(PodSpec {
+                node_name: None,
+                priority: None,
+                resource_claims: vec![PodResourceClaim {
+                    name: Some("gpu".to_owned()),
+                    resource_claim_name: Some("gpu".to_owned()),
+                    resource_claim_template_name: None,
+                }],
+                scheduling_group: None,
+            }),
+            status: None,
+        };
+        frame(type_, "Pod", pod.encode_to_vec())
+    }
+
+    /// A watch frame: a `type_` event holding `raw`, an encoded `kind`.
+    pub(crate) fn frame(type_: &str, kind: &str, raw: Vec<u8>) -> Vec<u8> {
+        let unknown = Unknown {
+            type_meta: Some(TypeMeta {
+                api_version: Some("v1".to_owned()),
+                kind: Some(kind.to_owned()),
+            }),
+            raw: Some(raw),
+        };
+        let event = WatchEvent {
+            type_: Some(type_.to_owned()),
+            object: Some(RawExtension {
+                raw: Some([MAGIC, &unknown.encode_to_vec()].concat()),
+            }),
+        }
+        .encode_to_vec();
+        let len = u32::try_from(event.len()).expect("a small frame");
+        [&len.to_be_bytes()[..], &event].concat()
     }
 }
 
@@ -820,6 +1032,142 @@ mod tests {
         assert!(!is_pod_list(
             &http::Method::DELETE,
             &"/api/v1/namespaces/ml/pods".parse().expect("uri")
+        ));
+    }
+
+    #[test]
+    fn pod_watches_are_told_from_other_requests() {
+        let get = http::Method::GET;
+        let watch = |uri: &str| is_pod_watch(&get, &uri.parse().expect("uri"));
+        assert!(watch(
+            "/api/v1/pods?watch=true&resourceVersion=5&allowWatchBookmarks=true"
+        ));
+        assert!(watch("/api/v1/namespaces/ml/pods?watch=1"));
+        assert!(!watch("/api/v1/pods?limit=500"));
+        assert!(!watch("/api/v1/namespaces/ml/pods/gpu-pod?watch=true"));
+        assert!(!watch("/apis/resource.k8s.io/v1/resourceclaims?watch=true"));
+        assert!(!watch("/api/v1/namespaces/ml/events?watch=true"));
+    }
+
+    /// Every kind of event of a watch stream: a pod with claims as in a list, one without cut to
+    /// its identity, a bookmark with its annotations, a `410 Gone` error.
+    fn watch_stream() -> (Vec<u8>, Vec<serde_json::Value>) {
+        let bookmark = Bookmark {
+            metadata: Some(BookmarkMeta {
+                resource_version: some("77"),
+                annotations: [("k8s.io/initial-events-end".to_owned(), "true".to_owned())].into(),
+            }),
+        };
+        let gone = Status {
+            status: some("Failure"),
+            message: some("too old resource version: 5 (70)"),
+            reason: some("Expired"),
+            details: None,
+            code: Some(410),
+        };
+        let frames = [
+            testing::frame("ADDED", "Pod", pod_with_claims().encode_to_vec()),
+            testing::frame("MODIFIED", "Pod", pod_without_claims().encode_to_vec()),
+            testing::frame("DELETED", "Pod", pod_with_claims().encode_to_vec()),
+            testing::frame("BOOKMARK", "Pod", bookmark.encode_to_vec()),
+            testing::frame("ERROR", "Status", gone.encode_to_vec()),
+        ]
+        .concat();
+        let listed = list_json(vec![pod_with_claims(), pod_without_claims()]);
+        let pod = |i: usize| {
+            let mut pod = listed["items"][i].clone();
+            pod["apiVersion"] = json!("v1");
+            pod["kind"] = json!("Pod");
+            pod
+        };
+        let expected = vec![
+            json!({"type": "ADDED", "object": pod(0)}),
+            json!({"type": "MODIFIED", "object": pod(1)}),
+            json!({"type": "DELETED", "object": pod(0)}),
+            json!({"type": "BOOKMARK", "object": {
+                "apiVersion": "v1", "kind": "Pod",
+                "metadata": {"resourceVersion": "77",
+                             "annotations": {"k8s.io/initial-events-end": "true"}}}}),
+            json!({"type": "ERROR", "object": {
+                "apiVersion": "v1", "kind": "Status", "status": "Failure",
+                "message": "too old resource version: 5 (70)", "reason": "Expired", "code": 410}}),
+        ];
+        (frames, expected)
+    }
+
+    fn lines(json: &[u8]) -> Vec<serde_json::Value> {
+        assert_eq!(json.last(), Some(&b'\n'), "each event ends its line");
+        json.split(|&b| b == b'\n')
+            .filter(|line| !line.is_empty())
+            .map(|line| serde_json::from_slice(line).expect("a JSON line"))
+            .collect()
+    }
+
+    #[test]
+    fn a_pod_watch_becomes_the_json_lines_the_watcher_reads() {
+        let (frames, expected) = watch_stream();
+        let mut decoder = WatchDecoder::default();
+        let json = decoder.push(&frames).expect("decodes");
+        assert_eq!(lines(&json), expected);
+        assert_eq!(decoder.pending(), 0);
+        for line in json.split(|&b| b == b'\n').filter(|l| !l.is_empty()) {
+            serde_json::from_slice::<kube::core::WatchEvent<WatchedPod>>(line).expect("kube reads it");
+        }
+    }
+
+    /// Chunks end anywhere: the events are the same, each given once its last byte arrived.
+    #[test]
+    fn a_frame_split_across_chunks_waits_for_its_end() {
+        let (frames, expected) = watch_stream();
+        for size in [1, 3, 4, 5, 17, 64] {
+            let mut decoder = WatchDecoder::default();
+            let mut json = Vec::new();
+            for chunk in frames.chunks(size) {
+                json.extend(decoder.push(chunk).expect("decodes"));
+            }
+            assert_eq!(lines(&json), expected, "chunks of {size}");
+            assert_eq!(decoder.pending(), 0);
+        }
+        let first = testing::pod_event("ADDED", "ns", "a");
+        let mut decoder = WatchDecoder::default();
+        assert!(
+            decoder
+                .push(&first[..first.len() - 1])
+                .expect("decodes")
+                .is_empty()
+        );
+        assert_eq!(decoder.pending(), first.len() - 1);
+        assert_eq!(
+            lines(&decoder.push(&first[first.len() - 1..]).expect("decodes")).len(),
+            1
+        );
+    }
+
+    #[test]
+    fn what_is_not_a_pod_watch_event_is_an_error() {
+        let push = |bytes: &[u8]| WatchDecoder::default().push(bytes);
+        assert!(matches!(
+            push(&testing::frame("SYNC", "Pod", pod_with_claims().encode_to_vec())),
+            Err(Error::EventType(t)) if t == "SYNC"
+        ));
+        assert!(matches!(
+            push(&testing::frame("ADDED", "Node", vec![])),
+            Err(Error::Kind { found, expected: "Pod" }) if found == "Node"
+        ));
+        assert!(matches!(
+            push(&testing::frame("ERROR", "Pod", vec![])),
+            Err(Error::Kind {
+                expected: "Status",
+                ..
+            })
+        ));
+        assert!(matches!(push(b"{\"type\":\"ADDED\"}\n"), Err(Error::Frame(_))));
+        assert!(matches!(
+            push(&[0, 0, 0, 2, 0x0a, 0xff]),
+            Err(Error::Decode {
+                what: "WatchEvent",
+                ..
+            })
         ));
     }
 }

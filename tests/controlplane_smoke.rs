@@ -4,8 +4,12 @@
 
 mod support;
 
+use device_taint_eviction::k8s::WatchedPod;
 use k8s_openapi::api::{core::v1::Pod, resource::v1};
-use kube::api::{Api, DynamicObject, ListParams, PostParams};
+use kube::{
+    api::{Api, DynamicObject, ListParams, PostParams},
+    core::WatchEvent,
+};
 use serde::de::DeserializeOwned;
 use serde_json::json;
 use support::TestEnv;
@@ -405,4 +409,169 @@ async fn pod_list_in_protobuf_reads_as_the_json_list() {
     )
     .await
     .expect("release the finalizer");
+}
+
+/// Type and pod of a pod watch event; bookmarks and errors fail the test.
+fn typed(event: WatchEvent<WatchedPod>) -> (&'static str, WatchedPod) {
+    match event {
+        WatchEvent::Added(pod) => ("ADDED", pod),
+        WatchEvent::Modified(pod) => ("MODIFIED", pod),
+        WatchEvent::Deleted(pod) => ("DELETED", pod),
+        other => panic!("unexpected event {other:?}"),
+    }
+}
+/// Events of a pod watch up to the one of the pod named `marker`.
+async fn until_marker(
+    mut events: impl futures::Stream<Item = WatchEvent<WatchedPod>> + Unpin,
+) -> Vec<(&'static str, WatchedPod)> {
+    let mut seen = Vec::new();
+    let read = async {
+        while let Some(next) = futures::StreamExt::next(&mut events).await {
+            let (kind, pod) = typed(next);
+            let marker = pod.metadata.name.as_deref() == Some("marker");
+            seen.push((kind, pod));
+            if marker {
+                return;
+            }
+        }
+        panic!("the watch ended before the marker");
+    };
+    tokio::time::timeout(std::time::Duration::from_secs(60), read)
+        .await
+        .expect("the marker pod's event within a minute");
+    seen
+}
+
+/// A watch of `env`'s pods from `from`, asked in protobuf and converted as the controller does.
+async fn protobuf_pod_watch(
+    env: &TestEnv,
+    from: &str,
+) -> futures::stream::BoxStream<'static, WatchEvent<WatchedPod>> {
+    use device_taint_eviction::protobuf;
+    use futures::StreamExt as _;
+
+    let request = http::Request::get(format!(
+        "/api/v1/namespaces/{}/pods?watch=true&resourceVersion={from}",
+        env.namespace
+    ))
+    .header(http::header::ACCEPT, protobuf::ACCEPT)
+    .body(kube::client::Body::empty())
+    .expect("request");
+    let response = env.client.send(request).await.expect("protobuf watch");
+    assert!(
+        response
+            .headers()
+            .get(http::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.starts_with(protobuf::MEDIA_TYPE)),
+        "the API server answers pod watches in protobuf: {:?}",
+        response.headers()
+    );
+    let mut decoder = protobuf::WatchDecoder::default();
+    http_body_util::BodyExt::into_data_stream(response.into_body())
+        .map(move |chunk| {
+            let lines = decoder.push(&chunk.expect("watch bytes")).expect("converts");
+            let events: Vec<WatchEvent<WatchedPod>> = lines
+                .split(|&b| b == b'\n')
+                .filter(|line| !line.is_empty())
+                .map(|line| serde_json::from_slice(line).expect("a watch event"))
+                .collect();
+            futures::stream::iter(events)
+        })
+        .flatten()
+        .boxed()
+}
+
+/// The API server's protobuf pod watch, as the controller converts it, reads the same as its
+/// JSON watch from the same resourceVersion: the same events in the same order, each pod with
+/// every field the controller looks at (or its identity, without claims).
+#[tokio::test]
+async fn pod_watch_in_protobuf_reads_as_the_json_watch() {
+    use device_taint_eviction::view::PodView;
+    use futures::StreamExt as _;
+    use kube::api::{DeleteParams, Patch, PatchParams, WatchParams};
+
+    let env = TestEnv::new().await;
+    let from = env
+        .api::<WatchedPod>()
+        .list(&ListParams::default())
+        .await
+        .expect("JSON list")
+        .metadata
+        .resource_version
+        .expect("list resourceVersion");
+    let converted = protobuf_pod_watch(&env, &from).await;
+    let json = env
+        .api::<WatchedPod>()
+        .watch(&WatchParams::default(), &from)
+        .await
+        .expect("JSON watch")
+        .map(|e| e.expect("JSON event"))
+        .boxed();
+
+    let pods = pods_of_every_shape(&env).await;
+    pods.patch(
+        "leaving",
+        &PatchParams::default(),
+        &Patch::Merge(json!({ "metadata": { "finalizers": null } })),
+    )
+    .await
+    .expect("release the finalizer");
+    pods.delete("leaving", &DeleteParams::default().grace_period(0))
+        .await
+        .expect("delete the Pod at once");
+    pods.create(
+        &PostParams::default(),
+        &object(json!({
+            "metadata": { "name": "marker" },
+            "spec": { "containers": [{ "name": "app", "image": "registry.invalid/app:1" }] },
+        })),
+    )
+    .await
+    .expect("create the marker Pod");
+    let (converted, json) = tokio::join!(until_marker(converted), until_marker(json));
+
+    let name =
+        |(kind, p): &(&str, WatchedPod)| format!("{kind} {}", p.metadata.name.as_deref().unwrap_or_default());
+    assert_eq!(
+        converted.iter().map(name).collect::<Vec<_>>(),
+        json.iter().map(name).collect::<Vec<_>>()
+    );
+    let names: Vec<String> = json.iter().map(name).collect();
+    assert!(
+        [
+            "ADDED claims",
+            "MODIFIED claims",
+            "MODIFIED leaving",
+            "DELETED leaving",
+            "ADDED marker"
+        ]
+        .iter()
+        .all(|e| names.iter().any(|n| n == e)),
+        "creations, status, deletion and the marker: {names:?}"
+    );
+    for ((_, converted), (kind, json)) in converted.iter().zip(&json) {
+        let view = PodView::from_api(converted).expect("valid");
+        assert_eq!(
+            view,
+            PodView::from_api(json).expect("valid"),
+            "{kind} {:?}",
+            json.metadata.name
+        );
+        if view.is_some() {
+            assert_eq!(converted, json, "every field read");
+        } else {
+            assert_eq!(converted.metadata, json.metadata);
+        }
+    }
+    let last_of = |pod: &str| {
+        converted
+            .iter()
+            .rev()
+            .find(|(_, p)| p.metadata.name.as_deref() == Some(pod))
+            .and_then(|(_, p)| PodView::from_api(p).expect("valid"))
+            .expect("a pod with claims")
+    };
+    assert!(last_of("claims").disruption_target);
+    assert!(last_of("leaving").terminating);
 }

@@ -583,8 +583,11 @@ async fn forward(
             upstream.headers_mut().append(name, value.clone());
         }
     }
-    if fault == Some(FaultKind::MalformedListItem) {
-        // The list is corrupted as JSON, whatever encoding the client asked for.
+    if matches!(
+        fault,
+        Some(FaultKind::MalformedListItem | FaultKind::MalformedWatchEvent)
+    ) {
+        // The list or watch is corrupted as JSON, whatever encoding the client asked for.
         upstream.headers_mut().insert(
             header::ACCEPT,
             header::HeaderValue::from_static("application/json"),
@@ -618,9 +621,20 @@ async fn forward(
         .streams
         .push((path, cut.clone(), mute.clone()));
     let shared = Arc::clone(state);
+    // A watch in protobuf is read through the controller's own decoder, to see its events.
+    let mut protobuf = parts
+        .headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with(device_taint_eviction::protobuf::MEDIA_TYPE))
+        .then(device_taint_eviction::protobuf::WatchDecoder::default);
     let data = body.into_data_stream().map(move |chunk| {
         let chunk = chunk.map_err(|e| Box::new(e) as BoxError)?;
-        if is_watch && is_expired_event(&chunk) {
+        let expired = match &mut protobuf {
+            Some(decoder) => decoder.push(&chunk).is_ok_and(|lines| is_expired_event(&lines)),
+            None => is_expired_event(&chunk),
+        };
+        if is_watch && expired {
             shared
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner)
