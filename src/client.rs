@@ -1037,12 +1037,7 @@ users: []
         let accepts = Arc::new(Mutex::new(Vec::<String>::new()));
         let (answering, seen) = (answer.clone(), accepts.clone());
         let service = tower::service_fn(move |request: Request<Body>| {
-            let accept = request
-                .headers()
-                .get(header::ACCEPT)
-                .map(|v| v.to_str().expect("ascii").to_owned())
-                .unwrap_or_default();
-            seen.lock().expect("lock").push(accept.clone());
+            let accept = record_accept(&request, &seen);
             let asked_protobuf = accept.starts_with(protobuf::MEDIA_TYPE);
             let list = request.uri().path().ends_with("/pods");
             let (content_type, body) = match (*answering.lock().expect("lock"), list) {
@@ -1109,6 +1104,17 @@ users: []
         );
         let accepts = accepts.lock().expect("lock");
         assert!(!accepts[4].contains("protobuf"), "{accepts:?}");
+    }
+
+    /// The `Accept` header of `request`, also added to `seen`.
+    fn record_accept(request: &Request<Body>, seen: &Mutex<Vec<String>>) -> String {
+        let accept = request
+            .headers()
+            .get(header::ACCEPT)
+            .map(|v| v.to_str().expect("ascii").to_owned())
+            .unwrap_or_default();
+        seen.lock().expect("lock").push(accept.clone());
+        accept
     }
 
     /// What the scripted server of [`pod_watches_travel_in_protobuf`] answers a pod watch asked
@@ -1184,12 +1190,7 @@ users: []
         let accepts = Arc::new(Mutex::new(Vec::<String>::new()));
         let (answering, seen) = (answer.clone(), accepts.clone());
         let service = tower::service_fn(move |request: Request<Body>| {
-            let accept = request
-                .headers()
-                .get(header::ACCEPT)
-                .map(|v| v.to_str().expect("ascii").to_owned())
-                .unwrap_or_default();
-            seen.lock().expect("lock").push(accept.clone());
+            let accept = record_accept(&request, &seen);
             let answer = *answering.lock().expect("lock");
             std::future::ready(Ok::<_, std::convert::Infallible>(watch_answer(&accept, answer)))
         });

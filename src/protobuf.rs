@@ -562,72 +562,14 @@ pub(crate) mod testing {
         WatchEvent,
     };
 
-    /// A protobuf pod list answer: pods `names` in namespace `ns`, each using claim `gpu`.
-    pub(crate) fn pod_list(ns: &str, names: &[&str]) -> Vec<u8> {
-        let items = names
-            .iter()
-            .map(|name| Pod {
-                metadata: Some(ObjectMeta {
-                    name: Some((*name).to_owned()),
-                    namespace: Some(ns.to_owned()),
-                    uid: Some(format!("uid-{name}")),
-                    resource_version: Some("5".to_owned()),
-                    deletion_timestamp: None,
-                }),
-                spec: Some(PodSpec {
-                    node_name: None,
-                    priority: None,
-                    resource_claims: vec![PodResourceClaim {
-                        name: Some("gpu".to_owned()),
-                        resource_claim_name: Some("gpu".to_owned()),
-                        resource_claim_template_name: None,
-                    }],
-                    scheduling_group: None,
-                }),
-                status: None,
-            })
-            .collect();
-        let list = PodList {
-            metadata: None,
-            items,
-        };
-        let unknown = Unknown {
-            type_meta: Some(TypeMeta {
-                api_version: Some("v1".to_owned()),
-                kind: Some("PodList".to_owned()),
-            }),
-            raw: Some(list.encode_to_vec()),
-        };
-        [MAGIC, &unknown.encode_to_vec()].concat()
-    }
-
-    /// A protobuf error answer: a `Status` with `code` and `reason`.
-    pub(crate) fn status(code: i32, reason: &str) -> Vec<u8> {
-        let status = super::Status {
-            status: Some("Failure".to_owned()),
-            message: Some(reason.to_lowercase()),
-            reason: Some(reason.to_owned()),
-            details: None,
-            code: Some(code),
-        };
-        let unknown = Unknown {
-            type_meta: Some(TypeMeta {
-                api_version: Some("v1".to_owned()),
-                kind: Some("Status".to_owned()),
-            }),
-            raw: Some(status.encode_to_vec()),
-        };
-        [MAGIC, &unknown.encode_to_vec()].concat()
-    }
-
-    /// One frame of a protobuf pod watch: a `type_` event of pod `name` in `ns` using claim `gpu`.
-    pub(crate) fn pod_event(type_: &str, ns: &str, name: &str) -> Vec<u8> {
-        let pod = Pod {
+    /// Pod `name` in namespace `ns` using claim `gpu`.
+    fn gpu_pod(ns: &str, name: &str) -> Pod {
+        Pod {
             metadata: Some(ObjectMeta {
                 name: Some(name.to_owned()),
                 namespace: Some(ns.to_owned()),
                 uid: Some(format!("uid-{name}")),
-                resource_version: Some("6".to_owned()),
+                resource_version: Some("5".to_owned()),
                 deletion_timestamp: None,
             }),
             spec: Some(PodSpec {
@@ -641,12 +583,11 @@ pub(crate) mod testing {
                 scheduling_group: None,
             }),
             status: None,
-        };
-        frame(type_, "Pod", pod.encode_to_vec())
+        }
     }
 
-    /// A watch frame: a `type_` event holding `raw`, an encoded `kind`.
-    pub(crate) fn frame(type_: &str, kind: &str, raw: Vec<u8>) -> Vec<u8> {
+    /// A protobuf answer: prefix and envelope around `raw`, an encoded `kind`.
+    pub(crate) fn envelope(kind: &str, raw: Vec<u8>) -> Vec<u8> {
         let unknown = Unknown {
             type_meta: Some(TypeMeta {
                 api_version: Some("v1".to_owned()),
@@ -654,10 +595,41 @@ pub(crate) mod testing {
             }),
             raw: Some(raw),
         };
+        [MAGIC, &unknown.encode_to_vec()].concat()
+    }
+
+    /// A protobuf pod list answer: pods `names` in namespace `ns`, each using claim `gpu`.
+    pub(crate) fn pod_list(ns: &str, names: &[&str]) -> Vec<u8> {
+        let list = PodList {
+            metadata: None,
+            items: names.iter().map(|name| gpu_pod(ns, name)).collect(),
+        };
+        envelope("PodList", list.encode_to_vec())
+    }
+
+    /// A protobuf error answer: a `Status` with `code` and `reason`.
+    pub(crate) fn status(code: i32, reason: &str) -> Vec<u8> {
+        let status = super::Status {
+            status: Some("Failure".to_owned()),
+            message: Some(reason.to_lowercase()),
+            reason: Some(reason.to_owned()),
+            details: None,
+            code: Some(code),
+        };
+        envelope("Status", status.encode_to_vec())
+    }
+
+    /// One frame of a protobuf pod watch: a `type_` event of pod `name` in `ns` using claim `gpu`.
+    pub(crate) fn pod_event(type_: &str, ns: &str, name: &str) -> Vec<u8> {
+        frame(type_, "Pod", gpu_pod(ns, name).encode_to_vec())
+    }
+
+    /// A watch frame: a `type_` event holding `raw`, an encoded `kind`.
+    pub(crate) fn frame(type_: &str, kind: &str, raw: Vec<u8>) -> Vec<u8> {
         let event = WatchEvent {
             type_: Some(type_.to_owned()),
             object: Some(RawExtension {
-                raw: Some([MAGIC, &unknown.encode_to_vec()].concat()),
+                raw: Some(envelope(kind, raw)),
             }),
         }
         .encode_to_vec();
@@ -676,18 +648,6 @@ mod tests {
     #[allow(clippy::unnecessary_wraps)] // the fields are options
     fn some(value: &str) -> Option<String> {
         Some(value.to_owned())
-    }
-
-    /// A protobuf answer holding `raw`, an encoded `kind`.
-    fn answer(kind: &str, raw: Vec<u8>) -> Vec<u8> {
-        let unknown = Unknown {
-            type_meta: Some(TypeMeta {
-                api_version: some("v1"),
-                kind: some(kind),
-            }),
-            raw: Some(raw),
-        };
-        [MAGIC, &unknown.encode_to_vec()].concat()
     }
 
     /// Field `tag` of wire type LEN holding `bytes`: how a field unknown to these messages (a
@@ -802,7 +762,7 @@ mod tests {
             }),
             items: pods,
         };
-        let body = to_json(&answer("PodList", list.encode_to_vec())).expect("a pod list");
+        let body = to_json(&testing::envelope("PodList", list.encode_to_vec())).expect("a pod list");
         serde_json::from_slice(&body).expect("JSON")
     }
 
@@ -940,7 +900,7 @@ mod tests {
         .concat();
         let pod = [len_field(1, &meta), len_field(2, &spec)].concat();
         let list = [len_field(2, &pod), len_field(99, b"future field")].concat();
-        let body = to_json(&answer("PodList", list)).expect("decodes");
+        let body = to_json(&testing::envelope("PodList", list)).expect("decodes");
         let json: serde_json::Value = serde_json::from_slice(&body).expect("JSON");
         assert_eq!(
             json["items"][0],
@@ -970,7 +930,7 @@ mod tests {
             }),
             code: Some(429),
         };
-        let body = to_json(&answer("Status", status.encode_to_vec())).expect("a status");
+        let body = to_json(&testing::envelope("Status", status.encode_to_vec())).expect("a status");
         let read: kube::core::Status = serde_json::from_slice(&body).expect("a kube Status");
         assert_eq!(read.code, 429);
         assert_eq!(read.reason, "TooManyRequests");
@@ -989,11 +949,11 @@ mod tests {
             Err(Error::Decode { what: "envelope", .. })
         ));
         assert!(matches!(
-            to_json(&answer("PodList", vec![0x12, 0x05, 0x01])),
+            to_json(&testing::envelope("PodList", vec![0x12, 0x05, 0x01])),
             Err(Error::Decode { what: "PodList", .. })
         ));
         assert!(matches!(
-            to_json(&answer("Pod", vec![])),
+            to_json(&testing::envelope("Pod", vec![])),
             Err(Error::Kind { found, .. }) if found == "Pod"
         ));
         let far = PodList {
@@ -1010,7 +970,7 @@ mod tests {
             }],
         };
         assert!(matches!(
-            to_json(&answer("PodList", far.encode_to_vec())),
+            to_json(&testing::envelope("PodList", far.encode_to_vec())),
             Err(Error::Encode { what: "PodList", .. })
         ));
     }

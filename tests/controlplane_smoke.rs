@@ -348,23 +348,10 @@ async fn pods_of_every_shape(env: &TestEnv) -> Api<Pod> {
 #[tokio::test]
 async fn pod_list_in_protobuf_reads_as_the_json_list() {
     use device_taint_eviction::{k8s::WatchedPod, protobuf, view::PodView};
-    use kube::api::{Patch, PatchParams};
 
     let env = TestEnv::new().await;
     let pods = pods_of_every_shape(&env).await;
-    let request = http::Request::get(format!("/api/v1/namespaces/{}/pods", env.namespace))
-        .header(http::header::ACCEPT, protobuf::ACCEPT)
-        .body(kube::client::Body::empty())
-        .expect("request");
-    let response = env.client.send(request).await.expect("protobuf list");
-    assert_eq!(
-        response
-            .headers()
-            .get(http::header::CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok()),
-        Some(protobuf::MEDIA_TYPE),
-        "the API server answers pod lists in protobuf"
-    );
+    let response = get_in_protobuf(&env, &format!("/api/v1/namespaces/{}/pods", env.namespace)).await;
     let body = http_body_util::BodyExt::collect(response.into_body())
         .await
         .expect("body")
@@ -402,8 +389,15 @@ async fn pod_list_in_protobuf_reads_as_the_json_list() {
     let leaving = views.iter().find(|v| v.name == "leaving").expect("leaving");
     assert!(leaving.terminating, "{leaving:?}");
 
+    release_finalizer(&pods, "leaving").await;
+}
+
+/// Removes the finalizers of pod `name`, which [`pods_of_every_shape`] gives one.
+async fn release_finalizer(pods: &Api<Pod>, name: &str) {
+    use kube::api::{Patch, PatchParams};
+
     pods.patch(
-        "leaving",
+        name,
         &PatchParams::default(),
         &Patch::Merge(json!({ "metadata": { "finalizers": null } })),
     )
@@ -442,6 +436,27 @@ async fn until_marker(
     seen
 }
 
+/// The API server's answer to a GET of `path` asked in protobuf, which it answers in protobuf.
+async fn get_in_protobuf(env: &TestEnv, path: &str) -> http::Response<kube::client::Body> {
+    use device_taint_eviction::protobuf;
+
+    let request = http::Request::get(path)
+        .header(http::header::ACCEPT, protobuf::ACCEPT)
+        .body(kube::client::Body::empty())
+        .expect("request");
+    let response = env.client.send(request).await.expect("GET in protobuf");
+    assert!(
+        response
+            .headers()
+            .get(http::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.starts_with(protobuf::MEDIA_TYPE)),
+        "the API server answers {path} in protobuf: {:?}",
+        response.headers()
+    );
+    response
+}
+
 /// A watch of `env`'s pods from `from`, asked in protobuf and converted as the controller does.
 async fn protobuf_pod_watch(
     env: &TestEnv,
@@ -450,23 +465,14 @@ async fn protobuf_pod_watch(
     use device_taint_eviction::protobuf;
     use futures::StreamExt as _;
 
-    let request = http::Request::get(format!(
-        "/api/v1/namespaces/{}/pods?watch=true&resourceVersion={from}",
-        env.namespace
-    ))
-    .header(http::header::ACCEPT, protobuf::ACCEPT)
-    .body(kube::client::Body::empty())
-    .expect("request");
-    let response = env.client.send(request).await.expect("protobuf watch");
-    assert!(
-        response
-            .headers()
-            .get(http::header::CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok())
-            .is_some_and(|v| v.starts_with(protobuf::MEDIA_TYPE)),
-        "the API server answers pod watches in protobuf: {:?}",
-        response.headers()
-    );
+    let response = get_in_protobuf(
+        env,
+        &format!(
+            "/api/v1/namespaces/{}/pods?watch=true&resourceVersion={from}",
+            env.namespace
+        ),
+    )
+    .await;
     let mut decoder = protobuf::WatchDecoder::default();
     http_body_util::BodyExt::into_data_stream(response.into_body())
         .map(move |chunk| {
@@ -489,7 +495,7 @@ async fn protobuf_pod_watch(
 async fn pod_watch_in_protobuf_reads_as_the_json_watch() {
     use device_taint_eviction::view::PodView;
     use futures::StreamExt as _;
-    use kube::api::{DeleteParams, Patch, PatchParams, WatchParams};
+    use kube::api::{DeleteParams, WatchParams};
 
     let env = TestEnv::new().await;
     let from = env
@@ -510,13 +516,7 @@ async fn pod_watch_in_protobuf_reads_as_the_json_watch() {
         .boxed();
 
     let pods = pods_of_every_shape(&env).await;
-    pods.patch(
-        "leaving",
-        &PatchParams::default(),
-        &Patch::Merge(json!({ "metadata": { "finalizers": null } })),
-    )
-    .await
-    .expect("release the finalizer");
+    release_finalizer(&pods, "leaving").await;
     pods.delete("leaving", &DeleteParams::default().grace_period(0))
         .await
         .expect("delete the Pod at once");
