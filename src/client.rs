@@ -614,22 +614,33 @@ impl Step for PodProtobuf {
                 header::HeaderValue::from_static("application/json"),
             );
             if read == PodRead::Watch && parts.status.is_success() {
-                // A stream of events: converted as they come, never held whole.
+                // A stream of events: converted as they come, never held whole. It ends after
+                // an error: the watch then resumes (in JSON) from the last event it received,
+                // rather than read on past an event it could not.
                 parts.headers.remove(header::CONTENT_LENGTH);
                 let mut decoder = protobuf::WatchDecoder::default();
-                let events = body.into_data_stream().filter_map(move |chunk| {
-                    let lines = match chunk {
-                        Ok(chunk) => decoder
-                            .push(&chunk)
-                            .map_err(|e| Self::undecodable(&json_only, e).into()),
-                        Err(error) => Err(error),
-                    };
-                    std::future::ready(match lines {
-                        Ok(lines) if lines.is_empty() => None,
-                        Ok(lines) => Some(Ok(http_body::Frame::data(Bytes::from(lines)))),
-                        Err(error) => Some(Err(error)),
+                let events = body
+                    .into_data_stream()
+                    .scan(false, move |failed, chunk| {
+                        if *failed {
+                            return std::future::ready(None);
+                        }
+                        let lines = match chunk {
+                            Ok(chunk) => decoder
+                                .push(&chunk)
+                                .map_err(|e| Self::undecodable(&json_only, e).into()),
+                            Err(error) => Err(error),
+                        };
+                        *failed = lines.is_err();
+                        std::future::ready(Some(lines))
                     })
-                });
+                    .filter_map(|lines| {
+                        std::future::ready(match lines {
+                            Ok(lines) if lines.is_empty() => None,
+                            Ok(lines) => Some(Ok(http_body::Frame::data(Bytes::from(lines)))),
+                            Err(error) => Some(Err(error)),
+                        })
+                    });
                 return Ok(Response::from_parts(parts, boxed_body(StreamBody::new(events))));
             }
             // A list, or an error answer (a `Status`) to a list or a watch.
@@ -1159,6 +1170,7 @@ users: []
             WatchAnswer::Garbage => [
                 protobuf::testing::pod_event("ADDED", "ns", "a"),
                 vec![0, 0, 0, 2, 0x0a, 0xff],
+                protobuf::testing::pod_event("DELETED", "ns", "a"),
             ]
             .concat(),
         };
@@ -1194,7 +1206,7 @@ users: []
             let answer = *answering.lock().expect("lock");
             std::future::ready(Ok::<_, std::convert::Infallible>(watch_answer(&accept, answer)))
         });
-        let client = Client::new(PodProtobufLayer::new().layer(service), "default");
+        let client = Client::new(PodProtobufLayer::new().layer(service.clone()), "default");
         let pods = kube::Api::<WatchedPod>::namespaced(client, "ns");
         let params = kube::api::WatchParams::default();
         let events = |stream: Vec<WatchEvent<WatchedPod>>| {
@@ -1231,6 +1243,31 @@ users: []
         assert!(matches!(stream.try_next().await, Ok(Some(WatchEvent::Added(_)))));
         let error = stream.try_next().await.expect_err("an undecodable event");
         assert!(format!("{error:?}").contains("UndecodableProtobuf"), "{error:?}");
+        assert!(
+            matches!(stream.try_next().await, Ok(None)),
+            "the watch ends after the undecodable event"
+        );
+        // The body itself ends there, the event after the undecodable one unread.
+        let request = Request::get("/api/v1/namespaces/ns/pods?watch=true")
+            .body(Body::empty())
+            .expect("request");
+        let response = PodProtobufLayer::new()
+            .layer(service)
+            .oneshot(request)
+            .await
+            .expect("a protobuf watch");
+        let mut body = response.into_body();
+        let mut frames = Vec::new();
+        while let Some(frame) = body.frame().await {
+            frames.push(frame.map(|f| f.into_data().expect("data")));
+        }
+        assert_eq!(frames.len(), 2, "the first event, then the error: {frames:?}");
+        assert!(
+            frames[0]
+                .as_ref()
+                .is_ok_and(|d| d.starts_with(b"{\"type\":\"ADDED\""))
+        );
+        assert!(frames[1].is_err());
         *answer.lock().expect("lock") = Answer::Events;
         let got: Vec<_> = pods
             .watch(&params, "5")
@@ -1245,12 +1282,12 @@ users: []
             "pods are watched in JSON once protobuf failed"
         );
         let accepts = accepts.lock().expect("lock");
-        assert_eq!(accepts.len(), 4);
+        assert_eq!(accepts.len(), 5);
         assert!(
-            accepts[..3].iter().all(|a| a.starts_with(protobuf::MEDIA_TYPE)),
+            accepts[..4].iter().all(|a| a.starts_with(protobuf::MEDIA_TYPE)),
             "{accepts:?}"
         );
-        assert!(!accepts[3].contains("protobuf"), "{accepts:?}");
+        assert!(!accepts[4].contains("protobuf"), "{accepts:?}");
     }
 
     /// The API clients' connections carry TCP keepalive (kube's connector sets none).
