@@ -413,10 +413,7 @@ impl DeadlineLayer {
 }
 
 fn is_watch<B>(request: &Request<B>) -> bool {
-    request
-        .uri()
-        .query()
-        .is_some_and(|q| q.split('&').any(|p| p == "watch=true" || p == "watch=1"))
+    protobuf::is_watch(request.uri())
 }
 
 impl Step for Deadline {

@@ -536,7 +536,8 @@ pub fn is_pod_watch(method: &http::Method, uri: &http::Uri) -> bool {
     is_pods(method, uri) && is_watch(uri)
 }
 
-fn is_watch(uri: &http::Uri) -> bool {
+/// Whether a request is a watch: `watch=true` (or `1`) in its query.
+pub(crate) fn is_watch(uri: &http::Uri) -> bool {
     uri.query()
         .is_some_and(|q| q.split('&').any(|p| p == "watch=true" || p == "watch=1"))
 }

@@ -622,12 +622,13 @@ async fn forward(
         .push((path, cut.clone(), mute.clone()));
     let shared = Arc::clone(state);
     // A watch in protobuf is read through the controller's own decoder, to see its events.
-    let mut protobuf = parts
-        .headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.starts_with(device_taint_eviction::protobuf::MEDIA_TYPE))
-        .then(device_taint_eviction::protobuf::WatchDecoder::default);
+    let mut protobuf = (is_watch
+        && parts
+            .headers
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.starts_with(device_taint_eviction::protobuf::MEDIA_TYPE)))
+    .then(device_taint_eviction::protobuf::WatchDecoder::default);
     let data = body.into_data_stream().map(move |chunk| {
         let chunk = chunk.map_err(|e| Box::new(e) as BoxError)?;
         let expired = match &mut protobuf {
