@@ -34,6 +34,23 @@ use crate::{
     view::{PodRef, RuleRef},
 };
 
+/// The `Accept` header of every pod and Event write whose answer is read at most for its
+/// metadata: the API server answers a `PartialObjectMetadata` (the object's metadata alone)
+/// instead of encoding the whole pod, or Event, which the controller would only drop. Plain JSON
+/// is the fallback, so a server that cannot transform an answer (or an error `Status`, which is
+/// never transformed) still answers in JSON.
+pub const METADATA_ONLY: &str =
+    "application/json;as=PartialObjectMetadata;g=meta.k8s.io;v=v1,application/json";
+
+/// `request` with its answer asked as [`METADATA_ONLY`].
+fn metadata_only(mut request: http::Request<Vec<u8>>) -> http::Request<Vec<u8>> {
+    request.headers_mut().insert(
+        http::header::ACCEPT,
+        http::HeaderValue::from_static(METADATA_ONLY),
+    );
+    request
+}
+
 /// Event reason of every pod Event (upstream).
 pub const EVICTION_REASON: &str = "DeviceTaintManagerEviction";
 /// Event reason on a pod whose due eviction `--protected-priority` withheld (SPEC D12).
@@ -264,7 +281,7 @@ async fn publish_events(
 
 /// Creates `event` about `reference` as an `events.k8s.io/v1` Event shaped as the recorder shapes
 /// a new one (name `<object>.<nanoseconds hex>`, event time now, this controller and replica as
-/// reporter), without remembering it; the answer is not decoded.
+/// reporter), without remembering it; the answer (asked as [`METADATA_ONLY`]) is not decoded.
 async fn write_event(
     client: &Client,
     reporter: &Reporter,
@@ -313,7 +330,7 @@ async fn write_event(
     let request = kube::core::Request::new(format!("/apis/events.k8s.io/v1/namespaces/{namespace}/events"))
         .create(&PostParams::default(), body)
         .map_err(kube::Error::BuildRequest)?;
-    client.request_text(request).await.map(drop)
+    client.request_text(metadata_only(request)).await.map(drop)
 }
 
 /// The publisher of `reference`'s Events: the same one for every Event of an object.
@@ -688,7 +705,7 @@ impl Actuator {
     }
 
     /// DELETE with the pod's UID as precondition, or the same through the Eviction API. The
-    /// answer's body is not decoded (its status says all).
+    /// answer (asked as [`METADATA_ONLY`]) is not decoded: its status says all.
     async fn delete_or_evict(&self, pod: &PodRef) -> Result<(), kube::Error> {
         match self.mode {
             EvictionMode::Delete => {
@@ -699,7 +716,7 @@ impl Actuator {
                 let request = pods(pod)
                     .delete(&pod.name, &delete)
                     .map_err(kube::Error::BuildRequest)?;
-                self.client.request_text(request).await.map(drop)
+                self.client.request_text(metadata_only(request)).await.map(drop)
             }
             EvictionMode::Evict => {
                 let api: Api<Pod> = Api::namespaced(self.client.clone(), &pod.namespace);
@@ -778,7 +795,8 @@ enum Patched {
     Terminating,
 }
 
-/// The only part of the patch's answer that is read.
+/// The only part of the patch's answer that is read (asked as [`METADATA_ONLY`]: a
+/// `PartialObjectMetadata`, or the whole pod from a server that does not transform answers).
 #[derive(serde::Deserialize)]
 struct Answered {
     metadata: AnsweredMeta,
@@ -815,7 +833,7 @@ async fn add_disruption_condition(client: &Client, pod: &PodRef) -> Result<Patch
         &PatchParams::default(),
         &Patch::Strategic(patch),
     ) {
-        Ok(request) => client.request::<Answered>(request).await,
+        Ok(request) => client.request::<Answered>(metadata_only(request)).await,
         Err(e) => Err(kube::Error::BuildRequest(e)),
     };
     match answer {

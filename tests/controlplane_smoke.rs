@@ -575,3 +575,88 @@ async fn pod_watch_in_protobuf_reads_as_the_json_watch() {
     assert!(last_of("claims").disruption_target);
     assert!(last_of("leaving").terminating);
 }
+
+/// The actuator's writes ask their answers as metadata only (`actuator::METADATA_ONLY`), and the
+/// API server's answers say what the actuator must know: a terminating pod is left alone, a pod
+/// whose name belongs to another UID is not touched, a live pod gets the condition, the DELETE
+/// and one Event.
+#[tokio::test]
+async fn the_actuator_reads_metadata_only_answers() {
+    use device_taint_eviction::{
+        actuator::{Actuator, Attempt, EvictionMode, Outcome},
+        eviction::{Eviction, TaintSource},
+        k8s::Timestamp,
+        metrics::Metrics,
+        view::{PodRef, RuleRef},
+    };
+    use k8s_openapi::api::events::v1::Event;
+
+    let env = TestEnv::new().await;
+    let pods = pods_of_every_shape(&env).await;
+    let metrics = Metrics::register(&mut prometheus_client::registry::Registry::default());
+    let actuator = Actuator::new(
+        env.client.clone(),
+        "smoke",
+        EvictionMode::Delete,
+        false,
+        None,
+        metrics,
+    );
+    let eviction = Eviction {
+        at: Timestamp::now(),
+        reasons: vec![TaintSource::Rule(RuleRef::new("gpu-broken", "uid-gpu-broken"))],
+    };
+    let attempt = Attempt {
+        marked: false,
+        due: tokio::time::Instant::now(),
+    };
+    let uid = |pod: &Pod| pod.metadata.uid.clone().expect("uid");
+    let evict = |name: &'static str, uid: String| {
+        let pod = PodRef::new(env.namespace.clone(), name, uid);
+        let (actuator, eviction) = (&actuator, &eviction);
+        async move {
+            actuator
+                .evict(&pod, eviction, attempt)
+                .await
+                .expect("no API error")
+        }
+    };
+
+    let leaving = pods.get("leaving").await.expect("leaving");
+    assert_eq!(evict("leaving", uid(&leaving)).await, Outcome::NotNeeded);
+    let plain = pods.get("plain").await.expect("plain");
+    assert_eq!(evict("plain", "another-uid".into()).await, Outcome::NotNeeded);
+    let untouched = pods.get("plain").await.expect("plain");
+    assert_eq!(
+        untouched.metadata.resource_version,
+        plain.metadata.resource_version
+    );
+
+    assert_eq!(evict("plain", uid(&plain)).await, Outcome::Evicted);
+    let evicted = pods
+        .get("plain")
+        .await
+        .expect("plain, bound to a node without kubelet");
+    assert!(evicted.metadata.deletion_timestamp.is_some(), "deleted");
+    let conditions = evicted.status.and_then(|s| s.conditions).unwrap_or_default();
+    assert!(
+        conditions.iter().any(|c| c.type_ == "DisruptionTarget"
+            && c.reason.as_deref() == Some(device_taint_eviction::k8s::DISRUPTION_REASON)),
+        "{conditions:?}"
+    );
+    assert!(actuator.flush_events(std::time::Duration::from_secs(30)).await);
+    let events: Vec<Event> = env
+        .api::<Event>()
+        .list(&ListParams::default())
+        .await
+        .expect("Events")
+        .items;
+    let evicted: Vec<_> = events
+        .iter()
+        .filter(|e| e.reason.as_deref() == Some(device_taint_eviction::actuator::EVICTION_REASON))
+        .filter_map(|e| e.regarding.as_ref()?.name.as_deref())
+        .collect();
+    assert_eq!(evicted, ["plain"], "one eviction Event, for the evicted pod");
+
+    release_finalizer(&pods, "leaving").await;
+}

@@ -38,6 +38,7 @@ struct Sent {
     /// Path and query, e.g. `/api/v1/namespaces/ns/pods/p?dryRun=All`.
     uri: String,
     content_type: Option<String>,
+    accept: Option<String>,
     /// The JSON body, `Null` when there is none.
     body: Value,
 }
@@ -171,6 +172,10 @@ impl Script {
                 .headers
                 .get(http::header::CONTENT_TYPE)
                 .map(|v| v.to_str().expect("ASCII content type").to_owned()),
+            accept: parts
+                .headers
+                .get(http::header::ACCEPT)
+                .map(|v| v.to_str().expect("ASCII accept").to_owned()),
             body: if bytes.is_empty() {
                 Value::Null
             } else {
@@ -248,8 +253,16 @@ fn live_pod(uid: &str) -> Value {
     })
 }
 
+/// The pod's metadata alone, as the API server answers a write asked as [`METADATA_ONLY`].
+fn live_pod_metadata(uid: &str) -> Value {
+    json!({
+        "apiVersion": "meta.k8s.io/v1", "kind": "PartialObjectMetadata",
+        "metadata": live_pod(uid)["metadata"],
+    })
+}
+
 /// Checks the `DisruptionTarget` status patch: strategic merge, the pod's UID (so a replacement
-/// pod of the same name is never patched), the upstream condition.
+/// pod of the same name is never patched), the upstream condition, the answer asked as metadata.
 fn assert_condition_patch(sent: &Sent) {
     assert_eq!(sent.method, "PATCH");
     assert_eq!(sent.uri, format!("/api/v1/namespaces/{NS}/pods/{POD}/status?"));
@@ -257,6 +270,7 @@ fn assert_condition_patch(sent: &Sent) {
         sent.content_type.as_deref(),
         Some("application/strategic-merge-patch+json")
     );
+    assert_eq!(sent.accept.as_deref(), Some(METADATA_ONLY));
     assert_eq!(sent.body["metadata"], json!({"uid": UID}));
     let conditions = sent.body["status"]["conditions"].as_array().expect("conditions");
     assert_eq!(conditions.len(), 1, "{conditions:?}");
@@ -268,12 +282,13 @@ fn assert_condition_patch(sent: &Sent) {
     assert!(condition["lastTransitionTime"].is_string(), "{condition}");
 }
 
-/// The DELETE: no dry run, the UID precondition in the body.
+/// The DELETE: no dry run, the UID precondition in the body, the answer asked as metadata.
 fn delete_pod() -> Sent {
     Sent {
         method: "DELETE".into(),
         uri: format!("/api/v1/namespaces/{NS}/pods/{POD}?"),
         content_type: Some("application/json".into()),
+        accept: Some(METADATA_ONLY.into()),
         body: json!({"preconditions": {"uid": UID}}),
     }
 }
@@ -284,6 +299,7 @@ fn evict_pod() -> Sent {
         method: "POST".into(),
         uri: format!("/api/v1/namespaces/{NS}/pods/{POD}/eviction?"),
         content_type: Some("application/json".into()),
+        accept: None,
         body: json!({
             "apiVersion": "policy/v1", "kind": "Eviction",
             "metadata": {"name": POD, "namespace": NS},
@@ -324,7 +340,10 @@ async fn assert_no_event(actuator: &Actuator, script: &Script) {
 /// No GET: the status patch (with the UID), the Event, the DELETE (with the UID precondition).
 #[tokio::test]
 async fn delete_mode_success_sends_condition_delete_and_one_event() {
-    let script = Script::new([Reply::ok(&live_pod(UID)), Reply::ok(&live_pod(UID))]);
+    let script = Script::new([
+        Reply::ok(&live_pod_metadata(UID)),
+        Reply::ok(&live_pod_metadata(UID)),
+    ]);
     let actuator = actuator(&script, EvictionMode::Delete, false);
     let outcome = actuator
         .evict(&pod_ref(), &eviction(), attempt(false))
@@ -387,19 +406,21 @@ async fn a_pod_of_the_same_name_with_another_uid_is_left_alone() {
 
 /// The patch's answer shows the pod terminating (someone else deletes it, and the watch has not
 /// said so yet): no DELETE, no Event, not counted as ours.
+/// Read from the whole pod or from its metadata alone (the answer asked for).
 #[tokio::test]
 async fn a_terminating_pod_is_left_alone() {
-    let mut pod = live_pod(UID);
-    pod["metadata"]["deletionTimestamp"] = json!("2026-11-23T10:00:00Z");
-    let script = Script::new([Reply::ok(&pod)]);
-    let actuator = actuator(&script, EvictionMode::Delete, false);
-    let outcome = actuator
-        .evict(&pod_ref(), &eviction(), attempt(false))
-        .await
-        .expect("not needed");
-    assert_eq!(outcome, Outcome::NotNeeded);
-    assert_eq!(script.sent().len(), 1);
-    assert_no_event(&actuator, &script).await;
+    for mut answer in [live_pod(UID), live_pod_metadata(UID)] {
+        answer["metadata"]["deletionTimestamp"] = json!("2026-11-23T10:00:00Z");
+        let script = Script::new([Reply::ok(&answer)]);
+        let actuator = actuator(&script, EvictionMode::Delete, false);
+        let outcome = actuator
+            .evict(&pod_ref(), &eviction(), attempt(false))
+            .await
+            .expect("not needed");
+        assert_eq!(outcome, Outcome::NotNeeded, "{answer}");
+        assert_eq!(script.sent().len(), 1);
+        assert_no_event(&actuator, &script).await;
+    }
 }
 
 /// The UID precondition failed (409): the name now belongs to another pod, which is not touched.
@@ -521,6 +542,7 @@ async fn eviction_events_are_written_not_remembered() {
         assert_eq!(event.body["metadata"]["namespace"], NS);
         assert!(event.body["eventTime"].is_string(), "{}", event.body);
         assert_eq!(event.body["note"], "Marking for deletion");
+        assert_eq!(event.accept.as_deref(), Some(METADATA_ONLY));
     }
 }
 
