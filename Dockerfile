@@ -57,10 +57,6 @@ LABEL org.opencontainers.image.title="device-taint-eviction" \
       org.opencontainers.image.licenses="Apache-2.0"
 COPY --from=builder /rootfs/ /
 USER 65532:65532
-# The binary allocates with mimalloc (Cargo.toml): commit its arenas as used and return freed
-# memory at once, which keeps RSS at the host build's (or below) at a start-up as fast.
-ENV MIMALLOC_ARENA_EAGER_COMMIT=0 \
-    MIMALLOC_PURGE_DELAY=0
 # /healthz, /readyz and /metrics (--http-addr).
 EXPOSE 8080
 ENTRYPOINT ["/device-taint-eviction"]

@@ -13,9 +13,9 @@ use device_taint_eviction::{
     client, controller, ops, telemetry,
 };
 
-/// The static (musl) build allocates with mimalloc: musl's allocator is slow for the many small
-/// allocations of decoding large lists (see Cargo.toml).
-#[cfg(target_env = "musl")]
+/// Every build allocates with mimalloc: less CPU than glibc's allocator (and far less than musl's,
+/// the static build's) for the many small allocations of decoding lists and answering requests,
+/// at the same peak memory (measured in Cargo.toml).
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
