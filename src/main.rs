@@ -19,10 +19,15 @@ use device_taint_eviction::{
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-#[tokio::main]
-async fn main() -> ExitCode {
+fn main() -> ExitCode {
     let cli = Cli::parse();
-    match run(cli).await {
+    let result = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(cli.command.runtime_threads())
+        .enable_all()
+        .build()
+        .context("failed to start the async runtime")
+        .and_then(|runtime| runtime.block_on(run(cli)));
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
             eprint!("{}", error_report(&err));
