@@ -22,6 +22,7 @@ pub use crate::{
     actuator::EvictionMode,
     ops::{OutputFormat, TaintEffect},
     telemetry::LogFormat,
+    watch::InitialList,
 };
 
 /// Evicts pods whose DRA devices carry a NoExecute taint (standalone device-taint-eviction-controller).
@@ -171,6 +172,10 @@ pub struct ControllerArgs {
     #[arg(long, env = "DTE_WATCH_IDLE_TIMEOUT", default_value = "330s", value_parser = positive_duration)]
     pub watch_idle_timeout: Duration,
 
+    /// How each watch receives every object before watching: one streaming watch, or paged lists.
+    #[arg(long, env = "DTE_INITIAL_LIST", value_enum, default_value_t = InitialList::Streaming)]
+    pub initial_list: InitialList,
+
     /// Address of the HTTP server for /healthz, /readyz and /metrics.
     #[arg(long, env = "DTE_HTTP_ADDR", default_value = "0.0.0.0:8080")]
     pub http_addr: SocketAddr,
@@ -222,6 +227,7 @@ impl ControllerArgs {
             protected_priority: self.protected_priority,
             dry_run: self.dry_run,
             watch_idle_timeout: self.watch_idle_timeout,
+            initial_list: self.initial_list,
             http_addr: self.http_addr,
             metrics_addr: self.metrics_addr,
             identity: self.leader_elect_identity(),
@@ -1235,6 +1241,16 @@ mod tests {
         );
         assert!(parse(&["controller", "--watch-idle-timeout=0"]).is_err());
         assert!(parse(&["controller", "--watch-idle-timeout=5x"]).is_err());
+    }
+
+    #[test]
+    fn initial_list() {
+        assert_eq!(controller(&[]).config().initial_list, InitialList::Streaming);
+        assert_eq!(
+            controller(&["--initial-list=paged"]).config().initial_list,
+            InitialList::Paged
+        );
+        assert!(parse(&["controller", "--initial-list=pages"]).is_err());
     }
 
     #[test]

@@ -18,6 +18,8 @@
 //! - Pod lists and watches are asked for in protobuf and handed up as compact JSON
 //!   ([`PodProtobufLayer`]): the API server encodes them several times faster, start-up in a
 //!   large cluster waits on the list, and each eviction brings two pod watch events.
+//! - Streaming lists (`--initial-list=streaming`) are consistent reads ([`ConsistentStreamLayer`]),
+//!   not served from a possibly lagging watch cache.
 //! - Watches report every frame they receive, bookmarks included, to a [`WatchProgress`], so that
 //!   a watch that receives nothing at all can be told from a quiet one (`--watch-idle-timeout`).
 
@@ -221,6 +223,7 @@ pub fn client_from_config(
 ) -> Result<Client, Error> {
     Ok(base_builder(config)?
         .with_layer(&PodProtobufLayer::new())
+        .with_layer(&ConsistentStreamLayer::default())
         .with_layer(&WatchProgressLayer::new(progress.clone()))
         .with_layer(&DeadlineLayer::new(timeout))
         .with_layer(&RetryAfterLayer::new())
@@ -439,6 +442,48 @@ impl Step for Deadline {
                 .await
                 .unwrap_or_else(|_| Err(RequestTimeout(timeout).into()))
         })
+    }
+}
+
+/// Makes a streaming list a consistent read. kube's watcher asks for it from `resourceVersion=0`,
+/// which the API server serves from its watch cache however far that lags behind etcd; without a
+/// resource version (and `resourceVersionMatch=NotOlderThan`, which kube sends) the server first
+/// brings its cache up to the current revision, as a list without a resource version does and as
+/// client-go's streaming lists ask. An initial state older than what is in etcd could evict a pod
+/// for a taint already removed.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct ConsistentStream;
+
+/// The layer of [`ConsistentStream`].
+pub type ConsistentStreamLayer = StepLayer<ConsistentStream>;
+
+impl Step for ConsistentStream {
+    type Seen = ();
+
+    fn before(&self, request: &mut Request<Body>) -> Result<(), tower::BoxError> {
+        let uri = request.uri();
+        let Some(query) = uri.query() else {
+            return Ok(());
+        };
+        let mut pairs = query.split('&');
+        if !pairs.clone().any(|p| p == "sendInitialEvents=true")
+            || !pairs.clone().any(|p| p == "resourceVersion=0")
+        {
+            return Ok(());
+        }
+        let kept = pairs
+            .by_ref()
+            .filter(|p| *p != "resourceVersion=0")
+            .collect::<Vec<_>>()
+            .join("&");
+        let mut parts = uri.clone().into_parts();
+        parts.path_and_query = Some(format!("{}?{kept}", uri.path()).parse()?);
+        *request.uri_mut() = http::Uri::from_parts(parts)?;
+        Ok(())
+    }
+
+    fn after(&self, (): (), response: ResponseFuture) -> ResponseFuture {
+        response
     }
 }
 
@@ -981,6 +1026,31 @@ users: []
             "the GET reached the server (no pod body)"
         );
         assert_eq!(sent.load(Ordering::SeqCst), 2, "reads are not fenced");
+    }
+
+    /// A streaming list loses kube's `resourceVersion=0` (a read from a possibly lagging cache)
+    /// and keeps everything else; other lists and watches are untouched.
+    #[test]
+    fn streaming_lists_are_consistent_reads() {
+        let amended = |uri: &str| {
+            let mut request = Request::get(uri).body(Body::empty()).expect("request");
+            ConsistentStream.before(&mut request).expect("sent");
+            request.uri().to_string()
+        };
+        assert_eq!(
+            amended(
+                "/api/v1/pods?&watch=true&timeoutSeconds=290&allowWatchBookmarks=true&sendInitialEvents=true&resourceVersionMatch=NotOlderThan&resourceVersion=0"
+            ),
+            "/api/v1/pods?&watch=true&timeoutSeconds=290&allowWatchBookmarks=true&sendInitialEvents=true&resourceVersionMatch=NotOlderThan"
+        );
+        for untouched in [
+            "/api/v1/pods?&watch=true&allowWatchBookmarks=true&resourceVersion=0",
+            "/api/v1/pods?&watch=true&sendInitialEvents=true&resourceVersion=120",
+            "/api/v1/pods?limit=500&resourceVersion=0",
+            "/api/v1/pods",
+        ] {
+            assert_eq!(amended(untouched), untouched);
+        }
     }
 
     /// A request whose answer (headers or body) does not come within the deadline fails with

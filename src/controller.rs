@@ -59,6 +59,8 @@ pub struct Config {
     pub dry_run: bool,
     /// A watch that receives nothing, not even a bookmark, for this long is restarted.
     pub watch_idle_timeout: Duration,
+    /// How each watch receives its initial state.
+    pub initial_list: watch::InitialList,
     /// Address of the HTTP server for health and metrics.
     pub http_addr: SocketAddr,
     /// Serve metrics only here instead of on `http_addr`.
@@ -568,8 +570,9 @@ async fn named_watch<K: watch::Kind>(
     readiness: Readiness,
     api: Api<watch::Decoded<K>>,
     idle: watch::Idle,
+    initial: watch::InitialList,
 ) -> String {
-    watch::watch(shared, readiness, api, idle).await;
+    watch::watch(shared, readiness, api, idle, initial).await;
     format!("{} watch", K::PLURAL)
 }
 
@@ -581,24 +584,28 @@ fn spawn_watches(
     readiness: &Readiness,
     rule_resource: Option<&ApiResource>,
     idle: &watch::Idle,
+    initial: watch::InitialList,
 ) {
     tasks.spawn(named_watch(
         shared.clone(),
         readiness.clone(),
         Api::<watch::Decoded<WatchedPod>>::all(client.clone()),
         idle.clone(),
+        initial,
     ));
     tasks.spawn(named_watch(
         shared.clone(),
         readiness.clone(),
         Api::<watch::Decoded<ResourceClaim>>::all(client.clone()),
         idle.clone(),
+        initial,
     ));
     tasks.spawn(named_watch(
         shared.clone(),
         readiness.clone(),
         Api::<watch::Decoded<ResourceSlice>>::all(client.clone()),
         idle.clone(),
+        initial,
     ));
     match rule_resource {
         Some(ar) => {
@@ -607,6 +614,7 @@ fn spawn_watches(
                 readiness.clone(),
                 Api::<watch::Decoded<DeviceTaintRule>>::all_with(client.clone(), ar),
                 idle.clone(),
+                initial,
             ));
         }
         None => readiness.mark_synced(DeviceTaintRule::PLURAL),
@@ -773,6 +781,7 @@ pub async fn run_until(config: Config, shutdown: impl Future<Output = ()>) -> Re
         &readiness,
         rule_resource.as_ref(),
         &idle,
+        config.initial_list,
     );
     let watchdog = tokio::spawn(watchdog(
         shared.clone(),

@@ -364,15 +364,27 @@ impl Beats {
 }
 
 /// Watches every object of kind `K` through `api` and applies the events to the state; marks the
-/// kind synced in `readiness` after each initial list. Runs until the stream ends (never,
+/// kind synced in `readiness` after each initial list, received as `initial` says. Runs until the stream ends (never,
 /// normally); a failed watch is retried with kube's default backoff, and a watch that receives
 /// nothing, not even a bookmark, for `idle.timeout` is dropped and started afresh (a new list,
 /// then a new watch): a connection that went silent without closing must not leave the index
 /// stale for ever.
-pub async fn watch<K: Kind, S: Sink>(sink: Arc<S>, readiness: Readiness, api: Api<Decoded<K>>, idle: Idle) {
+pub async fn watch<K: Kind, S: Sink>(
+    sink: Arc<S>,
+    readiness: Readiness,
+    api: Api<Decoded<K>>,
+    idle: Idle,
+    initial: InitialList,
+) {
     let kind = K::PLURAL;
+    let mut streaming = initial == InitialList::Streaming;
     loop {
-        let mut stream = std::pin::pin!(watcher(api.clone(), watcher::Config::default()).default_backoff());
+        let config = if streaming {
+            watcher::Config::default().streaming_lists()
+        } else {
+            watcher::Config::default()
+        };
+        let mut stream = std::pin::pin!(watcher(api.clone(), config).default_backoff());
         let mut listing: Option<Vec<K::View>> = None;
         // Last sign of life of this watcher: its start, an event, or anything its requests received.
         let mut last = Instant::now();
@@ -398,9 +410,37 @@ pub async fn watch<K: Kind, S: Sink>(sink: Arc<S>, readiness: Readiness, api: Ap
                 return;
             };
             last = Instant::now();
+            if streaming && event.as_ref().is_err_and(refuses_streaming) {
+                warn!(
+                    kind,
+                    error = %event.as_ref().err().map(ToString::to_string).unwrap_or_default(),
+                    "the API server refuses streaming lists; listing in pages instead"
+                );
+                streaming = false;
+                break;
+            }
             handle(&*sink, &readiness, &mut listing, event);
         }
     }
+}
+
+/// How each watch receives its initial state (`--initial-list`; the variants' doc comments are its
+/// `--help` text).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum InitialList {
+    /// One watch streams every object, then goes on watching (`sendInitialEvents`): no pages, and
+    /// the API server serves it from its watch cache. Where the server refuses it (the WatchList
+    /// feature off), paged lists instead.
+    Streaming,
+    /// Lists in pages of 500, then a watch.
+    Paged,
+}
+
+/// Whether `error` is the API server refusing a streaming list: one with the WatchList feature
+/// off answers the watch with 422 Invalid ("sendInitialEvents is forbidden"); 400 from a proxy
+/// that does not know the parameter.
+fn refuses_streaming(error: &watcher::Error) -> bool {
+    matches!(error, watcher::Error::WatchStartFailed(kube::Error::Api(status)) if matches!(status.code, 400 | 422))
 }
 
 /// Applies one item of a watch stream.
@@ -655,6 +695,7 @@ mod tests {
             readiness.clone(),
             Api::<Decoded<ResourceSlice>>::all(client),
             idle,
+            InitialList::Paged,
         ));
         tokio::time::sleep(Duration::from_secs(1)).await;
         task.abort();
@@ -669,6 +710,124 @@ mod tests {
             sink.metrics.skipped_count(ResourceSlice::PLURAL, "undecodable"),
             2
         );
+    }
+
+    /// A ResourceSlice API server that answers a streaming list with slices `a` and `b` and the
+    /// end-of-initial-events bookmark, or, when `refuse_streaming`, with 422 as a server with the
+    /// WatchList feature off does; a list with slice `a`; a watch with nothing. Records each
+    /// request as "stream", "list" or "watch", and the streaming requests' queries.
+    fn streaming_server(refuse_streaming: bool) -> (kube::Client, Arc<Mutex<Vec<String>>>) {
+        let sent = Arc::new(Mutex::new(Vec::new()));
+        let log = sent.clone();
+        let service = tower::service_fn(move |request: Request<Body>| {
+            let query = request.uri().query().unwrap_or_default().to_owned();
+            let streaming = query.contains("sendInitialEvents=true");
+            let watching = query.contains("watch=true");
+            log.lock().expect("sent").push(
+                match (streaming, watching) {
+                    (true, _) => "stream",
+                    (false, true) => "watch",
+                    (false, false) => "list",
+                }
+                .to_owned(),
+            );
+            async move {
+                let full = |status: u16, body: serde_json::Value| {
+                    let mut response = Response::new(
+                        http_body_util::Full::new(Bytes::from(body.to_string()))
+                            .map_err(|never| match never {})
+                            .boxed_unsync(),
+                    );
+                    *response.status_mut() = http::StatusCode::from_u16(status).expect("status");
+                    response
+                };
+                let response = if streaming && refuse_streaming {
+                    full(
+                        422,
+                        serde_json::json!({"kind": "Status", "apiVersion": "v1", "status": "Failure",
+                        "message": "sendInitialEvents is forbidden for watch unless the WatchList feature gate is enabled",
+                        "reason": "Invalid", "code": 422}),
+                    )
+                } else if streaming {
+                    let lines = [
+                        serde_json::json!({"type": "ADDED", "object": slice_json("a", "1")}),
+                        serde_json::json!({"type": "ADDED", "object": slice_json("b", "2")}),
+                        serde_json::json!({"type": "BOOKMARK", "object": {
+                            "apiVersion": "resource.k8s.io/v1", "kind": "ResourceSlice",
+                            "metadata": {"resourceVersion": "3", "annotations": {"k8s.io/initial-events-end": "true"}}}}),
+                    ]
+                    .map(|line| Ok::<_, std::convert::Infallible>(http_body::Frame::data(Bytes::from(format!("{line}\n")))));
+                    Response::new(
+                        StreamBody::new(futures::stream::iter(lines).chain(futures::stream::pending()))
+                            .boxed_unsync(),
+                    )
+                } else if watching {
+                    Response::new(StreamBody::new(futures::stream::pending()).boxed_unsync())
+                } else {
+                    full(
+                        200,
+                        serde_json::json!({"apiVersion": "resource.k8s.io/v1",
+                        "kind": "ResourceSliceList", "metadata": {"resourceVersion": "10"},
+                        "items": [slice_json("a", "1")]}),
+                    )
+                };
+                Ok::<_, std::convert::Infallible>(response)
+            }
+        });
+        (ClientBuilder::new(service, "default").build(), sent)
+    }
+
+    /// Runs a streaming ResourceSlice watch against [`streaming_server`] for a second of virtual
+    /// time; returns the requests sent, whether the kind synced, and the pools indexed.
+    async fn run_streaming(refuse_streaming: bool) -> (Vec<String>, bool, Vec<&'static str>) {
+        let (client, sent) = streaming_server(refuse_streaming);
+        let sink = sink();
+        let readiness = Readiness::new(&[ResourceSlice::PLURAL]);
+        let idle = Idle {
+            timeout: DEFAULT_IDLE_TIMEOUT,
+            progress: WatchProgress::default(),
+            beats: Beats::default(),
+        };
+        let task = tokio::spawn(watch(
+            sink.clone(),
+            readiness.clone(),
+            Api::<Decoded<ResourceSlice>>::all(client),
+            idle,
+            InitialList::Streaming,
+        ));
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        task.abort();
+        let state = sink.state.lock().expect("state");
+        let pools = ["a", "b"]
+            .into_iter()
+            .filter(|pool| {
+                !state
+                    .device_taints(&crate::view::DeviceId::new("d", *pool, "dev"))
+                    .is_empty()
+            })
+            .collect();
+        let sent = sent.lock().expect("sent").clone();
+        (sent, readiness.is_ready(), pools)
+    }
+
+    /// A streaming list is one request: every object, then the bookmark that ends the initial
+    /// events syncs the kind; the same watch goes on.
+    #[tokio::test(start_paused = true)]
+    async fn a_streaming_list_syncs_from_one_watch() {
+        let (sent, synced, pools) = run_streaming(false).await;
+        assert_eq!(sent, ["stream"]);
+        assert!(synced);
+        assert_eq!(pools, ["a", "b"]);
+    }
+
+    /// A server that refuses streaming lists (422) is listed in pages instead, at once and for
+    /// good, and the kind syncs.
+    #[tokio::test(start_paused = true)]
+    async fn a_refused_streaming_list_falls_back_to_pages() {
+        let (sent, synced, pools) = run_streaming(true).await;
+        assert_eq!(sent, ["stream", "list", "watch"]);
+        assert!(synced);
+        assert_eq!(pools, ["a"]);
     }
 
     fn sink() -> Arc<TestSink> {
@@ -694,6 +853,7 @@ mod tests {
             readiness.clone(),
             Api::<Decoded<ResourceSlice>>::all(client),
             idle,
+            InitialList::Paged,
         ));
         tokio::time::sleep(run).await;
         assert!(!task.is_finished(), "a watch runs until aborted");
@@ -718,6 +878,7 @@ mod tests {
             Readiness::new(&KINDS),
             Api::<Decoded<ResourceSlice>>::all(client),
             idle,
+            InitialList::Paged,
         ));
         tokio::time::sleep(Duration::from_millis(4900)).await;
         assert_eq!(

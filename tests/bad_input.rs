@@ -1,6 +1,6 @@
 //! Bad input from the API server and watches that go quiet: watches that go silent without
 //! closing are restarted after `--watch-idle-timeout` and a pod created meanwhile is still evicted;
-//! a malformed pod in a list page or in a watch stream is skipped and counted
+//! a malformed pod in a list page, a streaming list or a watch stream is skipped and counted
 //! (`skipped_objects_total`) while the other pods are still evicted. The faults come from the
 //! proxy (`support::proxy`); every write is counted there.
 //!
@@ -90,10 +90,22 @@ async fn silent_watches_are_restarted() {
     assert_eq!(c.stop().await, Some(0));
 }
 
-/// Every pod list page carries one malformed item: it is skipped and counted, and both good pods
-/// on tainted devices are evicted, once.
+/// Every pod list page carries one malformed item (`--initial-list=paged`): it is skipped and
+/// counted, and both good pods on tainted devices are evicted, once.
 #[tokio::test]
 async fn a_malformed_pod_in_a_list_page_is_skipped() {
+    // Every page, so that a controller which fails a whole page for one bad item never lists.
+    malformed_pod_in_the_initial_state("paged", |proxy| proxy.corrupt_lists(PODS, usize::MAX)).await;
+}
+
+/// The same in a streaming list (`--initial-list=streaming`, the default): the malformed item
+/// comes right after the stream's first pod.
+#[tokio::test]
+async fn a_malformed_pod_in_a_streaming_list_is_skipped() {
+    malformed_pod_in_the_initial_state("streaming", |proxy| proxy.corrupt_watches(PODS, usize::MAX)).await;
+}
+
+async fn malformed_pod_in_the_initial_state(initial_list: &str, corrupt: impl FnOnce(&Proxy)) {
     if support::controller::skip_with_deployed_controller() {
         return;
     }
@@ -111,9 +123,9 @@ async fn a_malformed_pod_in_a_list_page_is_skipped() {
     env.pod_with_claim("b", "claim-b", "gpu-1", vec![]).await;
     env.pod_with_claim("bystander", "claim-c", "gpu-2", vec![]).await;
     let proxy = Proxy::start(env.client.clone(), Path::new(env!("CARGO_TARGET_TMPDIR"))).await;
-    // Every page, so that a controller which fails a whole page for one bad item never lists.
-    proxy.corrupt_lists(PODS, usize::MAX);
-    let c = Controller::start(&proxy.kubeconfig, &["--leader-elect=false"]).await;
+    corrupt(&proxy);
+    let initial_list = format!("--initial-list={initial_list}");
+    let c = Controller::start(&proxy.kubeconfig, &["--leader-elect=false", &initial_list]).await;
     assert!(
         counter(&c, SKIPPED, "kind=\"pods\"").await >= 1.0,
         "the malformed pod was counted; log:\n{}",

@@ -20,7 +20,7 @@ use support::{
     OwnedControlPlane, TIMEOUT, TestEnv,
     controller::Controller,
     objects::{PENDING, taint, toleration},
-    proxy::{Proxy, assert_evicted_exactly},
+    proxy::{Proxy, assert_evicted_exactly, is_list},
     wait_for,
 };
 
@@ -263,7 +263,7 @@ async fn etcd_compaction_makes_every_watch_list_again() {
                 let got_410 = expired.iter().any(|p| is_kind(p));
                 let listed = after
                     .iter()
-                    .any(|r| is_kind(&r.path) && !r.path.contains("watch=") && r.status == Some(200));
+                    .any(|r| is_kind(&r.path) && is_list(&r.path) && r.status == Some(200));
                 let answers: Vec<_> = after
                     .iter()
                     .filter(|r| is_kind(&r.path))

@@ -37,7 +37,7 @@ const KEY: &str = "example.com/broken";
 const USED_CLUSTER: [&str; 13] = [
     "create events",                 // Events on pods and rules
     "delete pods",                   // eviction mode "delete"
-    "list devicetaintrules",         // the watches: list, then watch
+    "list devicetaintrules",         // the watches (list: in pages)
     "list pods",                     //
     "list resourceclaims",           //
     "list resourceslices",           //
@@ -351,8 +351,12 @@ async fn chart_rbac_is_enough_and_no_more() {
                             .await
                             .expect("replace the Role");
                     }
+                    // A streaming list is a watch: lists are what paged initial lists need (a
+                    // server that refuses streaming lists, or --initial-list=paged).
+                    let paged = [args.as_slice(), &["--initial-list=paged"]].concat();
+                    let args = if verb == "list" { &paged } else { &args };
                     let line =
-                        without_permission(&env, &kubeconfig, &args, verb, resource, checked.len() + 1).await;
+                        without_permission(&env, &kubeconfig, args, verb, resource, checked.len() + 1).await;
                     eprintln!("without {verb} {resource}: {line}");
                     checked.push(format!("{verb} {resource}"));
                 }

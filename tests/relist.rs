@@ -31,7 +31,7 @@ use support::{
     TIMEOUT, TestEnv,
     controller::Controller,
     objects::{DRIVER, PENDING, WITNESS, taint, toleration},
-    proxy::Proxy,
+    proxy::{Proxy, is_list},
     wait_for,
 };
 
@@ -64,6 +64,42 @@ fn now_secs() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+}
+
+/// Each kind's initial state comes from one streaming list, not from pages, and that list is a
+/// consistent read: no `resourceVersion=0`, which the API server would serve from a watch cache
+/// however far behind etcd. (A server that refuses streaming lists is `tests/initial_list.rs`.)
+#[tokio::test]
+async fn initial_state_is_one_consistent_streaming_list() {
+    if support::controller::skip_with_deployed_controller() {
+        return;
+    }
+    let _serial = SERIAL.lock().await;
+    let env = TestEnv::new().await;
+    let proxy = Proxy::start(env.client.clone(), Path::new(env!("CARGO_TARGET_TMPDIR"))).await;
+    let _c = Controller::start(&proxy.kubeconfig, &["--leader-elect=false"]).await;
+    let records = proxy.records();
+    for kind in [PODS, CLAIMS, SLICES] {
+        let streams: Vec<_> = records
+            .iter()
+            .filter(|r| r.path_only() == kind && r.path.contains("sendInitialEvents=true"))
+            .collect();
+        assert_eq!(streams.len(), 1, "{kind}: {records:#?}");
+        let stream = streams[0];
+        let query: Vec<&str> = stream.path.split(['?', '&']).collect();
+        assert!(!query.contains(&"resourceVersion=0"), "{stream:?}");
+        assert!(query.contains(&"resourceVersionMatch=NotOlderThan"), "{stream:?}");
+        if stream.status == Some(422) {
+            // This server has the WatchList feature off; the controller listed in pages.
+            continue;
+        }
+        assert_eq!(stream.status, Some(200), "{stream:?}");
+        let lists: Vec<_> = records
+            .iter()
+            .filter(|r| r.path_only() == kind && !r.path.contains("watch=true"))
+            .collect();
+        assert!(lists.is_empty(), "{kind} was listed in pages too: {lists:#?}");
+    }
 }
 
 #[tokio::test]
@@ -169,7 +205,7 @@ async fn relist_drops_stale_taints_and_keeps_new_ones() {
 
     let relisted = proxy.requests()[before_relist..]
         .iter()
-        .any(|(m, p)| *m == Method::GET && p.starts_with(SLICES) && !p.contains("watch=true"));
+        .any(|(m, p)| *m == Method::GET && p.starts_with(SLICES) && is_list(p));
     assert!(relisted, "the controller did not list the slices again");
     assert!(c.metric(RESTARTS).await >= Some(restarts_before + 2.0));
     wait_for(
@@ -230,7 +266,7 @@ async fn recreated_pod_after_missed_delete_keeps_its_own_deadline() {
     wait_for("the controller to list pods again", TIMEOUT, || async {
         proxy.requests()[before_relist..]
             .iter()
-            .any(|(m, p)| *m == Method::GET && p.starts_with(PODS) && !p.contains("watch=true"))
+            .any(|(m, p)| *m == Method::GET && p.starts_with(PODS) && is_list(p))
             .then_some(())
     })
     .await;

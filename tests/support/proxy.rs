@@ -81,6 +81,14 @@ impl FaultKind {
     }
 }
 
+/// Whether a GET of a collection at `path_and_query` lists it: a list (a page of one), or a
+/// streaming list (a watch that first sends every object, `sendInitialEvents=true`); not a watch
+/// resumed from a resource version.
+pub fn is_list(path_and_query: &str) -> bool {
+    let query: Vec<&str> = path_and_query.split(['?', '&']).skip(1).collect();
+    !query.contains(&"watch=true") || query.contains(&"sendInitialEvents=true")
+}
+
 /// One request as the proxy saw it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Record {
