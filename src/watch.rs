@@ -683,6 +683,26 @@ mod tests {
             }
         });
         let client = ClientBuilder::new(service, "default").build();
+        let (sink, readiness) = watch_slices_for_a_second(client, InitialList::Paged).await;
+        assert!(readiness.is_ready(), "the kind synced despite the bad item");
+        assert_eq!(*sent.lock().expect("sent"), ["list", "watch"], "no re-list");
+        let state = sink.state.lock().expect("state");
+        for pool in ["a", "b", "c"] {
+            let device = crate::view::DeviceId::new("d", pool, "dev");
+            assert_eq!(state.device_taints(&device).len(), 1, "slice {pool} is indexed");
+        }
+        assert_eq!(
+            sink.metrics.skipped_count(ResourceSlice::PLURAL, "undecodable"),
+            2
+        );
+    }
+
+    /// Runs a ResourceSlice watch through `client` for a second of virtual time, its initial
+    /// state received as `initial`; returns what it indexed and its readiness.
+    async fn watch_slices_for_a_second(
+        client: kube::Client,
+        initial: InitialList,
+    ) -> (Arc<TestSink>, Readiness) {
         let sink = sink();
         let readiness = Readiness::new(&[ResourceSlice::PLURAL]);
         let idle = Idle {
@@ -695,21 +715,11 @@ mod tests {
             readiness.clone(),
             Api::<Decoded<ResourceSlice>>::all(client),
             idle,
-            InitialList::Paged,
+            initial,
         ));
         tokio::time::sleep(Duration::from_secs(1)).await;
         task.abort();
-        assert!(readiness.is_ready(), "the kind synced despite the bad item");
-        assert_eq!(*sent.lock().expect("sent"), ["list", "watch"], "no re-list");
-        let state = sink.state.lock().expect("state");
-        for pool in ["a", "b", "c"] {
-            let device = crate::view::DeviceId::new("d", pool, "dev");
-            assert_eq!(state.device_taints(&device).len(), 1, "slice {pool} is indexed");
-        }
-        assert_eq!(
-            sink.metrics.skipped_count(ResourceSlice::PLURAL, "undecodable"),
-            2
-        );
+        (sink, readiness)
     }
 
     /// A ResourceSlice API server that answers a streaming list with slices `a` and `b` and the
@@ -781,22 +791,7 @@ mod tests {
     /// time; returns the requests sent, whether the kind synced, and the pools indexed.
     async fn run_streaming(refuse_streaming: bool) -> (Vec<String>, bool, Vec<&'static str>) {
         let (client, sent) = streaming_server(refuse_streaming);
-        let sink = sink();
-        let readiness = Readiness::new(&[ResourceSlice::PLURAL]);
-        let idle = Idle {
-            timeout: DEFAULT_IDLE_TIMEOUT,
-            progress: WatchProgress::default(),
-            beats: Beats::default(),
-        };
-        let task = tokio::spawn(watch(
-            sink.clone(),
-            readiness.clone(),
-            Api::<Decoded<ResourceSlice>>::all(client),
-            idle,
-            InitialList::Streaming,
-        ));
-        tokio::time::sleep(Duration::from_secs(1)).await;
-        task.abort();
+        let (sink, readiness) = watch_slices_for_a_second(client, InitialList::Streaming).await;
         let state = sink.state.lock().expect("state");
         let pools = ["a", "b"]
             .into_iter()
