@@ -465,14 +465,13 @@ impl Step for ConsistentStream {
         let Some(query) = uri.query() else {
             return Ok(());
         };
-        let mut pairs = query.split('&');
+        let pairs = query.split('&');
         if !pairs.clone().any(|p| p == "sendInitialEvents=true")
             || !pairs.clone().any(|p| p == "resourceVersion=0")
         {
             return Ok(());
         }
         let kept = pairs
-            .by_ref()
             .filter(|p| *p != "resourceVersion=0")
             .collect::<Vec<_>>()
             .join("&");

@@ -364,7 +364,8 @@ impl Beats {
 }
 
 /// Watches every object of kind `K` through `api` and applies the events to the state; marks the
-/// kind synced in `readiness` after each initial list, received as `initial` says. Runs until the stream ends (never,
+/// kind synced in `readiness` after each initial list, received as `initial` says (a server that
+/// refuses streaming lists is listed in pages from then on). Runs until the stream ends (never,
 /// normally); a failed watch is retried with kube's default backoff, and a watch that receives
 /// nothing, not even a bookmark, for `idle.timeout` is dropped and started afresh (a new list,
 /// then a new watch): a connection that went silent without closing must not leave the index
@@ -410,12 +411,11 @@ pub async fn watch<K: Kind, S: Sink>(
                 return;
             };
             last = Instant::now();
-            if streaming && event.as_ref().is_err_and(refuses_streaming) {
-                warn!(
-                    kind,
-                    error = %event.as_ref().err().map(ToString::to_string).unwrap_or_default(),
-                    "the API server refuses streaming lists; listing in pages instead"
-                );
+            if streaming
+                && let Err(error) = &event
+                && refuses_streaming(error)
+            {
+                warn!(kind, %error, "the API server refuses streaming lists; listing in pages instead");
                 streaming = false;
                 break;
             }
@@ -725,7 +725,7 @@ mod tests {
     /// A ResourceSlice API server that answers a streaming list with slices `a` and `b` and the
     /// end-of-initial-events bookmark, or, when `refuse_streaming`, with 422 as a server with the
     /// WatchList feature off does; a list with slice `a`; a watch with nothing. Records each
-    /// request as "stream", "list" or "watch", and the streaming requests' queries.
+    /// request as "stream", "list" or "watch".
     fn streaming_server(refuse_streaming: bool) -> (kube::Client, Arc<Mutex<Vec<String>>>) {
         let sent = Arc::new(Mutex::new(Vec::new()));
         let log = sent.clone();
