@@ -173,8 +173,8 @@ pub fn http_connector(config: &Config) -> HttpConnector {
     http
 }
 
-/// The bottom of every client's stack, before our layers.
-type BaseService = BoxService<Request<Body>, Response<ResponseBody>, tower::BoxError>;
+/// The bottom of every client's stack, below the [`Step`] layers.
+pub type BaseService = BoxService<Request<Body>, Response<ResponseBody>, tower::BoxError>;
 
 /// kube's client stack for `config` (TLS, base URI, authentication, extra headers) over
 /// [`http_connector`], with kube's retry off. A proxy (which this build does not support) is
@@ -198,7 +198,8 @@ fn base_builder(mut config: Config) -> Result<ClientBuilder<BaseService>, Error>
     Ok(ClientBuilder::new(boxed(service), config.default_namespace))
 }
 
-fn boxed<S, B>(service: S) -> BaseService
+/// `service` as the bottom of a client stack, its errors and response bodies boxed once.
+pub fn boxed<S, B>(service: S) -> BaseService
 where
     S: tower::Service<Request<Body>, Response = Response<B>> + Send + 'static,
     S::Future: Send + 'static,
@@ -316,33 +317,32 @@ pub struct StepService<T, S> {
     inner: S,
 }
 
-impl<T, S, B> tower::Service<Request<Body>> for StepService<T, S>
+/// Over a service of the stack's own types ([`BaseService`] or another step): the answer of the
+/// layer below is handed to [`Step::after`] as it is, so a step that does not touch it costs
+/// neither an allocation nor a level of indirection per request or per body frame.
+impl<T, S> tower::Service<Request<Body>> for StepService<T, S>
 where
     T: Step,
-    S: tower::Service<Request<Body>, Response = Response<B>>,
-    S::Future: Send + 'static,
-    S::Error: Into<tower::BoxError>,
-    B: http_body::Body<Data = Bytes> + Send + 'static,
-    B::Error: Into<tower::BoxError>,
+    S: tower::Service<
+            Request<Body>,
+            Response = Response<ResponseBody>,
+            Error = tower::BoxError,
+            Future = ResponseFuture,
+        >,
 {
     type Response = Response<ResponseBody>;
     type Error = tower::BoxError;
     type Future = ResponseFuture;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        self.inner.poll_ready(cx).map_err(Into::into)
+        self.inner.poll_ready(cx)
     }
 
     fn call(&mut self, mut request: Request<Body>) -> Self::Future {
-        let seen = match self.step.before(&mut request) {
-            Ok(seen) => seen,
-            Err(refused) => return Box::pin(async move { Err(refused) }),
-        };
-        let response = self.inner.call(request);
-        self.step.after(
-            seen,
-            Box::pin(async move { Ok(response.await.map_err(Into::into)?.map(boxed_body)) }),
-        )
+        match self.step.before(&mut request) {
+            Ok(seen) => self.step.after(seen, self.inner.call(request)),
+            Err(refused) => Box::pin(async move { Err(refused) }),
+        }
     }
 }
 
@@ -1000,7 +1000,7 @@ users: []
         let (leading, leader) = watch::channel(true);
         // One token per second, none saved: the second request waits a second for its token.
         let stack = ThrottleLayer::new(TokenBucket::new(1.0, 1))
-            .layer(RetryAfterLayer::new().layer(FenceLayer::new(leader).layer(service)));
+            .layer(RetryAfterLayer::new().layer(FenceLayer::new(leader).layer(boxed(service))));
         let client = Client::new(stack, "default");
         let pods = kube::Api::<k8s_openapi::api::core::v1::Pod>::namespaced(client.clone(), "ns");
         let delete = move || {
@@ -1070,14 +1070,15 @@ users: []
             std::future::pending::<()>().await;
             unreachable!()
         });
-        let stack = DeadlineLayer::new(Duration::from_secs(30)).layer(service);
+        let deadline = DeadlineLayer::new(Duration::from_secs(30));
+        let stack = deadline.layer(boxed(service));
         let start = tokio::time::Instant::now();
         let get = Request::get("/api/v1/namespaces/ns/pods/p")
             .body(Body::empty())
             .expect("request");
         let error = tokio::time::timeout(
             Duration::from_secs(60),
-            tower::ServiceExt::oneshot(stack.clone(), get),
+            tower::ServiceExt::oneshot(deadline.layer(boxed(service)), get),
         )
         .await
         .expect("the GET ends within its deadline")
@@ -1147,7 +1148,7 @@ users: []
                 )
             }
         });
-        let client = Client::new(PodProtobufLayer::new().layer(service), "default");
+        let client = Client::new(PodProtobufLayer::new().layer(boxed(service)), "default");
         let pods = kube::Api::<WatchedPod>::namespaced(client, "ns");
         let names = |list: kube::core::ObjectList<WatchedPod>| {
             list.items
@@ -1272,7 +1273,7 @@ users: []
             let answer = *answering.lock().expect("lock");
             std::future::ready(Ok::<_, std::convert::Infallible>(watch_answer(&accept, answer)))
         });
-        let client = Client::new(PodProtobufLayer::new().layer(service.clone()), "default");
+        let client = Client::new(PodProtobufLayer::new().layer(boxed(service.clone())), "default");
         let pods = kube::Api::<WatchedPod>::namespaced(client, "ns");
         let params = kube::api::WatchParams::default();
         let events = |stream: Vec<WatchEvent<WatchedPod>>| {
@@ -1318,7 +1319,7 @@ users: []
             .body(Body::empty())
             .expect("request");
         let response = PodProtobufLayer::new()
-            .layer(service)
+            .layer(boxed(service))
             .oneshot(request)
             .await
             .expect("a protobuf watch");

@@ -625,7 +625,7 @@ mod tests {
                 Ok::<_, std::convert::Infallible>(Response::new(body))
             }
         });
-        let client = ClientBuilder::new(service, "default")
+        let client = ClientBuilder::new(crate::client::boxed(service), "default")
             .with_layer(&WatchProgressLayer::new(progress.clone()))
             .build();
         (client, sent)

@@ -159,7 +159,10 @@ impl Script {
             let script = script.clone();
             async move { Ok::<_, Infallible>(script.answer(request).await) }
         });
-        Client::new(RetryAfterLayer::new().layer(service), "default")
+        Client::new(
+            RetryAfterLayer::new().layer(crate::client::boxed(service)),
+            "default",
+        )
     }
 
     async fn answer(&self, request: Request<kube::client::Body>) -> Response<kube::client::Body> {
