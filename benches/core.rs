@@ -193,7 +193,8 @@ fn decode_pod_watched(bencher: divan::Bencher) {
 }
 
 /// Decoding the same pod as the controller's watch does since lists and watches decode item by
-/// item: read as a JSON value, then as a `WatchedPod` (an undecodable pod is then skipped alone).
+/// item: taken as raw JSON text, then decoded as a `WatchedPod` (an undecodable pod is then
+/// skipped alone).
 #[divan::bench(sample_count = 100, sample_size = 100)]
 fn decode_pod_watched_item_by_item(bencher: divan::Bencher) {
     let json = watch_event_pod_json();

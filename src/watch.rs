@@ -7,6 +7,7 @@ use std::{
     borrow::Cow,
     collections::HashMap,
     fmt::Debug,
+    marker::PhantomData,
     sync::{Arc, Mutex, PoisonError},
     time::Duration,
 };
@@ -16,7 +17,10 @@ use kube::{
     Api,
     runtime::{WatchStreamExt as _, watcher},
 };
-use serde::{Deserialize, Deserializer, de::DeserializeOwned};
+use serde::{
+    Deserialize, Deserializer,
+    de::{DeserializeOwned, MapAccess, Unexpected, Visitor},
+};
 use tokio::time::Instant;
 use tracing::{info, warn};
 
@@ -180,11 +184,13 @@ impl Kind for DeviceTaintRule {
 /// An object of a watched kind as the API server sent it: decoded, or why it could not be, with
 /// what could be read of its metadata. Lists and watches decode through this type item by item,
 /// so one undecodable object is skipped and counted instead of failing its whole list page (the
-/// kind would never sync) or vanishing from a watch stream. Each item is read as a JSON value
-/// first, then decoded from that value. (Raw JSON text would be cheaper, but a watch event's
-/// object reaches us through serde's buffering of the adjacently tagged `WatchEvent`, which
-/// cannot hand out raw text.) The price is paid on every object: `cargo bench --bench core --
-/// decode_pod` compares it with decoding a `WatchedPod` directly.
+/// kind would never sync) or vanishing from a watch stream. Read from `serde_json` (kube reads
+/// every list answer and watch line with it), an item is taken as its raw JSON text and decoded
+/// from that; only an object that does not decode is read again, as a JSON value, for what can
+/// be read of its metadata. Where serde has buffered the item first (a watch line that names its
+/// object before its type: the API server names the type first), it is read as a JSON value and
+/// decoded from that. `cargo bench --bench core -- decode_pod` compares the price with decoding
+/// a `WatchedPod` directly.
 #[derive(Clone, Debug)]
 pub enum Decoded<K> {
     /// The object.
@@ -201,15 +207,51 @@ pub enum Decoded<K> {
 
 impl<'de, K: DeserializeOwned> Deserialize<'de> for Decoded<K> {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer.deserialize_newtype_struct(RAW_JSON, DecodedVisitor(PhantomData))
+    }
+}
+
+/// The name under which `serde_json` hands out an item's raw text (as its `RawValue` asks for
+/// it): a map of one entry, this name to the text. Any other deserializer, and `serde_json`
+/// for buffered content, visits a newtype instead, read as a JSON value.
+const RAW_JSON: &str = "$serde_json::private::RawValue";
+
+struct DecodedVisitor<K>(PhantomData<K>);
+
+impl<'de, K: DeserializeOwned> Visitor<'de> for DecodedVisitor<K> {
+    type Value = Decoded<K>;
+
+    fn expecting(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter.write_str("a JSON object")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        if map.next_key::<String>()?.as_deref() != Some(RAW_JSON) {
+            return Err(serde::de::Error::invalid_type(Unexpected::Map, &self));
+        }
+        let text: String = map.next_value()?;
+        Ok(Decoded::of(serde_json::from_str(&text), || {
+            serde_json::from_str(&text)
+                .map_or_else(|_| k8s::ObjectMeta::default(), |value| readable_meta(&value))
+        }))
+    }
+
+    fn visit_newtype_struct<D: Deserializer<'de>>(self, deserializer: D) -> Result<Self::Value, D::Error> {
         let value = serde_json::Value::deserialize(deserializer)?;
-        let meta = readable_meta(&value);
-        Ok(match K::deserialize(value) {
+        Ok(Decoded::of(K::deserialize(&value), || readable_meta(&value)))
+    }
+}
+
+impl<K> Decoded<K> {
+    /// The object, or why it did not decode with what `meta` reads of it.
+    fn of(decoded: Result<K, serde_json::Error>, meta: impl FnOnce() -> k8s::ObjectMeta) -> Self {
+        match decoded {
             Ok(object) => Self::Ok(object),
             Err(error) => Self::Bad {
-                meta: Box::new(meta),
+                meta: Box::new(meta()),
                 error: error.to_string(),
             },
-        })
+        }
     }
 }
 
@@ -649,6 +691,39 @@ mod tests {
         let mut slice = slice_json(name, resource_version);
         slice["spec"]["devices"] = serde_json::json!("not-a-list");
         slice
+    }
+
+    /// A watch line decodes whichever of its type and object comes first: from the object's raw
+    /// text (type first, as the API server writes it) or from serde's buffered copy of it (object
+    /// first). In both, an undecodable object is told apart with its metadata.
+    #[test]
+    fn watch_lines_decode_in_either_order() {
+        let decode = |line: String| -> (bool, Option<String>, Option<String>) {
+            let event: kube::core::WatchEvent<Decoded<ResourceSlice>> =
+                serde_json::from_str(&line).unwrap_or_else(|e| panic!("{line}: {e}"));
+            let kube::core::WatchEvent::Added(object) = event else {
+                panic!("{line}: not an ADDED event")
+            };
+            let meta = kube::Resource::meta(&object);
+            (
+                matches!(object, Decoded::Ok(_)),
+                meta.name.clone(),
+                meta.resource_version.clone(),
+            )
+        };
+        for (object, decodes) in [
+            (slice_json("a", "1"), true),
+            (undecodable_slice_json("a", "1"), false),
+        ] {
+            let type_first = format!(r#"{{"type":"ADDED","object":{object}}}"#);
+            let object_first = format!(r#"{{"object":{object},"type":"ADDED"}}"#);
+            for line in [type_first, object_first] {
+                assert_eq!(
+                    decode(line),
+                    (decodes, Some("a".to_owned()), Some("1".to_owned()))
+                );
+            }
+        }
     }
 
     /// One undecodable object in a list page and one in a watch stream are skipped, logged and
