@@ -2,7 +2,7 @@
 //!
 //! The cluster: 1000 ResourceSlices of 10 devices (10 000 devices), 10 000 allocated claims
 //! (one device each), 100 000 pods of which 10 000 use a claim; and the timed work queue with one
-//! million keys. Run with `cargo bench --bench core`.
+//! million keys; the JSON body of a pod's eviction Event. Run with `cargo bench --bench core`.
 
 use std::time::Duration;
 
@@ -205,6 +205,82 @@ fn decode_pod_watched_item_by_item(bencher: divan::Bencher) {
             panic!("the pod decodes")
         };
         device_taint_eviction::view::PodView::from_api(&pod).expect("valid pod")
+    });
+}
+
+/// A pod's eviction Event and its reference, for the Event body benchmarks.
+fn eviction_event() -> (
+    kube::runtime::events::Reporter,
+    kube::runtime::events::Event,
+    k8s_openapi::api::core::v1::ObjectReference,
+) {
+    let reporter = kube::runtime::events::Reporter {
+        controller: "device-taint-eviction-controller".into(),
+        instance: Some("device-taint-eviction-7d9c5b6f4-x2x9k".into()),
+    };
+    let event = kube::runtime::events::Event {
+        type_: kube::runtime::events::EventType::Normal,
+        reason: "DeviceTaintManagerEviction".into(),
+        note: Some("Marking for deletion".into()),
+        action: "Evict".into(),
+        secondary: None,
+    };
+    let reference = k8s_openapi::api::core::v1::ObjectReference {
+        api_version: Some("v1".into()),
+        kind: Some("Pod".into()),
+        namespace: Some("team-a".into()),
+        name: Some("trainer-1234".into()),
+        uid: Some("0b7b4c8e-5a0e-4d2b-9c39-1d7d6c3f2e11".into()),
+        ..Default::default()
+    };
+    (reporter, event, reference)
+}
+
+/// A pod's eviction Event body built as a k8s-openapi `Event` (copies of every field, the event
+/// time through its strftime pattern) and written as JSON: how the body was built before.
+#[divan::bench(sample_count = 100, sample_size = 100)]
+fn event_body_openapi(bencher: divan::Bencher) {
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta};
+    let (reporter, event, reference) = eviction_event();
+    bencher.bench(|| {
+        let now = device_taint_eviction::k8s::Timestamp::now();
+        let body = k8s_openapi::api::events::v1::Event {
+            action: Some(event.action.clone()),
+            reason: Some(event.reason.clone()),
+            event_time: Some(MicroTime(now)),
+            regarding: Some(reference.clone()),
+            note: event.note.clone(),
+            metadata: ObjectMeta {
+                namespace: reference.namespace.clone(),
+                name: Some(format!(
+                    "{}.{:x}",
+                    reference.name.as_deref().unwrap_or_default(),
+                    now.as_nanosecond()
+                )),
+                ..ObjectMeta::default()
+            },
+            reporting_controller: Some(reporter.controller.clone()),
+            reporting_instance: reporter.instance.clone(),
+            type_: Some("Normal".into()),
+            related: event.secondary.clone(),
+            ..Default::default()
+        };
+        serde_json::to_vec(&body).expect("json")
+    });
+}
+
+/// The same body as the controller writes it ([`device_taint_eviction::actuator::event_body`]).
+#[divan::bench(sample_count = 100, sample_size = 100)]
+fn event_body_borrowed(bencher: divan::Bencher) {
+    let (reporter, event, reference) = eviction_event();
+    bencher.bench(|| {
+        device_taint_eviction::actuator::event_body(
+            &reporter,
+            &event,
+            &reference,
+            device_taint_eviction::k8s::Timestamp::now(),
+        )
+        .expect("json")
     });
 }
 

@@ -288,49 +288,85 @@ async fn write_event(
     event: &Event,
     reference: &ObjectReference,
 ) -> Result<(), kube::Error> {
-    use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta};
-    let now = Timestamp::now();
-    let namespace = reference
-        .namespace
-        .clone()
-        .unwrap_or_else(|| "default".to_owned());
-    let body = k8s_openapi::api::events::v1::Event {
-        action: Some(event.action.clone()),
-        reason: Some(event.reason.clone()),
-        event_time: Some(MicroTime(now)),
-        regarding: Some(reference.clone()),
-        note: event.note.clone(),
-        metadata: ObjectMeta {
-            namespace: Some(namespace.clone()),
-            name: Some(format!(
-                "{}.{:x}",
-                reference.name.as_deref().unwrap_or(&reporter.controller),
-                now.as_nanosecond()
-            )),
-            ..ObjectMeta::default()
-        },
-        reporting_controller: Some(reporter.controller.clone()),
-        reporting_instance: Some(
-            reporter
-                .instance
-                .clone()
-                .unwrap_or_else(|| reporter.controller.clone()),
-        ),
-        type_: Some(
-            match event.type_ {
-                EventType::Normal => "Normal",
-                EventType::Warning => "Warning",
-            }
-            .to_owned(),
-        ),
-        related: event.secondary.clone(),
-        ..k8s_openapi::api::events::v1::Event::default()
-    };
-    let body = serde_json::to_vec(&body).map_err(kube::Error::SerdeError)?;
+    let namespace = reference.namespace.as_deref().unwrap_or("default");
+    let body = event_body(reporter, event, reference, Timestamp::now()).map_err(kube::Error::SerdeError)?;
     let request = kube::core::Request::new(format!("/apis/events.k8s.io/v1/namespaces/{namespace}/events"))
         .create(&PostParams::default(), body)
         .map_err(kube::Error::BuildRequest)?;
     client.request_text(metadata_only(request)).await.map(drop)
+}
+
+/// The JSON body of a new `events.k8s.io/v1` Event (what [`write_event`] sends) at `now`: the
+/// JSON of k8s-openapi's `events::v1::Event` with the same fields set, written from borrowed
+/// fields (no copies of the reference, the reporter and the texts; the event time printed
+/// directly, not through a strftime pattern). One per evicted pod.
+///
+/// # Errors
+/// When serde_json fails to write it (it does not for these field types).
+pub fn event_body(
+    reporter: &Reporter,
+    event: &Event,
+    reference: &ObjectReference,
+    now: Timestamp,
+) -> serde_json::Result<Vec<u8>> {
+    serde_json::to_vec(&NewEvent::new(reporter, event, reference, now))
+}
+
+/// The fields of [`event_body`].
+#[derive(serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+struct NewEvent<'a> {
+    action: &'a str,
+    api_version: &'static str,
+    /// `MicroTime`: RFC 3339, UTC, six fractional digits.
+    event_time: String,
+    kind: &'static str,
+    metadata: NewEventMeta<'a>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    note: Option<&'a str>,
+    reason: &'a str,
+    regarding: &'a ObjectReference,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    related: Option<&'a ObjectReference>,
+    reporting_controller: &'a str,
+    reporting_instance: &'a str,
+    #[serde(rename = "type")]
+    type_: &'static str,
+}
+
+#[derive(serde::Serialize)]
+struct NewEventMeta<'a> {
+    name: String,
+    namespace: &'a str,
+}
+
+impl<'a> NewEvent<'a> {
+    fn new(reporter: &'a Reporter, event: &'a Event, reference: &'a ObjectReference, now: Timestamp) -> Self {
+        Self {
+            action: &event.action,
+            api_version: "events.k8s.io/v1",
+            event_time: format!("{now:.6}"),
+            kind: "Event",
+            metadata: NewEventMeta {
+                name: format!(
+                    "{}.{:x}",
+                    reference.name.as_deref().unwrap_or(&reporter.controller),
+                    now.as_nanosecond()
+                ),
+                namespace: reference.namespace.as_deref().unwrap_or("default"),
+            },
+            note: event.note.as_deref(),
+            reason: &event.reason,
+            regarding: reference,
+            related: event.secondary.as_ref(),
+            reporting_controller: &reporter.controller,
+            reporting_instance: reporter.instance.as_deref().unwrap_or(&reporter.controller),
+            type_: match event.type_ {
+                EventType::Normal => "Normal",
+                EventType::Warning => "Warning",
+            },
+        }
+    }
 }
 
 /// The publisher of `reference`'s Events: the same one for every Event of an object.

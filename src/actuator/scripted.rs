@@ -990,3 +990,66 @@ fn a_stopped_event_publisher_is_not_reported_as_a_full_queue() {
     );
     assert!(!text.contains("event_queue_full"), "{text}");
 }
+
+/// The Event body written from borrowed fields is the JSON of k8s-openapi's Event with the same
+/// fields: with and without a note, a related object and a replica name; the event time with six
+/// fractional digits, cut (not rounded) from nanoseconds, and whole seconds still with six.
+#[test]
+fn new_event_body_is_the_openapi_event() {
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta};
+    let reference = pod_reference(&pod_ref());
+    let related = ObjectReference {
+        kind: Some("DeviceTaintRule".into()),
+        name: Some("rule".into()),
+        ..ObjectReference::default()
+    };
+    for (nanos, note, secondary, instance) in [
+        (
+            1_780_000_000_123_456_789_i128,
+            Some("Marking for deletion"),
+            None,
+            Some("replica-1"),
+        ),
+        (1_780_000_000_000_000_000, None, Some(related.clone()), None),
+        (
+            1_780_000_000_999_999_999,
+            Some("a \"quoted\"\nnote"),
+            Some(related),
+            Some("r"),
+        ),
+    ] {
+        let now = Timestamp::from_nanosecond(nanos).expect("time");
+        let reporter = Reporter {
+            controller: CONTROLLER_NAME.into(),
+            instance: instance.map(Into::into),
+        };
+        let event = Event {
+            type_: EventType::Warning,
+            reason: EVICTION_REASON.into(),
+            note: note.map(Into::into),
+            action: "Evict".into(),
+            secondary,
+        };
+        let expected = k8s_openapi::api::events::v1::Event {
+            action: Some(event.action.clone()),
+            reason: Some(event.reason.clone()),
+            event_time: Some(MicroTime(now)),
+            regarding: Some(reference.clone()),
+            note: event.note.clone(),
+            metadata: ObjectMeta {
+                namespace: reference.namespace.clone(),
+                name: Some(format!("{POD}.{:x}", now.as_nanosecond())),
+                ..ObjectMeta::default()
+            },
+            reporting_controller: Some(CONTROLLER_NAME.into()),
+            reporting_instance: Some(instance.unwrap_or(CONTROLLER_NAME).into()),
+            type_: Some("Warning".into()),
+            related: event.secondary.clone(),
+            ..k8s_openapi::api::events::v1::Event::default()
+        };
+        let written: Value =
+            serde_json::from_slice(&event_body(&reporter, &event, &reference, now).expect("json"))
+                .expect("parses");
+        assert_eq!(written, serde_json::to_value(&expected).expect("json"), "{nanos}");
+    }
+}
