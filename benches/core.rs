@@ -237,34 +237,14 @@ fn eviction_event() -> (
 }
 
 /// A pod's eviction Event body built as a k8s-openapi `Event` (copies of every field, the event
-/// time through its strftime pattern) and written as JSON: how the body was built before.
+/// time through its strftime pattern; [`device_taint_eviction::fixtures::openapi_event`]) and
+/// written as JSON: how the body was built before.
 #[divan::bench(sample_count = 100, sample_size = 100)]
 fn event_body_openapi(bencher: divan::Bencher) {
-    use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta};
     let (reporter, event, reference) = eviction_event();
     bencher.bench(|| {
         let now = device_taint_eviction::k8s::Timestamp::now();
-        let body = k8s_openapi::api::events::v1::Event {
-            action: Some(event.action.clone()),
-            reason: Some(event.reason.clone()),
-            event_time: Some(MicroTime(now)),
-            regarding: Some(reference.clone()),
-            note: event.note.clone(),
-            metadata: ObjectMeta {
-                namespace: reference.namespace.clone(),
-                name: Some(format!(
-                    "{}.{:x}",
-                    reference.name.as_deref().unwrap_or_default(),
-                    now.as_nanosecond()
-                )),
-                ..ObjectMeta::default()
-            },
-            reporting_controller: Some(reporter.controller.clone()),
-            reporting_instance: reporter.instance.clone(),
-            type_: Some("Normal".into()),
-            related: event.secondary.clone(),
-            ..Default::default()
-        };
+        let body = device_taint_eviction::fixtures::openapi_event(&reporter, &event, &reference, now);
         serde_json::to_vec(&body).expect("json")
     });
 }

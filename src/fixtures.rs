@@ -293,3 +293,47 @@ impl RuleView {
         self
     }
 }
+
+/// The `events.k8s.io/v1` Event a new Event about `reference` is (k8s-openapi's type, every
+/// field copied): what [`crate::actuator::event_body`] must write, and what it is measured against.
+#[must_use]
+pub fn openapi_event(
+    reporter: &kube::runtime::events::Reporter,
+    event: &kube::runtime::events::Event,
+    reference: &k8s_openapi::api::core::v1::ObjectReference,
+    now: Time,
+) -> k8s_openapi::api::events::v1::Event {
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta};
+    k8s_openapi::api::events::v1::Event {
+        action: Some(event.action.clone()),
+        reason: Some(event.reason.clone()),
+        event_time: Some(MicroTime(now)),
+        regarding: Some(reference.clone()),
+        note: event.note.clone(),
+        metadata: ObjectMeta {
+            namespace: Some(reference.namespace.clone().unwrap_or_else(|| "default".into())),
+            name: Some(format!(
+                "{}.{:x}",
+                reference.name.as_deref().unwrap_or(&reporter.controller),
+                now.as_nanosecond()
+            )),
+            ..ObjectMeta::default()
+        },
+        reporting_controller: Some(reporter.controller.clone()),
+        reporting_instance: Some(
+            reporter
+                .instance
+                .clone()
+                .unwrap_or_else(|| reporter.controller.clone()),
+        ),
+        type_: Some(
+            match event.type_ {
+                kube::runtime::events::EventType::Normal => "Normal",
+                kube::runtime::events::EventType::Warning => "Warning",
+            }
+            .into(),
+        ),
+        related: event.secondary.clone(),
+        ..k8s_openapi::api::events::v1::Event::default()
+    }
+}

@@ -996,7 +996,6 @@ fn a_stopped_event_publisher_is_not_reported_as_a_full_queue() {
 /// fractional digits, cut (not rounded) from nanoseconds, and whole seconds still with six.
 #[test]
 fn new_event_body_is_the_openapi_event() {
-    use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta};
     let reference = pod_reference(&pod_ref());
     let related = ObjectReference {
         kind: Some("DeviceTaintRule".into()),
@@ -1030,23 +1029,7 @@ fn new_event_body_is_the_openapi_event() {
             action: "Evict".into(),
             secondary,
         };
-        let expected = k8s_openapi::api::events::v1::Event {
-            action: Some(event.action.clone()),
-            reason: Some(event.reason.clone()),
-            event_time: Some(MicroTime(now)),
-            regarding: Some(reference.clone()),
-            note: event.note.clone(),
-            metadata: ObjectMeta {
-                namespace: reference.namespace.clone(),
-                name: Some(format!("{POD}.{:x}", now.as_nanosecond())),
-                ..ObjectMeta::default()
-            },
-            reporting_controller: Some(CONTROLLER_NAME.into()),
-            reporting_instance: Some(instance.unwrap_or(CONTROLLER_NAME).into()),
-            type_: Some("Warning".into()),
-            related: event.secondary.clone(),
-            ..k8s_openapi::api::events::v1::Event::default()
-        };
+        let expected = crate::fixtures::openapi_event(&reporter, &event, &reference, now);
         let written: Value =
             serde_json::from_slice(&event_body(&reporter, &event, &reference, now).expect("json"))
                 .expect("parses");
