@@ -288,7 +288,7 @@ async fn write_event(
     event: &Event,
     reference: &ObjectReference,
 ) -> Result<(), kube::Error> {
-    let namespace = reference.namespace.as_deref().unwrap_or("default");
+    let namespace = event_namespace(reference);
     let body = event_body(reporter, event, reference, Timestamp::now()).map_err(kube::Error::SerdeError)?;
     let request = kube::core::Request::new(format!("/apis/events.k8s.io/v1/namespaces/{namespace}/events"))
         .create(&PostParams::default(), body)
@@ -310,6 +310,11 @@ pub fn event_body(
     now: Timestamp,
 ) -> serde_json::Result<Vec<u8>> {
     serde_json::to_vec(&NewEvent::new(reporter, event, reference, now))
+}
+
+/// The namespace of an Event about `reference`: the object's, or "default" for a cluster-scoped one.
+fn event_namespace(reference: &ObjectReference) -> &str {
+    reference.namespace.as_deref().unwrap_or("default")
 }
 
 /// The fields of [`event_body`].
@@ -353,7 +358,7 @@ impl<'a> NewEvent<'a> {
                     reference.name.as_deref().unwrap_or(&reporter.controller),
                     now.as_nanosecond()
                 ),
-                namespace: reference.namespace.as_deref().unwrap_or("default"),
+                namespace: event_namespace(reference),
             },
             note: event.note.as_deref(),
             reason: &event.reason,

@@ -1036,3 +1036,39 @@ fn new_event_body_is_the_openapi_event() {
         assert_eq!(written, serde_json::to_value(&expected).expect("json"), "{nanos}");
     }
 }
+
+/// An Event about an object reference without a namespace or a name goes to the "default"
+/// namespace and is named after the reporting controller, as k8s-openapi's Event of the recorder.
+#[test]
+fn new_event_body_without_namespace_or_name_falls_back() {
+    let reference = ObjectReference {
+        kind: Some("Node".into()),
+        uid: Some("uid-1".into()),
+        ..ObjectReference::default()
+    };
+    let now = Timestamp::from_nanosecond(1_780_000_000_000_000_255).expect("time");
+    let reporter = Reporter {
+        controller: CONTROLLER_NAME.into(),
+        instance: None,
+    };
+    let event = Event {
+        type_: EventType::Normal,
+        reason: EVICTION_REASON.into(),
+        note: None,
+        action: "Evict".into(),
+        secondary: None,
+    };
+    let written: Value =
+        serde_json::from_slice(&event_body(&reporter, &event, &reference, now).expect("json"))
+            .expect("parses");
+    let expected = crate::fixtures::openapi_event(&reporter, &event, &reference, now);
+    assert_eq!(written, serde_json::to_value(&expected).expect("json"));
+    assert_eq!(written["metadata"]["namespace"], "default");
+    assert_eq!(
+        written["metadata"]["name"],
+        format!("{CONTROLLER_NAME}.{:x}", now.as_nanosecond())
+    );
+    assert_eq!(written["reportingInstance"], CONTROLLER_NAME);
+    assert_eq!(written["type"], "Normal");
+    assert!(written.get("note").is_none() && written.get("related").is_none());
+}
