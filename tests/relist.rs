@@ -50,9 +50,11 @@ const TOLERATE: i64 = 15;
 /// inconclusive (a slow setup, not a wrong controller).
 const MARGIN: i64 = 4;
 /// X1: what the old pod tolerates, what the new pod tolerates, how late after its deadline the
-/// new pod may be deleted (seconds).
+/// new pod may be deleted (seconds). Between the two deadlines the watches come back from the
+/// outage (after the watcher's backoff, which grew while every list failed), re-list, and the
+/// witness goes: 13 s proved too little on a loaded machine, hence 28.
 const OLD: i64 = 12;
-const NEW: i64 = 25;
+const NEW: i64 = 40;
 const SLACK: i64 = 10;
 
 /// Each test runs a controller of its own without leader election; two at once would both act
